@@ -1,0 +1,165 @@
+"""The three variants: shapes, causality, cached decode, purity, determinism, vmap."""
+
+import pytest
+import torch
+from conftest import VARIANTS, tiny_config
+
+from yocto_fn import models, params, rng
+from yocto_fn.errors import UserError
+
+
+def _idx(cfg, b=2, t=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (b, t or cfg.block_size), generator=g)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shapes_and_param_count(name):
+    cfg = tiny_config()
+    m = models.get(name)
+    p = m.init(cfg, 0)
+    logits, cache = m.forward(p, _idx(cfg), cfg)
+    assert logits.shape == (2, cfg.block_size, cfg.vocab_size)
+    assert cache is None
+    assert params.count(p) > 0
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_causality(name):
+    cfg = tiny_config()
+    m = models.get(name)
+    p = m.init(cfg, 1)
+    idx = _idx(cfg)
+    t = 7
+    changed = idx.clone()
+    changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % cfg.vocab_size
+    a, _ = m.forward(p, idx, cfg)
+    b, _ = m.forward(p, changed, cfg)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], atol=0, rtol=0)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_prefill_then_step_matches_full_forward(name):
+    cfg = tiny_config()
+    m = models.get(name)
+    p = m.init(cfg, 2)
+    idx = _idx(cfg)
+    full, _ = m.forward(p, idx, cfg)
+    cache = m.init_cache(cfg, batch=2)
+    prefill, cache = m.forward(p, idx[:, :5], cfg, cache=cache)
+    pieces = [prefill]
+    for t in range(5, cfg.block_size):
+        step, cache = m.forward(p, idx[:, t : t + 1], cfg, cache=cache)
+        pieces.append(step)
+    assert int(cache.pos) == cfg.block_size
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gpt", "gpt-fast"])
+def test_learned_positions_refuse_to_pass_block_size(name):
+    cfg = tiny_config()
+    m = models.get(name)
+    p = m.init(cfg, 0)
+    with pytest.raises(UserError, match="block_size"):
+        m.init_cache(cfg, batch=1, max_len=cfg.block_size + 1)
+    cache = m.init_cache(cfg, batch=1)
+    _, cache = m.forward(p, _idx(cfg, b=1), cfg, cache=cache)
+    with pytest.raises(UserError, match="KV cache is full"):
+        m.forward(p, _idx(cfg, b=1, t=1), cfg, cache=cache)
+    with pytest.raises(UserError, match="block_size"):
+        m.forward(p, _idx(cfg, b=1, t=cfg.block_size + 1), cfg)
+
+
+def test_rope_cache_may_be_longer_than_block_size():
+    cfg = tiny_config()
+    m = models.get("gpt-plus")
+    p = m.init(cfg, 0)
+    idx = _idx(cfg, b=1, t=2 * cfg.block_size)
+    full, _ = m.forward(p, idx, cfg)
+    cache = m.init_cache(cfg, batch=1, max_len=2 * cfg.block_size)
+    out, _ = m.forward(p, idx, cfg, cache=cache)
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_forward_is_pure_and_init_deterministic(name):
+    cfg = tiny_config(dropout=0.2)
+    m = models.get(name)
+    p = m.init(cfg, 3)
+    before = params.clone(p)
+    key = rng.key(5)
+    a, _ = m.forward(p, _idx(cfg), cfg, train=True, dropout_key=key)
+    b, _ = m.forward(p, _idx(cfg), cfg, train=True, dropout_key=key)
+    c, _ = m.forward(p, _idx(cfg), cfg, train=True, dropout_key=rng.key(6))
+    assert params.max_abs_diff(p, before) == 0.0
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.allclose(a, c)
+    assert params.max_abs_diff(m.init(cfg, 3), p) == 0.0
+    assert params.max_abs_diff(m.init(cfg, 4), p) > 0.0
+
+
+def test_forward_does_not_touch_global_rng():
+    cfg = tiny_config(dropout=0.5)
+    m = models.get("gpt")
+    p = m.init(cfg, 0)
+    state = torch.get_rng_state()
+    m.forward(p, _idx(cfg), cfg, train=True, dropout_key=rng.key(0))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_dropout_without_key_is_an_error():
+    cfg = tiny_config(dropout=0.1)
+    m = models.get("gpt")
+    with pytest.raises(ValueError, match="dropout_key"):
+        m.forward(m.init(cfg, 0), _idx(cfg), cfg, train=True)
+
+
+def test_variant_definitions():
+    cfg = tiny_config()
+    trees = {n: models.get(n).init(cfg, 0) for n in VARIANTS}
+    gpt, plus = trees["gpt"], trees["gpt-plus"]
+    names = {n: set(params.named_leaves(p)) for n, p in trees.items()}
+    assert "wpe" in names["gpt"] and "wpe" in names["gpt-fast"] and "wpe" not in names["gpt-plus"]
+    assert "blocks.0.attn.qkv_b" in names["gpt"]
+    assert not any(k.endswith("_b") for k in names["gpt-fast"] | names["gpt-plus"])
+    assert "blocks.0.ln1.b" not in names["gpt-plus"]  # RMSNorm: weight only
+    std = plus["blocks"][0]["attn"]["proj_w"].std().item()
+    expected = 0.02 / (2 * cfg.n_layer) ** 0.5
+    assert abs(std - expected) < 0.25 * expected
+    tied = models.get("gpt").init(tiny_config(tie_weights=True), 0)
+    assert "lm_head" not in tied and "lm_head" in gpt
+    assert models.get("gpt_plus") is models.get("gpt-plus")
+    with pytest.raises(UserError, match="unknown model"):
+        models.get("gpt-huge")
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_vmap_over_ensemble_equals_separate_forwards(name):
+    cfg = tiny_config()
+    m = models.get(name)
+    members = [m.init(cfg, 10), m.init(cfg, 11)]
+    idx = _idx(cfg)
+
+    def logits(p):
+        return m.forward(p, idx, cfg)[0]
+
+    batched = torch.func.vmap(logits)(params.stack(members))
+    for i, p in enumerate(members):
+        torch.testing.assert_close(batched[i], logits(p), atol=1e-5, rtol=1e-5)
+
+
+def test_vmapped_dropout_keys_give_each_member_its_own_mask():
+    cfg = tiny_config(dropout=0.3)
+    m = models.get("gpt")
+    p = m.init(cfg, 0)
+    idx = _idx(cfg)
+    keys = torch.stack([rng.key(1), rng.key(2)])
+
+    def logits(k):
+        return m.forward(p, idx, cfg, train=True, dropout_key=k)[0]
+
+    batched = torch.func.vmap(logits)(keys)
+    torch.testing.assert_close(batched[0], logits(keys[0]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[1], logits(keys[1]), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(batched[0], batched[1])

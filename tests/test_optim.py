@@ -1,0 +1,87 @@
+"""Functional AdamW against torch.optim.AdamW, clipping, decay mask and schedules."""
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from yocto_fn import models, optim, params
+
+
+def _decay_groups(tree):
+    mask = params.named_leaves(optim.decay_mask(tree))
+    leaves = params.named_leaves(tree)
+    decay = [leaves[k] for k in leaves if mask[k]]
+    no_decay = [leaves[k] for k in leaves if not mask[k]]
+    return decay, no_decay
+
+
+def test_decay_mask_skips_norms_biases_and_embeddings():
+    p = models.get("gpt").init(tiny_config(), 0)
+    mask = params.named_leaves(optim.decay_mask(p))
+    assert mask["blocks.0.attn.qkv_w"] and mask["blocks.1.mlp.proj_w"] and mask["lm_head"]
+    assert not mask["wte"] and not mask["wpe"]
+    assert not mask["blocks.0.ln1.w"] and not mask["blocks.0.attn.qkv_b"]
+
+
+@pytest.mark.parametrize("lr_as_tensor", [False, True])
+def test_adamw_matches_torch_over_five_steps(lr_as_tensor):
+    hp = optim.AdamW(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+    lr = 1e-2
+    ours = models.get("gpt").init(tiny_config(), 0)
+    theirs = params.clone(ours)
+    decay, no_decay = _decay_groups(theirs)
+    for t in decay + no_decay:
+        t.requires_grad_(True)
+    torch_opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(hp.b1, hp.b2), eps=hp.eps, foreach=True,
+    )  # fmt: skip
+    state = optim.init(ours)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        grads = params.tree_map(lambda p: torch.randn(p.shape, generator=gen), ours)
+        for t, g in zip(params.tree_leaves(theirs), params.tree_leaves(grads), strict=True):
+            t.grad = g.clone()
+        torch_opt.step()
+        ours, state = optim.update(grads, state, ours, torch.tensor(lr) if lr_as_tensor else lr, hp)
+    assert int(state.step) == 5
+    assert params.max_abs_diff(ours, theirs) < 1e-6
+
+
+def test_update_is_pure():
+    p = models.get("gpt-fast").init(tiny_config(), 0)
+    state = optim.init(p)
+    grads = params.tree_map(torch.ones_like, p)
+    p0, s0 = params.clone(p), params.clone(state)
+    new_p, new_s = optim.update(grads, state, p, 1e-3)
+    assert params.max_abs_diff(p, p0) == 0.0 and params.max_abs_diff(state, s0) == 0.0
+    assert params.max_abs_diff(new_p, p) > 0.0 and int(new_s.step) == 1
+
+
+def test_clip_by_global_norm_matches_torch():
+    gen = torch.Generator().manual_seed(0)
+    grads = {"a": torch.randn(4, 5, generator=gen), "b": [torch.randn(7, generator=gen)]}
+    clipped, norm = optim.clip_by_global_norm(grads, 0.5)
+    ref = [t.clone().requires_grad_() for t in params.tree_leaves(grads)]
+    for t, g in zip(ref, params.tree_leaves(grads), strict=True):
+        t.grad = g.clone()
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref, 0.5)
+    torch.testing.assert_close(norm, ref_norm)
+    for t, c in zip(ref, params.tree_leaves(clipped), strict=True):
+        torch.testing.assert_close(t.grad, c)
+    assert optim.global_norm(clipped).item() == pytest.approx(0.5, rel=1e-4)
+    unclipped, _ = optim.clip_by_global_norm(grads, 0.0)
+    assert unclipped is grads
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min():
+    kw = dict(lr=1.0, warmup_iters=10, max_iters=110, min_lr=0.1)
+    lrs = [optim.cosine_with_warmup(s, **kw) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
+    assert all(a >= b for a, b in zip(lrs[10:109], lrs[11:110], strict=True))
+    assert lrs[60] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+    assert optim.constant(5, lr=0.3) == 0.3

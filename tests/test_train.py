@@ -1,0 +1,118 @@
+"""The pure train step: gradients, compiled == eager without recompiles, overfitting, bf16."""
+
+from functools import partial
+
+import pytest
+import torch
+import torch._dynamo
+from conftest import tiny_config
+
+from yocto_fn import models, optim, params, rng
+from yocto_fn.train import grad_and_value, loss_fn, make_train_step
+
+
+def _batch(cfg, b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, cfg.vocab_size, (b, cfg.block_size + 1), generator=g)
+    return data[:, :-1], data[:, 1:]
+
+
+def _autograd_grads(loss, p, *args):
+    leaves = [t.detach().requires_grad_() for t in params.tree_leaves(p)]
+    value = loss(params.tree_unflatten_like(p, leaves), *args)
+    return params.tree_unflatten_like(p, list(torch.autograd.grad(value, leaves))), value
+
+
+@pytest.mark.parametrize("name", ["gpt", "gpt-plus"])
+def test_grad_and_value_equals_plain_autograd(name):
+    cfg = tiny_config(dropout=0.1)
+    m = models.get(name)
+    p = m.init(cfg, 0)
+    loss = partial(loss_fn, model=m, cfg=cfg, label_smoothing=0.1)
+    args = (_batch(cfg), rng.key(3))
+    ref_grads, ref_value = _autograd_grads(loss, p, *args)
+    for fn in (grad_and_value(loss), torch.func.grad_and_value(loss)):
+        grads, value = fn(p, *args)
+        torch.testing.assert_close(value, ref_value.detach(), atol=1e-6, rtol=0)
+        assert params.max_abs_diff(grads, ref_grads) < 1e-6
+
+
+def test_vmap_of_grad_uses_the_transform_and_matches_separate_grads():
+    cfg = tiny_config()
+    m = models.get("gpt")
+    members = [m.init(cfg, 1), m.init(cfg, 2)]
+    loss = partial(loss_fn, model=m, cfg=cfg)
+    batch = _batch(cfg)
+    grads, values = torch.func.vmap(grad_and_value(loss), in_dims=(0, None, None))(
+        params.stack(members), batch, None
+    )
+    for i, p in enumerate(members):
+        g, v = grad_and_value(loss)(p, batch, None)
+        assert params.max_abs_diff(params.unstack(grads, 2)[i], g) < 1e-5
+        torch.testing.assert_close(values[i], v, atol=1e-6, rtol=0)
+
+
+def test_train_step_is_pure_and_reports_metrics():
+    cfg = tiny_config()
+    m = models.get("gpt-fast")
+    p = m.init(cfg, 0)
+    state = optim.init(p)
+    before = params.clone(p)
+    step = make_train_step(m, cfg)
+    new_p, new_state, metrics = step(p, state, _batch(cfg), 1e-3, None)
+    assert params.max_abs_diff(p, before) == 0.0
+    assert params.max_abs_diff(new_p, p) > 0.0
+    assert int(new_state.step) == 1 and int(state.step) == 0
+    assert metrics["loss"].ndim == 0 and metrics["grad_norm"].item() > 0
+
+
+def test_tiny_model_overfits_one_batch():
+    cfg = tiny_config(n_layer=2, n_embd=64, n_head=4)
+    m = models.get("gpt-plus")
+    p, batch = m.init(cfg, 0), _batch(cfg, b=4)
+    state = optim.init(p)
+    step = make_train_step(m, cfg, optim.AdamW(weight_decay=0.0))
+    losses = []
+    for _ in range(150):
+        p, state, metrics = step(p, state, batch, 1e-2, None)
+        losses.append(metrics["loss"].item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_bf16_autocast_on_cpu_trains_close_to_fp32():
+    cfg = tiny_config()
+    m = models.get("gpt-fast")
+    p = m.init(cfg, 0)
+    batch = _batch(cfg)
+    fp32 = make_train_step(m, cfg)(p, optim.init(p), batch, 1e-3, None)[2]["loss"]
+    bf16 = make_train_step(m, cfg, amp_dtype=torch.bfloat16)
+    new_p, _, metrics = bf16(p, optim.init(p), batch, 1e-3, None)
+    assert abs(metrics["loss"].item() - fp32.item()) < 0.05
+    assert all(t.dtype == torch.float32 for t in params.tree_leaves(new_p))
+
+
+def test_compiled_step_equals_eager_and_does_not_recompile():
+    torch._dynamo.reset()
+    cfg = tiny_config(dropout=0.1)
+    m = models.get("gpt")
+    p0 = m.init(cfg, 0)
+    eager = make_train_step(m, cfg, optim.AdamW(weight_decay=0.1), label_smoothing=0.1)
+    compiled = make_train_step(
+        m, cfg, optim.AdamW(weight_decay=0.1), label_smoothing=0.1, compile=True
+    )
+    runs = {}
+    for name, step in (("eager", eager), ("compiled", compiled)):
+        p, state, losses = p0, optim.init(p0), []
+        for i in range(4):
+            lr = 1e-3 * (i + 1)  # a changing lr must not recompile
+            key = rng.fold_in(rng.key(0), i)  # nor a changing dropout key
+            if name == "compiled" and i == 1:
+                torch._dynamo.config.error_on_recompile = True
+            try:
+                p, state, metrics = step(p, state, _batch(cfg, seed=i), lr, key)
+            finally:
+                torch._dynamo.config.error_on_recompile = False
+            losses.append(metrics["loss"].item())
+        runs[name] = (p, losses)
+    torch.testing.assert_close(runs["compiled"][1], runs["eager"][1], atol=1e-4, rtol=0)
+    assert params.max_abs_diff(runs["compiled"][0], runs["eager"][0]) < 1e-4

@@ -1,0 +1,79 @@
+"""The KV cache as an explicit value.
+
+`KVCache(k, v, pos)` holds static, preallocated per-layer buffers [L, B, H, Tmax, Dh] and the
+number of filled positions as a 0-d int64 tensor. A forward call with a cache writes the new
+keys/values into the buffers at `pos` and returns the cache with `pos` advanced. Keeping `pos`
+a tensor (not a Python int) keeps shapes and guards static, so a compiled single-token step
+compiles once for every position.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .config import ModelConfig
+from .errors import UserError
+
+
+class KVCache(NamedTuple):
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: torch.Tensor
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+def init_cache(
+    cfg: ModelConfig,
+    batch: int,
+    max_len: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> KVCache:
+    """Zeroed buffers for `max_len` positions (default: the model's `block_size`)."""
+    max_len = cfg.block_size if max_len is None else max_len
+    shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_dim)
+    return KVCache(
+        k=torch.zeros(shape, dtype=dtype, device=device),
+        v=torch.zeros(shape, dtype=dtype, device=device),
+        pos=torch.zeros((), dtype=torch.int64, device=device),
+    )
+
+
+def check_room(cache: KVCache, new_tokens: int) -> None:
+    """Refuse a write past the buffers' end with a clear message.
+
+    Reading `pos` costs a host sync on an accelerator, so the check runs in eager mode only; a
+    compiled decode loop tracks the position on the host and stays inside the buffers.
+    """
+    if torch.compiler.is_compiling():
+        return
+    pos = int(cache.pos)
+    if pos + new_tokens > cache.max_len:
+        raise UserError(
+            f"KV cache is full: {pos} cached + {new_tokens} new tokens > max_len "
+            f"{cache.max_len}; slide the context window (re-prefill the last tokens) first"
+        )
+
+
+def positions_and_mask(
+    cache: KVCache | None, new_tokens: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Absolute positions of the new tokens and, with a cache, the [T, Tmax] attention mask.
+
+    Without a cache the mask is None, meaning plain causal attention over the T tokens.
+    """
+    offsets = torch.arange(new_tokens, device=device)
+    if cache is None:
+        return offsets, None
+    positions = cache.pos + offsets
+    keys = torch.arange(cache.max_len, device=device)
+    return positions, keys[None, :] <= positions[:, None]
+
+
+def advance(cache: KVCache, new_tokens: int) -> KVCache:
+    return cache._replace(pos=cache.pos + new_tokens)

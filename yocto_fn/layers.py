@@ -1,0 +1,138 @@
+"""Pure building blocks of the three GPT variants.
+
+Every function takes tensors (and small dicts of tensors) and returns new tensors: no module
+state, no global RNG. A parameter dict names its weights `<name>_w` and its optional biases
+`<name>_b`, so a biasless variant is simply one whose dict has no `_b` entries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from . import rng
+
+Tensor = torch.Tensor
+Attend = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+
+
+def embedding(weight: Tensor, idx: Tensor) -> Tensor:
+    return F.embedding(idx, weight)
+
+
+def linear(x: Tensor, p: dict[str, Tensor], name: str) -> Tensor:
+    return F.linear(x, p[f"{name}_w"], p.get(f"{name}_b"))
+
+
+def layer_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-5) -> Tensor:
+    return F.layer_norm(x, (x.shape[-1],), p["w"], p.get("b"), eps)
+
+
+def rms_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-6) -> Tensor:
+    return F.rms_norm(x, (x.shape[-1],), p["w"], eps)
+
+
+def dropout(x: Tensor, p: float, key: Tensor | None) -> Tensor:
+    """Inverted dropout whose mask is a pure function of `key`; identity when key is None."""
+    if key is None or p == 0.0:
+        return x
+    keep = rng.bits(key, x.shape) >= round(p * 2**32)
+    return x * keep * (1.0 / (1.0 - p))
+
+
+def rope_angles(
+    positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """cos/sin tables [T, head_dim/2] for the given absolute positions.
+
+    Computed from positions rather than read from a fixed table, so a cached decode at any
+    offset (or a rolled cache) needs no maximum length.
+    """
+    inv_freq = theta ** (
+        -torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (first half, second half) feature pairs of x [B, H, T, D] by position angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def causal_mask(t: int, device: torch.device) -> Tensor:
+    return torch.ones(t, t, dtype=torch.bool, device=device).tril()
+
+
+def attend_manual(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float = 0.0, key: Tensor | None = None
+) -> Tensor:
+    """Explicit softmax(QK^T/sqrt(d))V; `mask` [T, S] is True where a query may look.
+
+    This path can drop attention probabilities with an explicit key, which SDPA cannot.
+    """
+    if mask is None:
+        mask = causal_mask(q.shape[-2], q.device)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return dropout(att, p, key) @ v
+
+
+def attend_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Fused scaled-dot-product attention (Flash / memory-efficient kernels where available)."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def causal_self_attention(
+    x: Tensor,
+    p: dict[str, Tensor],
+    n_head: int,
+    attend: Attend,
+    *,
+    rope: tuple[Tensor, Tensor] | None = None,
+    kv: tuple[Tensor, Tensor] | None = None,
+    positions: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Multi-head causal self-attention with one fused QKV projection.
+
+    With `kv` (this layer's cache buffers [B, H, Tmax, D]) the new keys/values are written at
+    `positions` and the queries attend over the whole buffer under `mask`: static shapes,
+    which is what lets a compiled decode step run without recompiling.
+    """
+    q, k, v = (
+        rearrange(t, "b t (h d) -> b h t d", h=n_head) for t in linear(x, p, "qkv").chunk(3, dim=-1)
+    )
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    if kv is not None:
+        k_buf, v_buf = kv
+        k = k_buf.index_copy_(2, positions, k.to(k_buf.dtype))
+        v = v_buf.index_copy_(2, positions, v.to(v_buf.dtype))
+        q = q.to(k.dtype)
+    y = attend(q, k, v, mask)
+    return linear(rearrange(y, "b h t d -> b t (h d)"), p, "proj")
+
+
+def mlp_gelu(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    return linear(F.gelu(linear(x, p, "fc")), p, "proj")
+
+
+def swiglu(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    """SiLU-gated MLP; gate and up projections share one fused matmul (`fc_w` = [gate; up])."""
+    gate, up = linear(x, p, "fc").chunk(2, dim=-1)
+    return linear(F.silu(gate) * up, p, "proj")
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean token cross-entropy in fp32 (also under autocast), with optional label smoothing."""
+    return F.cross_entropy(
+        logits.flatten(0, -2).float(), targets.flatten(), label_smoothing=label_smoothing
+    )

@@ -1,0 +1,136 @@
+"""Functional AdamW: `init(params) -> state`, `update(grads, state, params, lr, hp)`.
+
+State is data (an `OptState` of tensors), updates return new trees, and the arithmetic runs
+through `torch._foreach_*` over flat leaf lists: a handful of multi-tensor kernels per step
+rather than a Python loop over parameters, eager or compiled. The step counter and the
+learning rate may be tensors, so a compiled train step never recompiles as they change.
+
+Weight decay is decoupled (AdamW) and applied to >= 2-D weights only: norms and biases are
+never decayed, and neither are the embedding tables `wte`/`wpe` (a choice, shared with the
+original tool: decay pulls rarely-seen token rows towards zero). With tied weights the LM head
+*is* `wte` and so is not decayed either.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from .params import Params, tree_leaves, tree_map, tree_unflatten_like
+
+NO_DECAY = frozenset({"wte", "wpe"})
+
+Tensor = torch.Tensor
+Scalar = float | Tensor
+
+
+@dataclass(frozen=True)
+class AdamW:
+    """AdamW hyper-parameters (torch.optim.AdamW's defaults, weight decay as in training)."""
+
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+
+class OptState(NamedTuple):
+    step: Tensor  # 0-d float32, number of updates applied
+    mu: Params  # first moment
+    nu: Params  # second moment
+
+
+def decay_mask(params: Params) -> Params:
+    """A tree of bools: True where decoupled weight decay applies (see module docstring)."""
+    return {
+        name: tree_map(lambda p, skip=name in NO_DECAY: not skip and p.ndim >= 2, sub)
+        for name, sub in params.items()
+    }
+
+
+def init(params: Params) -> OptState:
+    device = tree_leaves(params)[0].device
+    return OptState(
+        step=torch.zeros((), dtype=torch.float32, device=device),
+        mu=tree_map(torch.zeros_like, params),
+        nu=tree_map(torch.zeros_like, params),
+    )
+
+
+def global_norm(grads: Params) -> Tensor:
+    """L2 norm over all leaves, without a host sync."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tree_leaves(grads))))
+
+
+def clip_by_global_norm(grads: Params, max_norm: float) -> tuple[Params, Tensor]:
+    """Scale grads so their global norm is at most `max_norm` (<= 0 disables).
+
+    Returns the clipped grads and the norm *before* clipping (the figure worth logging).
+    """
+    norm = global_norm(grads)
+    if max_norm <= 0:
+        return grads, norm
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return tree_unflatten_like(grads, torch._foreach_mul(tree_leaves(grads), scale)), norm
+
+
+def update(
+    grads: Params, state: OptState, params: Params, lr: Scalar, hp: AdamW = AdamW()
+) -> tuple[Params, OptState]:
+    """One AdamW step; returns new params and state, leaving the inputs untouched."""
+    g = tree_leaves(grads)
+    p, m, v = tree_leaves(params), tree_leaves(state.mu), tree_leaves(state.nu)
+    decay = tree_leaves(decay_mask(params))
+    step = state.step + 1
+
+    m = torch._foreach_lerp(m, g, 1.0 - hp.b1)
+    v = torch._foreach_mul(v, hp.b2)
+    torch._foreach_addcmul_(v, g, g, value=1.0 - hp.b2)
+
+    # upd = lr / bias1 * m / (sqrt(v / bias2) + eps), built in one temporary list.
+    bias1 = 1.0 - torch.pow(hp.b1, step)
+    bias2_sqrt = torch.sqrt(1.0 - torch.pow(hp.b2, step))
+    upd = torch._foreach_sqrt(v)
+    torch._foreach_div_(upd, bias2_sqrt)
+    torch._foreach_add_(upd, hp.eps)
+    torch._foreach_reciprocal_(upd)
+    torch._foreach_mul_(upd, m)
+    torch._foreach_mul_(upd, lr / bias1)
+
+    # Decayed leaves: p * (1 - lr * wd) - upd; the others: p - upd.
+    decayed = [i for i, d in enumerate(decay) if d and hp.weight_decay]
+    kept = [i for i in range(len(p)) if i not in set(decayed)]
+    new_p: list[Tensor] = [None] * len(p)  # type: ignore[list-item]
+    if decayed:
+        shrunk = torch._foreach_mul([p[i] for i in decayed], 1.0 - lr * hp.weight_decay)
+        torch._foreach_sub_(shrunk, [upd[i] for i in decayed])
+        for i, x in zip(decayed, shrunk, strict=True):
+            new_p[i] = x
+    if kept:
+        moved = torch._foreach_sub([p[i] for i in kept], [upd[i] for i in kept])
+        for i, x in zip(kept, moved, strict=True):
+            new_p[i] = x
+    return tree_unflatten_like(params, new_p), OptState(
+        step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
+    )
+
+
+def constant(step: int, *, lr: float) -> float:
+    return lr
+
+
+def cosine_with_warmup(
+    step: int, *, lr: float, warmup_iters: int, max_iters: int, min_lr: float
+) -> float:
+    """Linear warmup over `warmup_iters` steps (step 0 already moves), then cosine to `min_lr`.
+
+    Past `max_iters` the rate stays at `min_lr`.
+    """
+    if step < warmup_iters:
+        return lr * (step + 1) / warmup_iters
+    span = max(1, max_iters - warmup_iters)
+    progress = min(1.0, (step - warmup_iters) / span)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
