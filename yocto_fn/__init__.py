@@ -1,9 +1,9 @@
 """yocto_fn: a small GPT as pure functions over parameter pytrees.
 
-    from yocto_fn import models, optim, ModelConfig, make_train_step
-    model = models.get("gpt-fast")
-    params = model.init(cfg, seed)                      # nested dict of tensors
-    logits, cache = model.forward(params, idx, cfg)     # pure; cache is an explicit value
+from yocto_fn import models, optim, ModelConfig, make_train_step
+model = models.get("gpt-fast")
+params = model.init(cfg, seed)                      # nested dict of tensors
+logits, cache = model.forward(params, idx, cfg)     # pure; cache is an explicit value
 """
 
 from . import layers, models, optim, params, rng

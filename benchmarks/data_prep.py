@@ -1,0 +1,76 @@
+"""Data-preparation throughput and peak memory on a large corpus.
+
+Builds a corpus of --mb megabytes by repeating the embedded default corpus, then runs
+`prepare-char` and `prepare-tokenizer` (BPE), each in a fresh process, and reports MB/s of
+text and the peak resident memory added by the preparation (VmHWM minus the RSS after
+imports) as a multiple of the corpus size.
+
+    python benchmarks/data_prep.py --mb 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+CHILD = r"""
+import sys, time, orjson
+from pathlib import Path
+from yocto_fn import data
+
+def rss(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+mode, corpus, out = sys.argv[1:4]
+base = rss("VmRSS:")
+t0 = time.perf_counter()
+if mode == "char":
+    data.prepare_char(data.PrepareCharConfig(text_path=Path(corpus), out_dir=Path(out)))
+else:
+    data.prepare_tokenizer(data.PrepareTokenizerConfig(
+        text_path=Path(corpus), out_dir=Path(out), vocab_size=8000))
+seconds = time.perf_counter() - t0
+print(orjson.dumps({"seconds": seconds, "peak_extra": rss("VmHWM:") - base}).decode())
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=100.0, help="corpus size in MB")
+    args = ap.parse_args()
+    from yocto_fn.data import default_corpus_text
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = default_corpus_text().encode("utf-8")
+        corpus = Path(tmp) / "big.txt"
+        reps = max(1, int(args.mb * 1e6 / len(base)))
+        corpus.write_bytes(base * reps)
+        size = corpus.stat().st_size
+        print(f"corpus: {size / 1e6:.1f} MB ({reps} copies of the default corpus)")
+        for mode in ("char", "token"):
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, mode, str(corpus), str(Path(tmp) / mode)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            wall = time.perf_counter() - t0
+            res = orjson.loads(proc.stdout.strip().splitlines()[-1])
+            row = {
+                "mode": mode, "corpus_mb": round(size / 1e6, 1),
+                "seconds": round(res["seconds"], 2), "process_seconds": round(wall, 2),
+                "mb_per_s": round(size / 1e6 / res["seconds"], 1),
+                "peak_extra_mb": round(res["peak_extra"] / 1e6, 1),
+                "peak_vs_corpus": round(res["peak_extra"] / size, 2),
+            }  # fmt: skip
+            print(orjson.dumps(row).decode())
+
+
+if __name__ == "__main__":
+    main()

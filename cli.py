@@ -1,0 +1,88 @@
+"""yocto_fn command line: one subcommand per task, each a thin call into the library.
+
+    python cli.py prepare-char [--text-path FILE] [--out-dir data/char] ...
+    python cli.py prepare-tokenizer [--text-path FILE] [--vocab-size 8000] ...
+
+Flags accept both spellings, `--text-path` and `--text_path`. Mistakes in the input
+(missing files, bad values) print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import tyro
+
+from yocto_fn import data
+from yocto_fn.errors import UserError
+
+
+def _prepare_char(cfg: data.PrepareCharConfig) -> None:
+    meta = data.prepare_char(cfg)
+    _report_prepared(cfg.out_dir, meta, "vocab.json")
+
+
+def _prepare_tokenizer(cfg: data.PrepareTokenizerConfig) -> None:
+    meta = data.prepare_tokenizer(cfg)
+    _report_prepared(cfg.out_dir, meta, "tokenizer.json")
+
+
+def _report_prepared(out_dir, meta: dict, vocab_file: str) -> None:
+    print(
+        f"wrote {out_dir}/{{train.bin,val.bin,{vocab_file},meta.json}}: "
+        f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
+        f"vocab {meta['vocab_size']}, dtype {meta['dtype']}, corpus: {meta['corpus']}"
+    )
+
+
+COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {
+    "prepare-char": (data.PrepareCharConfig, _prepare_char),
+    "prepare-tokenizer": (data.PrepareTokenizerConfig, _prepare_tokenizer),
+}
+
+
+def _one_line(tyro_message: str) -> str:
+    """Condense tyro's boxed error into one line (the box is drawn for humans at a TTY)."""
+    lines = []
+    for line in tyro_message.splitlines():
+        line = line.strip().strip("│╭╮╰╯─ ").strip()
+        if line and not line.startswith("For full helptext") and not set(line) <= {"─", " "}:
+            lines.append(line)
+    text = re.sub(r"\s+", " ", " ".join(lines)).strip()
+    return text or "invalid arguments"
+
+
+def parse(argv: list[str]) -> Any:
+    """Parse argv into one config dataclass; a bad flag raises UserError (one line)."""
+    subcommands = {name: cls for name, (cls, _) in COMMANDS.items()}
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.extras.subcommand_cli_from_dict(subcommands, args=argv)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        raise UserError(f"{_one_line(captured.getvalue())} (see --help)") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = parse(argv)
+        next(fn for cls, fn in COMMANDS.values() if type(cfg) is cls)(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
