@@ -2,6 +2,7 @@
 
     python cli.py prepare-char [--text-path FILE] [--out-dir data/char] ...
     python cli.py prepare-tokenizer [--text-path FILE] [--vocab-size 8000] ...
+    python cli.py train --model gpt-fast [--data-dir data/char] [--max-iters 1000] ...
 
 Flags accept both spellings, `--text-path` and `--text_path`. Mistakes in the input
 (missing files, bad values) print one line on stderr and exit with status 2.
@@ -19,6 +20,7 @@ from typing import Any
 import tyro
 
 from yocto_fn import data
+from yocto_fn.config import TrainConfig
 from yocto_fn.errors import UserError
 
 
@@ -40,9 +42,21 @@ def _report_prepared(out_dir, meta: dict, vocab_file: str) -> None:
     )
 
 
+def _train(cfg: TrainConfig) -> None:
+    from yocto_fn.trainer import train
+
+    result = train(cfg)
+    if result["stopped"] != "interrupted":
+        print(
+            f"done: {result['iter']} steps, best val loss {result['best_val_loss']:.4f}; "
+            f"checkpoints and metrics in {cfg.ckpt_dir}"
+        )
+
+
 COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {
     "prepare-char": (data.PrepareCharConfig, _prepare_char),
     "prepare-tokenizer": (data.PrepareTokenizerConfig, _prepare_tokenizer),
+    "train": (TrainConfig, _train),
 }
 
 

@@ -7,8 +7,11 @@ flag, a config field and a checkpoint entry always carry the same name.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from .errors import UserError
 
@@ -56,3 +59,96 @@ class ModelConfig:
         """Rebuild from a checkpoint entry, ignoring keys this version does not know."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+ModelName = Literal["gpt", "gpt-plus", "gpt-fast", "gpt_plus", "gpt_fast"]
+DEFAULT_MODEL = "gpt"
+DEFAULT_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train a model on a prepared data directory (see `prepare-char`, `prepare-tokenizer`).
+
+    Shape flags left unset take the defaults below, or on --resume the checkpoint's values.
+    """
+
+    mode: Literal["char", "token"] = "char"
+    """char or token; must match the prepared data."""
+    data_dir: Path = Path("data/char")
+    """Directory with train.bin, val.bin, meta.json."""
+    tokenizer_path: Path | None = None
+    """vocab.json / tokenizer.json (default: the one in --data-dir)."""
+    ckpt_dir: Path = Path("checkpoints/run")
+    """Where latest.pt, best.pt, metrics.csv, run_meta.json and loss.png go."""
+    model: Annotated[ModelName | None, tyro.conf.arg(aliases=("--model-type",))] = None
+    """Variant: gpt, gpt-plus or gpt-fast (default gpt; on --resume the checkpoint's)."""
+    n_layer: int | None = None
+    """Transformer blocks (default 4)."""
+    n_head: int | None = None
+    """Attention heads (default 4)."""
+    n_embd: int | None = None
+    """Embedding width (default 128)."""
+    block_size: int | None = None
+    """Context length in tokens (default 128)."""
+    batch_size: int = 32
+    """Sequences per micro-batch (the global batch is batch_size * grad_accum_steps)."""
+    max_iters: int = 1000
+    """Optimizer steps to run (on --resume: additional steps; 0: evaluate and save only)."""
+    dropout: float = 0.0
+    """Dropout probability (0.1-0.3 against overfitting on small corpora)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of >= 2-D weights (not embeddings, norms or biases)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training loss."""
+    tie_weights: bool = False
+    """Share the token embedding and the LM head."""
+    auto_tie_weights: bool = False
+    """Tie the weights when the training split has fewer than 1M tokens."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    cosine_lr: bool = False
+    """Linear warmup then cosine decay to --min-lr over the run (else a constant rate)."""
+    warmup_iters: int = 100
+    """Warmup steps of --cosine-lr."""
+    min_lr: float = 1e-4
+    """Final learning rate of --cosine-lr."""
+    grad_clip: float = 1.0
+    """Clip gradients to this global norm (0 disables)."""
+    eval_interval: int = 100
+    """Evaluate, log and checkpoint every this many steps (and at the end)."""
+    eval_iters: int = 20
+    """Batches per split in each evaluation."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the parameters with this decay (0 disables)."""
+    resume: Path | None = None
+    """Continue from this checkpoint: params, optimizer, iteration, best loss, data RNG."""
+    init_from: Path | None = None
+    """Start from this checkpoint's weights only (fresh optimizer and iteration count)."""
+    strict_init: bool = True
+    """With --init-from, require every tensor to match (--no-strict-init: load the matching)."""
+    amp: bool = False
+    """Mixed precision (autocast) for the forward pass."""
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    """Autocast dtype of --amp."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass to save activation memory."""
+    auto_microbatch: bool = False
+    """On CUDA out-of-memory, halve the micro-batch and double accumulation."""
+    compile: bool = False
+    """torch.compile the whole train step (forward, backward and optimizer)."""
+    save_strategy: Literal["both", "best", "latest", "none"] = "both"
+    """Which checkpoints to write at each evaluation."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without improvement (0 disables)."""
+    early_stopping_min_delta: float = 0.0
+    """Smallest val-loss decrease that counts as an improvement."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda > mps > cpu."""
+    seed: int = 1337
+    """Seed of initialisation, batch sampling and dropout."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

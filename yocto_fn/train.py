@@ -13,7 +13,7 @@ from functools import partial
 
 import torch
 
-from . import layers, optim
+from . import layers, optim, rng
 from .config import ModelConfig
 from .device import autocast
 from .models import Model
@@ -62,11 +62,15 @@ def loss_fn(
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
     train: bool = True,
+    activation_checkpointing: bool = False,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy of `batch = (x, y)`; `key` drives dropout."""
     x, y = batch
     with autocast(x.device.type, amp_dtype):
-        logits, _ = model.forward(params, x, cfg, train=train, dropout_key=key)
+        logits, _ = model.forward(
+            params, x, cfg, train=train, dropout_key=key,
+            activation_checkpointing=activation_checkpointing,
+        )  # fmt: skip
     return layers.cross_entropy(logits, y, label_smoothing)
 
 
@@ -80,21 +84,41 @@ def make_train_step(
     amp_dtype: torch.dtype | None = None,
     compile: bool = False,
     eager_autograd: bool = True,
+    activation_checkpointing: bool = False,
 ) -> TrainStep:
     """Build `step(params, opt_state, batch, lr, key) -> (params, opt_state, metrics)`.
 
     `lr` may be a float or a 0-d tensor and `key` is an `rng` key; both are turned into
     tensors before the compiled region, so changing them never triggers a recompile.
     metrics = {"loss", "grad_norm"} as 0-d tensors (no host sync inside the step).
-    `eager_autograd` is passed to `grad_and_value`.
+
+    Gradient accumulation: give `batch` a leading micro-batch axis, (x, y) of [A, B, T]; the
+    step averages the A micro-batch gradients (micro-batch i uses key fold_in(key, i)), which
+    equals one batch of A*B rows. `eager_autograd` is passed to `grad_and_value`.
     """
     loss = partial(
-        loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype
-    )
+        loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
+        activation_checkpointing=activation_checkpointing,
+    )  # fmt: skip
     grad_and_loss = grad_and_value(loss, eager_autograd)
 
+    def accumulate(params, batch, key):
+        x, y = batch
+        if x.dim() == 2:
+            return grad_and_loss(params, batch, key)
+        grads, total = None, 0.0
+        for i, micro in enumerate(zip(x.unbind(0), y.unbind(0), strict=True)):
+            g, value = grad_and_loss(params, micro, None if key is None else rng.fold_in(key, i))
+            if grads is None:
+                grads = g
+            else:
+                torch._foreach_add_(tree_leaves(grads), tree_leaves(g))
+            total = total + value
+        torch._foreach_div_(tree_leaves(grads), x.shape[0])
+        return grads, total / x.shape[0]
+
     def pure_step(params, opt_state, batch, lr, key):
-        grads, value = grad_and_loss(params, batch, key)
+        grads, value = accumulate(params, batch, key)
         grads, norm = optim.clip_by_global_norm(grads, grad_clip)
         params, opt_state = optim.update(grads, opt_state, params, lr, hp)
         return params, opt_state, {"loss": value.detach(), "grad_norm": norm}

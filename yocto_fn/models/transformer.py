@@ -14,6 +14,7 @@ from functools import partial
 from typing import Literal, NamedTuple
 
 import torch
+import torch.utils.checkpoint
 
 from .. import layers, rng
 from ..cache import KVCache, advance, check_room, positions_and_mask
@@ -122,8 +123,13 @@ def forward(
     cache: KVCache | None = None,
     train: bool = False,
     dropout_key: torch.Tensor | None = None,
+    activation_checkpointing: bool = False,
 ) -> tuple[torch.Tensor, KVCache | None]:
-    """Logits [B, T, V] for tokens idx [B, T] (only the new tokens when a cache is given)."""
+    """Logits [B, T, V] for tokens idx [B, T] (only the new tokens when a cache is given).
+
+    `activation_checkpointing` recomputes each block in the backward pass instead of keeping
+    its activations; dropout masks come from keys, so the recomputation is exact.
+    """
     T = idx.shape[1]
     if cache is not None:
         check_room(cache, T)
@@ -194,8 +200,12 @@ def make_model(name: str, recipe: Recipe) -> Model:
         cache: KVCache | None = None,
         train: bool = False,
         dropout_key: torch.Tensor | None = None,
+        activation_checkpointing: bool = False,
     ) -> tuple[torch.Tensor, KVCache | None]:
-        return forward(params, idx, cfg, recipe, cache=cache, train=train, dropout_key=dropout_key)
+        return forward(
+            params, idx, cfg, recipe, cache=cache, train=train, dropout_key=dropout_key,
+            activation_checkpointing=activation_checkpointing,
+        )  # fmt: skip
 
     def init_cache_fn(
         cfg: ModelConfig,

@@ -1,0 +1,288 @@
+"""The training CLI: exact resume, accumulation, checkpointing, features and bad input."""
+
+import csv
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import VARIANTS, real_text, tiny_config
+
+import cli
+from yocto_fn import models, optim, rng
+from yocto_fn.params import max_abs_diff, named_leaves, tree_leaves
+from yocto_fn.train import grad_and_value, loss_fn, make_train_step
+from yocto_fn.trainer import Trainer
+
+TINY = ("--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
+FAST = ("--batch-size", "4", "--eval-iters", "2", "--eval-interval", "4", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def char_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    corpus = root / "corpus.txt"
+    corpus.write_text(real_text()[:40_000], encoding="utf-8")
+    assert cli.main(["prepare-char", "--text-path", str(corpus), "--out-dir", str(root / "c")]) == 0
+    return root / "c"
+
+
+def train(data_dir: Path, ckpt_dir: Path, *flags: str) -> int:
+    argv = ["train", "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir), *TINY, *FAST]
+    return cli.main([*argv, *flags])
+
+
+def ckpt(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def rows(ckpt_dir: Path) -> list[dict[str, str]]:
+    with (ckpt_dir / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    if not directory.exists():
+        return {}
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+LOSSES = ("iter", "train_loss", "val_loss", "val_loss_raw", "best_val_loss", "grad_norm", "lr")
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+def test_resume_equals_uninterrupted_run(char_dir, tmp_path):
+    """8 steps == 4 steps + --resume 4 more, with dropout on (data and dropout RNG restored)."""
+    common = ("--model", "gpt-plus", "--dropout", "0.2", "--max-iters")
+    assert train(char_dir, tmp_path / "full", *common, "8") == 0
+    assert train(char_dir, tmp_path / "half", *common, "4") == 0
+    latest = tmp_path / "half" / "latest.pt"
+    assert train(char_dir, tmp_path / "half", *common, "4", "--resume", str(latest)) == 0
+
+    full, resumed = rows(tmp_path / "full"), rows(tmp_path / "half")
+    assert [r["iter"] for r in resumed] == ["4", "8"]
+    assert [{k: r[k] for k in LOSSES} for r in full] == [{k: r[k] for k in LOSSES} for r in resumed]
+    a, b = ckpt(tmp_path / "full" / "latest.pt"), ckpt(latest)
+    assert b["iter"] == 8 and b["progress"]["tokens_seen"] == 8 * 4 * 16
+    assert max_abs_diff(a["params"], b["params"]) == 0.0
+    assert max_abs_diff(a["opt_state"]["mu"], b["opt_state"]["mu"]) == 0.0
+
+
+def test_grad_accumulation_matches_full_batch():
+    cfg = tiny_config()
+    model = models.get("gpt-fast")
+    params = model.init(cfg, 0)
+    x = torch.randint(
+        cfg.vocab_size, (8, cfg.block_size), generator=torch.Generator().manual_seed(1)
+    )
+    y = torch.roll(x, -1, 1)
+    step = make_train_step(model, cfg, optim.AdamW())
+    full, _, m_full = step(params, optim.init(params), (x, y), 1e-3, None)
+    micro = (x.reshape(2, 4, -1), y.reshape(2, 4, -1))
+    accum, _, m_acc = step(params, optim.init(params), micro, 1e-3, None)
+    assert max_abs_diff(full, accum) < 1e-5
+    assert abs(m_full["loss"].item() - m_acc["loss"].item()) < 1e-5
+    assert abs(m_full["grad_norm"].item() - m_acc["grad_norm"].item()) < 1e-5
+
+
+def test_grad_accum_flag_matches_full_batch_run(char_dir, tmp_path):
+    """The CLI draws the same rows for 2 x 2 as for 4 x 1, so the runs end equal."""
+    flags = ("--model", "gpt", "--max-iters", "4")
+    assert train(char_dir, tmp_path / "full", *flags) == 0
+    assert (
+        train(char_dir, tmp_path / "acc", *flags, "--batch-size", "2", "--grad-accum-steps", "2")
+        == 0
+    )
+    a, b = ckpt(tmp_path / "full" / "latest.pt"), ckpt(tmp_path / "acc" / "latest.pt")
+    assert max_abs_diff(a["params"], b["params"]) < 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_activation_checkpointing_gives_same_gradients(variant):
+    cfg = tiny_config(dropout=0.1)
+    model = models.get(variant)
+    params = model.init(cfg, 0)
+    x = torch.randint(
+        cfg.vocab_size, (3, cfg.block_size), generator=torch.Generator().manual_seed(2)
+    )
+    batch, key = (x, torch.roll(x, -1, 1)), rng.key(7)
+    grads = {}
+    for ckpt_on in (False, True):
+        fn = lambda p, b, k, on=ckpt_on: loss_fn(  # noqa: E731
+            p, b, k, model=model, cfg=cfg, activation_checkpointing=on
+        )
+        grads[ckpt_on], _ = grad_and_value(fn)(params, batch, key)
+    assert max_abs_diff(grads[False], grads[True]) < 1e-5
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def test_ema_tracks_an_average_of_the_params(char_dir, tmp_path):
+    assert train(char_dir, tmp_path, "--max-iters", "8", "--ema-decay", "0.9") == 0
+    c = ckpt(tmp_path / "latest.pt")
+    assert c["ema"] is not None and max_abs_diff(c["ema"], c["params"]) > 1e-4
+    last = rows(tmp_path)[-1]
+    assert last["val_loss"] == last["val_loss_ema"] != last["val_loss_raw"]
+    assert last["best_val_loss_ema"]
+
+
+def test_ema_off_leaves_ema_columns_empty(char_dir, tmp_path):
+    assert train(char_dir, tmp_path, "--max-iters", "4") == 0
+    last = rows(tmp_path)[-1]
+    assert last["val_loss_ema"] == "" and last["val_loss"] == last["val_loss_raw"]
+    assert ckpt(tmp_path / "latest.pt")["ema"] is None
+
+
+def test_early_stopping_stops_before_max_iters(char_dir, tmp_path):
+    flags = ("--max-iters", "40", "--early-stopping-patience", "2")
+    assert train(char_dir, tmp_path, *flags, "--early-stopping-min-delta", "100") == 0
+    assert [r["iter"] for r in rows(tmp_path)] == ["4", "8", "12"]
+    assert ckpt(tmp_path / "latest.pt")["iter"] == 12
+
+
+@pytest.mark.parametrize(
+    "strategy, files",
+    [("both", {"best.pt", "latest.pt"}), ("best", {"best.pt"}), ("latest", {"latest.pt"}),
+     ("none", set())],
+)  # fmt: skip
+def test_save_strategy_writes_only_what_it_says(char_dir, tmp_path, strategy, files):
+    assert train(char_dir, tmp_path, "--max-iters", "4", "--save-strategy", strategy) == 0
+    assert {p.name for p in tmp_path.glob("*.pt")} == files
+    assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "run_meta.json").is_file()
+
+
+def test_best_checkpoint_holds_the_best_evaluation(char_dir, tmp_path):
+    assert train(char_dir, tmp_path, "--max-iters", "12", "--lr", "3e-3") == 0
+    best = min(rows(tmp_path), key=lambda r: float(r["val_loss"]))
+    assert ckpt(tmp_path / "best.pt")["iter"] == int(best["iter"])
+
+
+def test_auto_tie_weights_ties_on_a_small_corpus(char_dir, tmp_path):
+    assert train(char_dir, tmp_path / "untied", "--max-iters", "1") == 0
+    assert train(char_dir, tmp_path / "tied", "--max-iters", "1", "--auto-tie-weights") == 0
+    untied, tied = ckpt(tmp_path / "untied" / "latest.pt"), ckpt(tmp_path / "tied" / "latest.pt")
+    assert "lm_head" in untied["params"] and not untied["model_config"]["tie_weights"]
+    assert "lm_head" not in tied["params"] and tied["model_config"]["tie_weights"]
+
+
+def test_init_from_no_strict_loads_the_matching_tensors(char_dir, tmp_path, capsys):
+    assert train(char_dir, tmp_path / "a", "--model", "gpt", "--max-iters", "4") == 0
+    src = tmp_path / "a" / "latest.pt"
+    deeper = ("--model", "gpt", "--n-layer", "3", "--max-iters", "0", "--init-from", str(src))
+    before = snapshot(tmp_path / "b")
+    assert train(char_dir, tmp_path / "b", *deeper) == 2
+    assert "--no-strict-init" in capsys.readouterr().err and snapshot(tmp_path / "b") == before
+    assert train(char_dir, tmp_path / "b", *deeper, "--no-strict-init") == 0
+    assert "blocks.2." in capsys.readouterr().err
+    a = named_leaves(ckpt(src)["params"])
+    b = named_leaves(ckpt(tmp_path / "b" / "latest.pt")["params"])
+    fresh = named_leaves(
+        models.get("gpt").init(tiny_config(vocab_size=a["wte"].shape[0], n_layer=3), 1337)
+    )
+    assert torch.equal(a["blocks.1.attn.qkv_w"], b["blocks.1.attn.qkv_w"])
+    assert torch.equal(a["wte"], b["wte"]) and not torch.equal(a["wte"], fresh["wte"])
+    assert torch.equal(b["blocks.2.attn.qkv_w"], fresh["blocks.2.attn.qkv_w"])
+    assert ckpt(tmp_path / "b" / "latest.pt")["iter"] == 0
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes(char_dir, tmp_path, monkeypatch, capsys):
+    original = Trainer.train_step
+
+    def step_then_interrupt(self, it, end):
+        out = original(self, it, end)
+        if it == 2:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    assert train(char_dir, tmp_path, "--max-iters", "100") == 0
+    assert "--resume" in capsys.readouterr().out
+    assert ckpt(tmp_path / "latest.pt")["iter"] == 3
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _expect_error(capsys, argv_fn, needle: str, watch: Path) -> None:
+    before = snapshot(watch)
+    capsys.readouterr()
+    assert argv_fn() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and needle in err, err
+    assert snapshot(watch) == before
+
+
+def test_bad_inputs_exit_2_with_one_line(char_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(char_dir, run, "--model", "gpt", "--max-iters", "4") == 0
+    capsys.readouterr()
+    latest = str(run / "latest.pt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (lambda: train(tmp_path / "nope", run), "meta.json missing"),
+        (lambda: train(char_dir, run, "--block-size", "100000"), "larger than the"),
+        (lambda: train(char_dir, run, "--n-embd", "30", "--n-head", "4"), "divisible"),
+        (lambda: train(char_dir, run, "--resume", latest, "--model", "gpt-plus"), "architecture"),
+        (lambda: train(char_dir, run, "--resume", latest, "--n-layer", "3"), "architecture"),
+        (lambda: train(char_dir, run, "--batch-size", "0"), "--batch-size"),
+        (lambda: train(char_dir, run, "--model", "gpt-huge"), "gpt-huge"),
+        (lambda: train(char_dir, run, "--resume", str(tmp_path / "none.pt")), "not found"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((lambda: train(char_dir, run, "--device", "cuda"), "CUDA"))
+    for fn, needle in cases:
+        _expect_error(capsys, fn, needle, run)
+
+
+def test_missing_bin_is_an_error(char_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("meta.json", "vocab.json", "train.bin"):
+        (broken / name).write_bytes((char_dir / name).read_bytes())
+    _expect_error(capsys, lambda: train(broken, tmp_path / "run"), "val.bin", tmp_path / "run")
+
+
+def test_resume_with_another_vocabulary_is_an_error(char_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    corpus = tmp_path / "abc.txt"
+    corpus.write_text("abc abc cab\n\n" * 400, encoding="utf-8")
+    assert cli.main(["prepare-char", "--text-path", str(corpus), "--out-dir", str(other)]) == 0
+    assert train(char_dir, tmp_path / "run", "--max-iters", "1") == 0
+    latest = str(tmp_path / "run" / "latest.pt")
+    _expect_error(capsys, lambda: train(other, tmp_path / "run", "--resume", latest), "vocab",
+                  tmp_path / "run")  # fmt: skip
+
+
+def test_corrupt_checkpoint_is_an_error(char_dir, tmp_path, capsys):
+    assert train(char_dir, tmp_path / "run", "--max-iters", "1") == 0
+    latest = tmp_path / "run" / "latest.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(latest.read_bytes()[:2000])
+    _expect_error(capsys, lambda: train(char_dir, tmp_path / "run", "--resume", str(truncated)),
+                  "corrupt", tmp_path / "run")  # fmt: skip
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(char_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(char_dir, run, "--max-iters", "4") == 0
+    capsys.readouterr()
+    resume = ("--resume", str(run / "latest.pt"), "--lr", "1e30", "--grad-clip", "0")
+    _expect_error(capsys, lambda: train(char_dir, run, *resume), "at step", run)
+
+
+def test_train_step_metrics_have_no_leaves_left_behind():
+    """Every parameter moves in one step: no leaf is silently dropped from the update."""
+    cfg = tiny_config()
+    model = models.get("gpt-plus")
+    params = model.init(cfg, 0)
+    x = torch.randint(cfg.vocab_size, (2, cfg.block_size))
+    new, _, _ = make_train_step(model, cfg, optim.AdamW())(
+        params, optim.init(params), (x, x), 1e-2, None
+    )
+    assert all(
+        not torch.equal(a, b) for a, b in zip(tree_leaves(params), tree_leaves(new), strict=True)
+    )

@@ -1,0 +1,88 @@
+"""Checkpoints: plain dicts of tensors and Python values, written atomically.
+
+Layout (format 1): {"format", "arch", "mode", "model_config", "train_config", "params",
+"opt_state": {"step", "mu", "nu"}, "ema" (or None), "iter", "best_val_loss", "rng",
+"tokenizer", "progress"}. Everything loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import fileio
+from .errors import UserError
+from .optim import OptState
+from .params import Params, named_leaves, tree_unflatten_like
+
+FORMAT = 1
+REQUIRED = ("format", "arch", "model_config", "params", "iter", "tokenizer")
+
+
+def save(path: Path, ckpt: dict[str, Any]) -> None:
+    """Write `ckpt` to `path` via a temporary file, fsync and rename: a crash mid-write
+    leaves the previous checkpoint intact."""
+    fileio.write_files({path: lambda f: torch.save(ckpt, f)})
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and sanity-check a checkpoint; a missing, corrupt or foreign file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UserError(
+            f"checkpoint {path} is corrupt or truncated ({reason}); use another checkpoint "
+            "(e.g. best.pt or latest.pt of the run) or start afresh"
+        ) from None
+    missing = [k for k in REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is not a yocto_fn checkpoint (missing {', '.join(missing)})")
+    if ckpt["format"] != FORMAT:
+        raise UserError(f"{path} has checkpoint format {ckpt['format']}, expected {FORMAT}")
+    return ckpt
+
+
+def opt_state_to_dict(state: OptState) -> dict[str, Any]:
+    return {"step": state.step, "mu": state.mu, "nu": state.nu}
+
+
+def opt_state_from_dict(d: dict[str, Any]) -> OptState:
+    return OptState(d["step"], d["mu"], d["nu"])
+
+
+def load_matching(
+    target: Params, source: Params, strict: bool, what: str
+) -> tuple[Params, list[str]]:
+    """Copy `source` tensors into a tree shaped like `target`, by dotted name.
+
+    strict: every name and shape must match, else a UserError lists the differences.
+    Otherwise tensors that are missing or differ in shape keep `target`'s values; their
+    names are returned so the caller can report them.
+    """
+    src = named_leaves(source)
+    dst = named_leaves(target)
+    skipped = [
+        name
+        for name, t in dst.items()
+        if name not in src or tuple(src[name].shape) != tuple(t.shape)
+    ]
+    unused = [name for name in src if name not in dst]
+    if strict and (skipped or unused):
+        shown = ", ".join((skipped + unused)[:6])
+        raise UserError(
+            f"{what} does not match this model ({len(skipped) + len(unused)} tensors differ: "
+            f"{shown}); pass --no-strict-init to load only the matching ones"
+        )
+    leaves = [
+        t if name in skipped else src[name].to(device=t.device, dtype=t.dtype)
+        for name, t in dst.items()
+    ]
+    return tree_unflatten_like(target, leaves), skipped + [f"{n} (unused)" for n in unused]
