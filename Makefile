@@ -27,9 +27,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Prepare the embedded default corpus, train a small gpt-fast (~3 min on 2 CPU cores), sample.
 demo: $(STAMP)
-	@echo "make demo: the training CLI is not yet available; run 'make bench' for the training benchmark." >&2
-	@exit 2
+	$(PY) cli.py prepare-char
+	$(PY) cli.py train --model gpt-fast --max-iters 800 --eval-interval 200 --eval-iters 10 \
+		--ckpt-dir checkpoints/demo
+	$(PY) cli.py sample --ckpt checkpoints/demo/best.pt --prompt "The " --max-new-tokens 400 \
+		--temperature 0.8 --stats
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

@@ -3,6 +3,8 @@
     python cli.py prepare-char [--text-path FILE] [--out-dir data/char] ...
     python cli.py prepare-tokenizer [--text-path FILE] [--vocab-size 8000] ...
     python cli.py train --model gpt-fast [--data-dir data/char] [--max-iters 1000] ...
+    python cli.py sample --ckpt checkpoints/run/best.pt [--prompt "Hello"] ...
+    python cli.py chat --ckpt checkpoints/run/best.pt [--system-prompt "..."] ...
 
 Flags accept both spellings, `--text-path` and `--text_path`. Mistakes in the input
 (missing files, bad values) print one line on stderr and exit with status 2.
@@ -20,7 +22,7 @@ from typing import Any
 import tyro
 
 from yocto_fn import data
-from yocto_fn.config import TrainConfig
+from yocto_fn.config import ChatConfig, SampleConfig, TrainConfig
 from yocto_fn.errors import UserError
 
 
@@ -53,10 +55,24 @@ def _train(cfg: TrainConfig) -> None:
         )
 
 
+def _sample(cfg: SampleConfig) -> None:
+    from yocto_fn import sample
+
+    sample.run(cfg)
+
+
+def _chat(cfg: ChatConfig) -> None:
+    from yocto_fn import chat
+
+    chat.run(cfg)
+
+
 COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {
     "prepare-char": (data.PrepareCharConfig, _prepare_char),
     "prepare-tokenizer": (data.PrepareTokenizerConfig, _prepare_tokenizer),
     "train": (TrainConfig, _train),
+    "sample": (SampleConfig, _sample),
+    "chat": (ChatConfig, _chat),
 }
 
 

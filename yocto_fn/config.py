@@ -152,3 +152,63 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What sampling and chat share: the checkpoint, its overrides and the sampling knobs."""
+
+    ckpt: Path
+    """Checkpoint (latest.pt / best.pt); it holds the architecture and the tokenizer."""
+    mode: Literal["char", "token"] | None = None
+    """char or token; taken from the checkpoint (given, it must agree)."""
+    vocab_path: Path | None = None
+    """Override the checkpoint's character vocabulary (vocab.json)."""
+    tokenizer_path: Path | None = None
+    """Override the checkpoint's tokenizer (tokenizer.json)."""
+    max_new_tokens: int = 200
+    """Tokens to generate."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 picks the most likely token (greedy)."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0 disables)."""
+    top_p: float = 0.0
+    """Nucleus sampling: the smallest set of tokens reaching probability p (0 or 1 disables)."""
+    seed: int = 1337
+    """Seed of the sampling generator: the same seed gives the same text."""
+    compile: bool = False
+    """torch.compile the one-token decode step (compiles once, then reused for every token)."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda > mps > cpu."""
+    ema: bool = False
+    """Use the checkpoint's EMA weights (trained with --ema-decay) instead of the raw ones."""
+
+
+@dataclass(frozen=True)
+class SampleConfig(InferenceOptions):
+    """Generate text from a checkpoint; it streams to stdout as it is generated."""
+
+    prompt: str = ""
+    """Text to continue (\\n and \\t escapes are honoured)."""
+    num_samples: int = 1
+    """Independent samples, one after the other."""
+    stats: bool = False
+    """Print prompt tokens, new tokens, prefill ms and decode tokens/s to stderr."""
+    drop_unknown: bool = False
+    """Char mode: drop prompt characters outside the vocabulary (warning) instead of failing."""
+
+
+@dataclass(frozen=True)
+class ChatConfig(InferenceOptions):
+    """Chat with a checkpoint: `/reset` clears the history, `/exit` or end of input quits."""
+
+    system_prompt: str = "You are yocto_fn, a concise and helpful assistant."
+    """First line of every context (kept when old turns are trimmed)."""
+    max_new_tokens: int = 128
+    """Longest reply in tokens (a reply also ends at a newline or <eos>)."""
+    temperature: float = 0.9
+    """Softmax temperature; 0 is greedy."""
+    top_k: int = 40
+    """Sample from the k most likely tokens only (0 disables)."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold (0 or 1 disables)."""

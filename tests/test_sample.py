@@ -1,0 +1,219 @@
+"""Generation: cache == no cache past block_size, filtering, determinism, compile, CLIs."""
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+from conftest import VARIANTS, real_text, tiny_config
+from torch._dynamo.utils import counters
+
+import cli
+from yocto_fn import models
+from yocto_fn.chat import Conversation
+from yocto_fn.config import ChatConfig
+from yocto_fn.sample import decode_step, filter_logits, generate, load_model
+
+
+def reference_greedy(model, params, cfg, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding with a full forward over the context window at every step, no cache.
+
+    The window: the last block_size prompt tokens; once it would exceed block_size it
+    restarts from the last block_size // 2 tokens (the documented sliding rule).
+    """
+    seq = list(prompt)
+    start = max(0, len(seq) - cfg.block_size)
+    for _ in range(n):
+        if len(seq) - start > cfg.block_size:
+            start = len(seq) - cfg.block_size // 2
+        logits, _ = model.forward(params, torch.tensor([seq[start:]]), cfg)
+        seq.append(int(logits[0, -1].argmax()))
+    return seq[len(prompt) :]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_greedy_equals_uncached_past_block_size(variant):
+    cfg = tiny_config(block_size=12)
+    model = models.get(variant)
+    params = model.init(cfg, 3)
+    prompt = [1, 5, 7, 2, 9]
+    want = reference_greedy(model, params, cfg, prompt, 40)
+    got = generate(model, params, cfg, prompt, max_new_tokens=40, temperature=0)
+    assert got.shape == (1, 40) and got[0].tolist() == want
+
+
+def test_prompt_longer_than_block_size_keeps_its_last_window():
+    cfg = tiny_config(block_size=8)
+    model = models.get("gpt")
+    params = model.init(cfg, 0)
+    prompt = list(range(1, 20))
+    got = generate(model, params, cfg, prompt, max_new_tokens=10, temperature=0)
+    assert got[0].tolist() == reference_greedy(model, params, cfg, prompt, 10)
+
+
+def test_top_k_1_is_greedy():
+    cfg = tiny_config()
+    model = models.get("gpt-plus")
+    params = model.init(cfg, 0)
+    greedy = generate(model, params, cfg, [3, 4], max_new_tokens=20, temperature=0)
+    gen = torch.Generator().manual_seed(0)
+    top1 = generate(model, params, cfg, [3, 4], max_new_tokens=20, top_k=1, generator=gen)
+    assert torch.equal(greedy, top1)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
+    kept = lambda p: torch.isfinite(filter_logits(probs.log(), top_p=p))[0].tolist()  # noqa: E731
+    assert kept(0.5) == [False, True, False, False]
+    assert kept(0.7) == [False, True, False, True]
+    assert kept(0.81) == [False, True, True, True]
+    assert kept(1.0) == [True] * 4
+    both = torch.isfinite(filter_logits(probs.log(), top_k=2, top_p=0.99))[0].tolist()
+    assert both == [False, True, False, True]
+
+
+def test_same_seed_same_tokens_and_other_seed_other_tokens():
+    cfg = tiny_config()
+    model = models.get("gpt-fast")
+    params = model.init(cfg, 0)
+
+    def run(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return generate(model, params, cfg, [1], max_new_tokens=30, generator=gen)
+
+    assert torch.equal(run(5), run(5)) and not torch.equal(run(5), run(6))
+
+
+def test_eos_stops_generation():
+    cfg = tiny_config()
+    model = models.get("gpt")
+    params = model.init(cfg, 0)
+    full = generate(model, params, cfg, [2, 3], max_new_tokens=20, temperature=0)[0].tolist()
+    eos = full[3]
+    first = full.index(eos)
+    stopped = generate(model, params, cfg, [2, 3], max_new_tokens=20, temperature=0, eos_id=eos)
+    assert stopped[0].tolist() == full[: first + 1]
+
+
+def test_streamed_tokens_equal_returned_tokens():
+    cfg = tiny_config()
+    model = models.get("gpt-plus")
+    params = model.init(cfg, 0)
+    seen = []
+    out = generate(model, params, cfg, [1, 2], max_new_tokens=25, temperature=0,
+                   stream=lambda t: seen.append(int(t[0])))  # fmt: skip
+    assert out[0].tolist() == seen
+
+
+def test_compiled_decode_equals_eager_without_recompiling():
+    torch._dynamo.reset()
+    decode_step.cache_clear()
+    counters.clear()
+    cfg = tiny_config(block_size=12)
+    model = models.get("gpt-fast")
+    params = model.init(cfg, 0)
+    eager = generate(model, params, cfg, [1, 2, 3], max_new_tokens=30, temperature=0)
+    warm = generate(model, params, cfg, [1, 2, 3], max_new_tokens=3, temperature=0, compile=True)
+    frames = counters["stats"]["unique_graphs"]
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        compiled = generate(model, params, cfg, [1, 2, 3], max_new_tokens=30, temperature=0,
+                            compile=True)  # fmt: skip
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+    assert frames >= 1 and torch.equal(eager[:, :3], warm)
+    assert torch.equal(eager, compiled)  # 30 tokens: slides past block_size twice
+    assert counters["stats"]["unique_graphs"] == frames
+
+
+# ----------------------------------------------------------------------------- CLIs
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    corpus = root / "corpus.txt"
+    corpus.write_text(real_text()[:30_000] + "\n\nSystem: User: Assistant:\n", encoding="utf-8")
+    src = ("--text-path", str(corpus))
+    assert cli.main(["prepare-char", *src, "--out-dir", str(root / "char")]) == 0
+    assert cli.main(["prepare-tokenizer", *src, "--out-dir", str(root / "tok"),
+                     "--vocab-size", "400"]) == 0  # fmt: skip
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64",
+            "--batch-size", "4", "--max-iters", "2", "--eval-iters", "1"]  # fmt: skip
+    out = {}
+    for mode, model in (("char", "gpt-plus"), ("token", "gpt")):
+        data = root / ("char" if mode == "char" else "tok")
+        argv = ["train", "--mode", mode, "--data-dir", str(data), "--model", model,
+                "--ckpt-dir", str(root / mode), *tiny]  # fmt: skip
+        assert cli.main(argv + ["--ckpt-dir", str(root / f"run-{mode}")]) == 0
+        out[mode] = root / f"run-{mode}" / "latest.pt"
+    return out
+
+
+@pytest.mark.parametrize("mode", ["char", "token"])
+def test_sample_needs_only_the_checkpoint(checkpoints, mode, capsys):
+    argv = ["sample", "--ckpt", str(checkpoints[mode]), "--max-new-tokens", "20",
+            "--prompt", "The\\nmodule", "--stats", "--num-samples", "2"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("The\nmodule") and out.count("The\nmodule") == 2 and "---" in out
+    assert "prompt tokens" in err and "tokens/s" in err
+
+
+def test_sample_same_seed_same_text(checkpoints, capsys):
+    texts = []
+    for seed in ("1", "1", "2"):
+        argv = ["sample", "--ckpt", str(checkpoints["char"]), "--seed", seed, "--prompt", "a"]
+        assert cli.main(argv) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] != texts[2]
+
+
+def test_unknown_prompt_characters(checkpoints, capsys):
+    argv = ["sample", "--ckpt", str(checkpoints["char"]), "--prompt", "snow ☃ man"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'☃'" in err
+    assert cli.main([*argv, "--drop-unknown"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("snow ☃ man") and "dropped" in err
+
+
+def test_sample_bad_inputs(checkpoints, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cases = [
+        (["--ckpt", str(bad)], "corrupt"),
+        (["--ckpt", str(tmp_path / "missing.pt")], "not found"),
+        (["--ckpt", str(checkpoints["char"]), "--mode", "token"], "char-level"),
+        (["--ckpt", str(checkpoints["char"]), "--top-p", "1.5"], "--top-p"),
+        (["--ckpt", str(checkpoints["char"]), "--ema"], "EMA"),
+    ]
+    for argv, needle in cases:
+        assert cli.main(["sample", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+
+
+@pytest.mark.parametrize("mode", ["char", "token"])
+def test_chat_answers_piped_turns_and_exits_on_eof(checkpoints, mode, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello there\n/reset\nwhat is a module?\n"))
+    argv = ["chat", "--ckpt", str(checkpoints[mode]), "--max-new-tokens", "16"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("Assistant:") == 2 and "(history cleared)" in out
+
+
+def test_chat_trims_the_oldest_turns_and_keeps_the_system_prompt(checkpoints):
+    loaded = load_model(ChatConfig(ckpt=checkpoints["char"]))
+    convo = Conversation(loaded, "hi", reply_room=4)
+    for i in range(10, 20):
+        convo.add(f"q{i}", f" a{i}")
+    ids = convo.prompt_ids("end")
+    text = loaded.tok.decode(ids)
+    assert len(ids) <= loaded.cfg.block_size - 4
+    assert text == "System: hi\nUser: q19\nAssistant: a19\nUser: end\nAssistant:"
+    convo.reset()
+    assert loaded.tok.decode(convo.prompt_ids("end")) == "System: hi\nUser: end\nAssistant:"
