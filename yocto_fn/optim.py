@@ -60,9 +60,24 @@ def init(params: Params) -> OptState:
     )
 
 
+def under_transform() -> bool:
+    """True inside `vmap`/`grad`: `torch._foreach_*` ops have no batching rules, so the
+    optimizer falls back to per-leaf ops there (same arithmetic, one kernel per leaf)."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
 def global_norm(grads: Params) -> Tensor:
-    """L2 norm over all leaves, without a host sync."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tree_leaves(grads))))
+    """L2 norm over all leaves, without a host sync.
+
+    Under `vmap` (an ensemble) each leaf is normed on its own: `_foreach_norm` has no
+    batching rule, and the per-member norms are what clipping needs there.
+    """
+    leaves = tree_leaves(grads)
+    if under_transform():
+        norms = [torch.linalg.vector_norm(t) for t in leaves]
+    else:
+        norms = torch._foreach_norm(leaves)
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def clip_by_global_norm(grads: Params, max_norm: float) -> tuple[Params, Tensor]:
@@ -74,7 +89,9 @@ def clip_by_global_norm(grads: Params, max_norm: float) -> tuple[Params, Tensor]
     if max_norm <= 0:
         return grads, norm
     scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    return tree_unflatten_like(grads, torch._foreach_mul(tree_leaves(grads), scale)), norm
+    leaves = tree_leaves(grads)
+    scaled = [g * scale for g in leaves] if under_transform() else torch._foreach_mul(leaves, scale)
+    return tree_unflatten_like(grads, scaled), norm
 
 
 def update(
@@ -85,14 +102,23 @@ def update(
     p, m, v = tree_leaves(params), tree_leaves(state.mu), tree_leaves(state.nu)
     decay = tree_leaves(decay_mask(params))
     step = state.step + 1
+    bias1 = 1.0 - torch.pow(hp.b1, step)
+    bias2_sqrt = torch.sqrt(1.0 - torch.pow(hp.b2, step))
+    if under_transform():
+        new = [
+            _update_leaf(*leaf, lr=lr, bias1=bias1, bias2_sqrt=bias2_sqrt, hp=hp)
+            for leaf in zip(p, g, m, v, decay, strict=True)
+        ]
+        p, m, v = (list(x) for x in zip(*new, strict=True))
+        return tree_unflatten_like(params, p), OptState(
+            step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
+        )
 
     m = torch._foreach_lerp(m, g, 1.0 - hp.b1)
     v = torch._foreach_mul(v, hp.b2)
     torch._foreach_addcmul_(v, g, g, value=1.0 - hp.b2)
 
     # upd = lr / bias1 * m / (sqrt(v / bias2) + eps), built in one temporary list.
-    bias1 = 1.0 - torch.pow(hp.b1, step)
-    bias2_sqrt = torch.sqrt(1.0 - torch.pow(hp.b2, step))
     upd = torch._foreach_sqrt(v)
     torch._foreach_div_(upd, bias2_sqrt)
     torch._foreach_add_(upd, hp.eps)
@@ -116,6 +142,19 @@ def update(
     return tree_unflatten_like(params, new_p), OptState(
         step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
     )
+
+
+def _update_leaf(
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, decay: bool, *,
+    lr: Scalar, bias1: Tensor, bias2_sqrt: Tensor, hp: AdamW,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """The AdamW arithmetic of `update` for one leaf (the path used under `vmap`)."""
+    m = torch.lerp(m, g, 1.0 - hp.b1)
+    v = v * hp.b2 + (1.0 - hp.b2) * g * g
+    upd = m * (lr / bias1) / (v.sqrt() / bias2_sqrt + hp.eps)
+    if decay and hp.weight_decay:
+        p = p * (1.0 - lr * hp.weight_decay)
+    return p - upd, m, v
 
 
 def constant(step: int, *, lr: float) -> float:
