@@ -5,6 +5,7 @@
     python cli.py train --model gpt-fast [--data-dir data/char] [--max-iters 1000] ...
     python cli.py sample --ckpt checkpoints/run/best.pt [--prompt "Hello"] ...
     python cli.py chat --ckpt checkpoints/run/best.pt [--system-prompt "..."] ...
+    python cli.py bench [--preset tiny|small] [--quick] [--device cpu cuda] ...
 
 Flags accept both spellings, `--text-path` and `--text_path`. Mistakes in the input
 (missing files, bad values) print one line on stderr and exit with status 2.
@@ -21,6 +22,7 @@ from typing import Any
 
 import tyro
 
+from benchmarks.run import BenchConfig
 from yocto_fn import data
 from yocto_fn.config import ChatConfig, SampleConfig, TrainConfig
 from yocto_fn.errors import UserError
@@ -67,12 +69,19 @@ def _chat(cfg: ChatConfig) -> None:
     chat.run(cfg)
 
 
+def _bench(cfg: BenchConfig) -> None:
+    from benchmarks import run
+
+    run.run(cfg)
+
+
 COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {
     "prepare-char": (data.PrepareCharConfig, _prepare_char),
     "prepare-tokenizer": (data.PrepareTokenizerConfig, _prepare_tokenizer),
     "train": (TrainConfig, _train),
     "sample": (SampleConfig, _sample),
     "chat": (ChatConfig, _chat),
+    "bench": (BenchConfig, _bench),
 }
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks that time the same public functions users call."""

@@ -1,0 +1,467 @@
+"""The benchmark suite: every variant and the nn.Module reference on every available device.
+
+Measures train tokens/s (eager, compiled, bf16 autocast) with MFU and peak memory, decode
+tokens/s at batch 1 (no cache, cache, compiled cache), prefill latency of a long prompt, and
+a vmap ensemble of K=4 models trained in one step against 4 sequential steps. Every figure
+is the median of repeats after warm-up, with the min-max spread.
+
+Writes `benchmarks/results/<date>-<device>/`: `results.jsonl` (one record per measurement),
+`table.md` and `chart.png`.
+
+    python benchmarks/run.py --quick              # < 2 minutes on 2 CPU cores, no compile
+    python benchmarks/run.py --preset small       # or: python cli.py bench --preset small
+
+FLOPs (the PaLM / nanoGPT convention; biases, norms and softmax are not counted):
+    N = weights that multiply activations: every >= 2-D leaf except the `wte`/`wpe` lookup
+        tables, plus the V x C output head when it is tied to `wte`;
+    forward FLOPs per token at context t = 2 N + 4 L C t (QK^T and attention x V, the full
+    t x t product as the kernels compute it); a training token costs 3x the forward:
+    6 N + 12 L C T. MFU = FLOPs per token x tokens/s / peak FLOP/s, with the peak measured
+    in the same run by a large matmul in the same dtype (and, on CUDA, the datasheet peak).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.reference_module import ReferenceGPT, make_optimizer  # noqa: E402
+from benchmarks.reference_module import train_step as reference_step  # noqa: E402
+from yocto_fn import models, optim, params  # noqa: E402
+from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.device import autocast  # noqa: E402
+from yocto_fn.sample import decode_step, generate  # noqa: E402
+from yocto_fn.train import make_train_step  # noqa: E402
+
+VARIANTS = (*models.NAMES, "reference")
+LR, WEIGHT_DECAY, CLIP, VOCAB = 3e-4, 0.1, 1.0, 96
+# Dense datasheet peaks (FLOP/s) by device-name fragment: (bf16 tensor core, fp32).
+DATASHEET = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
+             "L4": (121e12, 30e12), "A10G": (70e12, 31e12), "T4": (65e12, 8.1e12)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Preset:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+    new_tokens: int = 256
+    prompt_tokens: int = 512
+    ensemble_batch: int = 8
+
+    def model_config(self, block_size: int | None = None) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=VOCAB, block_size=block_size or self.block_size, n_layer=self.n_layer,
+            n_head=self.n_head, n_embd=self.n_embd, dropout=0.0,
+        )  # fmt: skip
+
+
+PRESETS = {"tiny": Preset(4, 4, 128, 128, 32), "small": Preset(6, 6, 384, 256, 16)}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Benchmark every variant on every available device; write JSON lines, table and chart."""
+
+    preset: Literal["tiny", "small"] = "tiny"
+    """tiny: 4 layers/4 heads/128 dim, block 128, batch 32; small: 6/6/384, block 256, batch 16."""
+    device: tuple[Literal["cpu", "cuda", "mps"], ...] = ()
+    """Devices to run on (default: every available one)."""
+    quick: bool = False
+    """A short run (< 2 minutes on 2 CPU cores): fewer repeats and tokens, no compiled modes."""
+    repeats: int = 5
+    """Timed repeats per measurement (the median is reported)."""
+    compile: bool = True
+    """Include the compiled modes (--no-compile skips them)."""
+    out_dir: Path = Path("benchmarks/results")
+    """Results go to <out-dir>/<date>-<device>/."""
+
+
+# ----------------------------------------------------------------------------- FLOPs, peaks
+
+
+def matmul_params(p: params.Params, cfg: ModelConfig) -> int:
+    """N of the module docstring: weights that multiply activations."""
+    named = params.named_leaves(p)
+    n = sum(t.numel() for k, t in named.items() if t.dim() >= 2 and k not in ("wte", "wpe"))
+    return n + (cfg.vocab_size * cfg.n_embd if cfg.tie_weights else 0)
+
+
+def forward_flops_per_token(n: int, cfg: ModelConfig, context: int) -> int:
+    return 2 * n + 4 * cfg.n_layer * cfg.n_embd * context
+
+
+def train_flops_per_token(n: int, cfg: ModelConfig) -> int:
+    return 3 * forward_flops_per_token(n, cfg, cfg.block_size)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of `fn` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measured_peak(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    """FLOP/s of a large square matmul in `dtype` on `device` (median of repeats)."""
+    n = 1024 if quick else (2048 if device.type == "cpu" else 8192)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = statistics.median(timed(lambda: a @ b, device, 2, 5))
+    return 2 * n**3 / seconds
+
+
+def datasheet_peak(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, (bf16, fp32) in DATASHEET.items():
+        if fragment in name:
+            return bf16 if dtype == torch.bfloat16 else fp32
+    return None
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA max allocated, or on CPU the rise of the process's peak
+    resident set (VmHWM, whose mark Linux resets through /proc/self/clear_refs)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.mb = device, None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        elif self.device.type == "cpu" and _reset_rss_peak():
+            self.base = _status_kb("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        elif self.device.type == "cpu" and hasattr(self, "base"):
+            self.mb = max(0, _status_kb("VmHWM") * 1024 - self.base) / 2**20
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+# ----------------------------------------------------------------------------- contenders
+
+
+def random_tokens(shape: tuple[int, ...], device: torch.device, seed: int = 0) -> torch.Tensor:
+    return torch.randint(VOCAB, shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def train_runner(
+    variant: str, cfg: ModelConfig, device: torch.device, batch_size: int, mode: str
+) -> tuple[Callable[[], Any], int]:
+    """A zero-argument train step of `variant` in `mode` (eager/compiled/bf16), and N."""
+    data = random_tokens((batch_size, cfg.block_size + 1), device)
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    amp = torch.bfloat16 if mode == "bf16" else None
+    if variant == "reference":
+        module = ReferenceGPT(cfg).to(device)
+        opt = make_optimizer(module, LR, WEIGHT_DECAY)
+        fn = torch.compile(module) if mode == "compiled" else module
+        n = sum(p.numel() for k, p in module.named_parameters() if p.dim() >= 2 and "wte" not in k
+                and "wpe" not in k)  # fmt: skip
+
+        def ref_step() -> None:
+            with autocast(device.type, amp):
+                reference_step(fn, opt, x, y, CLIP)
+
+        return ref_step, n
+    model = models.get(variant)
+    state = {"p": params.to(model.init(cfg, 0), device)}
+    state["opt"] = optim.init(state["p"])
+    step = make_train_step(
+        model, cfg, optim.AdamW(weight_decay=WEIGHT_DECAY), grad_clip=CLIP, amp_dtype=amp,
+        compile=mode == "compiled",
+    )  # fmt: skip
+
+    def fn_step() -> None:
+        state["p"], state["opt"], _ = step(state["p"], state["opt"], (x, y), LR, None)
+
+    return fn_step, matmul_params(state["p"], cfg)
+
+
+@torch.no_grad()
+def no_cache_decode(logits_fn: Callable[[torch.Tensor], torch.Tensor], prompt, n: int) -> None:
+    """Greedy decoding with a full forward over the whole sequence per token."""
+    seq = prompt
+    for _ in range(n):
+        seq = torch.cat([seq, logits_fn(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+
+
+def decode_runners(
+    variant: str, cfg: ModelConfig, device: torch.device, preset: Preset, modes: list[str]
+) -> dict[str, Callable[[], Any]]:
+    """Decode (batch 1, 16-token prompt, `new_tokens`) and prefill (`prompt_tokens`) calls."""
+    prompt = random_tokens((1, 16), device, 1)
+    long_prompt = random_tokens((1, preset.prompt_tokens), device, 2)
+    n = preset.new_tokens
+    if variant == "reference":
+        module = ReferenceGPT(cfg).to(device).eval()
+        return {
+            "no cache": lambda: no_cache_decode(module.logits, prompt, n),
+            "prefill": torch.no_grad()(lambda: module.logits(long_prompt)),
+        }
+    model = models.get(variant)
+    p = params.to(model.init(cfg, 0), device)
+    fwd = lambda seq: model.forward(p, seq, cfg)[0]  # noqa: E731
+    gen = lambda compile: generate(  # noqa: E731
+        model, p, cfg, prompt, max_new_tokens=n, temperature=0, compile=compile
+    )
+    cache = model.init_cache(cfg, 1, device=device)
+    prefill = torch.no_grad()(lambda: decode_step(model, False)(p, long_prompt, cfg, cache))
+    out = {"no cache": lambda: no_cache_decode(fwd, prompt, n), "cache": lambda: gen(False)}
+    if "compiled cache" in modes:
+        out["compiled cache"] = lambda: gen(True)
+    return out | {"prefill": prefill}
+
+
+def ensemble_runners(
+    variant: str, cfg: ModelConfig, device: torch.device, batch_size: int, k: int = 4
+) -> dict[str, Callable[[], Any]]:
+    """One vmapped step of K members against K sequential steps (same data, same math)."""
+    model = models.get(variant)
+    step = make_train_step(model, cfg, optim.AdamW(weight_decay=WEIGHT_DECAY), grad_clip=CLIP)
+    data = random_tokens((batch_size, cfg.block_size + 1), device)
+    batch = (data[:, :-1].contiguous(), data[:, 1:].contiguous())
+    members = [params.to(model.init(cfg, i), device) for i in range(k)]
+    states = [optim.init(p) for p in members]
+    stacked = params.stack(members)
+    stacked_state = optim.OptState(
+        torch.stack([s.step for s in states]),
+        params.stack([s.mu for s in states]),
+        params.stack([s.nu for s in states]),
+    )
+    vstep = torch.func.vmap(step, in_dims=(0, 0, None, None, None))
+    return {
+        f"vmap K={k}": lambda: vstep(stacked, stacked_state, batch, LR, None),
+        f"sequential K={k}": lambda: [
+            step(p, s, batch, LR, None) for p, s in zip(members, states, strict=True)
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------- records
+
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "benchmark": str, "variant": str, "device": str, "device_name": str, "dtype": str,
+    "mode": str, "preset": str, "metric": str, "value": float, "unit": str, "min": float,
+    "max": float, "repeats": int, "torch": str, "date": str,
+}  # fmt: skip
+OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "mfu": float, "mfu_datasheet": float, "peak_mem_mb": float, "flops_per_token": int,
+    "peak_flops": float, "tokens": int, "config": dict,
+}  # fmt: skip
+BENCHMARKS = {"train", "decode", "prefill", "ensemble"}
+
+
+def validate(record: dict[str, Any]) -> None:
+    """Raise ValueError unless `record` follows the results.jsonl schema."""
+    for key, kind in REQUIRED.items():
+        if key not in record:
+            raise ValueError(f"record lacks {key!r}: {record}")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise ValueError(f"{key!r} should be {kind}, got {record[key]!r}")
+    for key, value in record.items():
+        if key not in REQUIRED and key not in OPTIONAL:
+            raise ValueError(f"unknown field {key!r}")
+        if key in OPTIONAL and value is not None and not isinstance(value, OPTIONAL[key]):
+            raise ValueError(f"{key!r} should be {OPTIONAL[key]}, got {value!r}")
+    if record["benchmark"] not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {record['benchmark']!r}")
+    if not record["min"] <= record["value"] <= record["max"]:
+        raise ValueError(f"value outside its spread: {record}")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def record(
+    benchmark: str, variant: str, device: torch.device, mode: str, preset: str,
+    metric: str, values: list[float], unit: str, dtype: str = "float32", **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    rec = {
+        "benchmark": benchmark, "variant": variant, "device": device.type,
+        "device_name": device_name(device), "dtype": dtype, "mode": mode, "preset": preset,
+        "metric": metric, "value": float(statistics.median(values)), "unit": unit,
+        "min": float(min(values)), "max": float(max(values)), "repeats": len(values),
+        "torch": torch.__version__, "date": dt.date.today().isoformat(),
+    } | {k: v for k, v in extra.items() if v is not None}  # fmt: skip
+    validate(rec)
+    return rec
+
+
+# ----------------------------------------------------------------------------- the suite
+
+
+def bench_device(cfg: BenchConfig, device: torch.device, log: Callable[[str], None]):
+    """Every measurement of the suite on one device, as validated records."""
+    preset = PRESETS[cfg.preset]
+    if cfg.quick:
+        preset = replace(preset, new_tokens=32, prompt_tokens=128, batch_size=8)
+    repeats = 3 if cfg.quick else cfg.repeats
+    with_compile = cfg.compile and not cfg.quick
+    peaks = {dt_: measured_peak(device, dt_, cfg.quick) for dt_ in (torch.float32, torch.bfloat16)}
+    ctx = (cfg.preset, preset, repeats, log)
+    return [
+        *bench_train(
+            device, ["eager", *(["compiled"] if with_compile else []), "bf16"], peaks, ctx
+        ),
+        *bench_decode(
+            device, ["no cache", "cache", *(["compiled cache"] if with_compile else [])], ctx
+        ),  # fmt: skip
+        *bench_ensemble(device, ctx),
+    ]
+
+
+def _first_call(fn: Callable[[], Any], log: Callable[[str], None], what: str) -> None:
+    t0 = time.perf_counter()
+    fn()
+    log(f"{what}: first call {time.perf_counter() - t0:.1f} s")
+
+
+def bench_train(device, modes, peaks, ctx) -> list[dict[str, Any]]:
+    name, preset, repeats, log = ctx
+    mcfg, out = preset.model_config(), []
+    tokens = preset.batch_size * mcfg.block_size
+    for variant in VARIANTS:
+        for mode in modes:
+            dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+            fn, n = train_runner(variant, mcfg, device, preset.batch_size, mode)
+            _first_call(fn, log, f"{device.type} train {variant} {mode}")
+            with PeakMemory(device) as mem:
+                rates = [tokens / s for s in timed(fn, device, 1, repeats)]
+            fpt, sheet = train_flops_per_token(n, mcfg), datasheet_peak(device, dtype)
+            achieved = fpt * statistics.median(rates)
+            out.append(record(
+                "train", variant, device, mode, name, "throughput", rates, "tokens/s",
+                dtype=str(dtype).removeprefix("torch."), mfu=achieved / peaks[dtype],
+                mfu_datasheet=achieved / sheet if sheet else None, peak_mem_mb=mem.mb,
+                flops_per_token=fpt, peak_flops=peaks[dtype], tokens=tokens,
+                config=mcfg.to_dict() | {"batch_size": preset.batch_size},
+            ))  # fmt: skip
+    return out
+
+
+def bench_decode(device, modes, ctx) -> list[dict[str, Any]]:
+    """Decode and prefill use a block_size that holds the long prompt and the new tokens, so
+    no mode has to slide its window."""
+    name, preset, repeats, log = ctx
+    block = max(preset.block_size, preset.prompt_tokens, 16 + preset.new_tokens)
+    dcfg, out = preset.model_config(block_size=block), []
+    for variant in VARIANTS:
+        for mode, fn in decode_runners(variant, dcfg, device, preset, modes).items():
+            _first_call(fn, log, f"{device.type} decode {variant} {mode}")
+            seconds = timed(fn, device, 0, repeats)
+            if mode == "prefill":
+                ms = [s * 1000 for s in seconds]
+                out.append(record("prefill", variant, device, mode, name, "latency", ms, "ms",
+                                  tokens=preset.prompt_tokens))  # fmt: skip
+            else:
+                rates = [preset.new_tokens / s for s in seconds]
+                out.append(record("decode", variant, device, mode, name, "throughput", rates,
+                                  "tokens/s", tokens=preset.new_tokens))  # fmt: skip
+    return out
+
+
+def bench_ensemble(device, ctx) -> list[dict[str, Any]]:
+    name, preset, repeats, log = ctx
+    mcfg, out = preset.model_config(), []
+    tokens = 4 * preset.ensemble_batch * mcfg.block_size
+    for variant in models.NAMES:
+        for mode, fn in ensemble_runners(variant, mcfg, device, preset.ensemble_batch).items():
+            _first_call(fn, log, f"{device.type} ensemble {variant} {mode}")
+            ms = [s * 1000 for s in timed(fn, device, 0, repeats)]
+            out.append(record("ensemble", variant, device, mode, name, "step time", ms, "ms",
+                              tokens=tokens))  # fmt: skip
+    return out
+
+
+def available_devices() -> list[str]:
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
+def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> list[Path]:
+    """Run the suite; returns the result directories written."""
+    from benchmarks.report import write_report
+    from yocto_fn.device import resolve
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    written = []
+    for name in cfg.device or available_devices():
+        device = resolve(name)
+        records = bench_device(cfg, device, log)
+        out = cfg.out_dir / f"{dt.date.today().isoformat()}-{device.type}"
+        write_report(out, records, cfg)
+        print((out / "table.md").read_text())
+        written.append(out)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    import tyro
+
+    run(tyro.cli(BenchConfig, args=argv))
+
+
+if __name__ == "__main__":
+    main()
