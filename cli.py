@@ -5,6 +5,8 @@
     python cli.py train --model gpt-fast [--data-dir data/char] [--max-iters 1000] ...
     python cli.py sample --ckpt checkpoints/run/best.pt [--prompt "Hello"] ...
     python cli.py chat --ckpt checkpoints/run/best.pt [--system-prompt "..."] ...
+    python cli.py recommend [--data-dir data/char] [--priority speed|quality] ...
+    python cli.py smoke-cpu | smoke-train      (end with PASS or FAIL; exit 1 on FAIL)
     python cli.py bench [--preset tiny|small] [--quick] [--device cpu cuda] ...
 
 Flags accept both spellings, `--text-path` and `--text_path`. Mistakes in the input
@@ -24,7 +26,14 @@ import tyro
 
 from benchmarks.run import BenchConfig
 from yocto_fn import data
-from yocto_fn.config import ChatConfig, SampleConfig, TrainConfig
+from yocto_fn.config import (
+    ChatConfig,
+    RecommendConfig,
+    SampleConfig,
+    SmokeCpuConfig,
+    SmokeTrainConfig,
+    TrainConfig,
+)
 from yocto_fn.errors import UserError
 
 
@@ -69,18 +78,39 @@ def _chat(cfg: ChatConfig) -> None:
     chat.run(cfg)
 
 
+def _recommend(cfg: RecommendConfig) -> None:
+    from yocto_fn.recommend import recommend
+
+    recommend(cfg)
+
+
+def _smoke_cpu(cfg: SmokeCpuConfig) -> int:
+    from yocto_fn.smoke import smoke_cpu
+
+    return 0 if smoke_cpu(cfg) else 1
+
+
+def _smoke_train(cfg: SmokeTrainConfig) -> int:
+    from yocto_fn.smoke import smoke_train
+
+    return 0 if smoke_train(cfg) else 1
+
+
 def _bench(cfg: BenchConfig) -> None:
     from benchmarks import run
 
     run.run(cfg)
 
 
-COMMANDS: dict[str, tuple[type, Callable[[Any], None]]] = {
+COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
     "prepare-char": (data.PrepareCharConfig, _prepare_char),
     "prepare-tokenizer": (data.PrepareTokenizerConfig, _prepare_tokenizer),
     "train": (TrainConfig, _train),
     "sample": (SampleConfig, _sample),
     "chat": (ChatConfig, _chat),
+    "recommend": (RecommendConfig, _recommend),
+    "smoke-cpu": (SmokeCpuConfig, _smoke_cpu),
+    "smoke-train": (SmokeTrainConfig, _smoke_train),
     "bench": (BenchConfig, _bench),
 }
 
@@ -113,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = parse(argv)
-        next(fn for cls, fn in COMMANDS.values() if type(cfg) is cls)(cfg)
+        status = next(fn for cls, fn in COMMANDS.values() if type(cfg) is cls)(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

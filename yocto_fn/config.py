@@ -212,3 +212,53 @@ class ChatConfig(InferenceOptions):
     """Sample from the k most likely tokens only (0 disables)."""
     top_p: float = 0.95
     """Nucleus sampling threshold (0 or 1 disables)."""
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    """Recommend a model and a full `train` command for a prepared corpus and a device."""
+
+    data_dir: Path = Path("data/char")
+    """Prepared data directory (meta.json, train.bin, val.bin)."""
+    mode: Literal["char", "token"] | None = None
+    """char or token; taken from meta.json (given, it must agree)."""
+    tokenizer_path: Path | None = None
+    """Passed on to the train command (default: the one in --data-dir)."""
+    priority: Literal["speed", "quality"] = "speed"
+    """speed: gpt-fast; quality: gpt-plus."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Device to plan for (auto picks cuda > mps > cpu)."""
+    device_mem_gb: float | None = None
+    """Memory budget in GiB (default: the device's total; system RAM on CPU, 8 on MPS)."""
+    ckpt_dir: Path = Path("checkpoints/run")
+    """Checkpoint directory of the suggested run."""
+
+
+@dataclass(frozen=True)
+class SmokeCpuConfig:
+    """Random-weight models on the default corpus's characters: sample, compare cache paths."""
+
+    prompt: str = "Hello, world! What is a list?"
+    """Prompt; normalised (NFKC) and stripped of characters the vocabulary lacks."""
+    new_tokens: int = 64
+    """Characters to generate per variant."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda > mps > cpu."""
+    seed: int = 1337
+    """Seed of the random weights and of sampling."""
+
+
+@dataclass(frozen=True)
+class SmokeTrainConfig:
+    """Train a tiny model on the default corpus; check the loss falls, resume and init-from."""
+
+    model: ModelName = "gpt-fast"
+    """Variant to train."""
+    iters: int = 200
+    """Training steps of the first run."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda > mps > cpu."""
+    seed: int = 1337
+    """Seed of initialisation, batches and dropout."""
+    out_dir: Path | None = None
+    """Keep the data and checkpoints here (default: a temporary directory, removed after)."""
