@@ -1,0 +1,102 @@
+"""Every command in README.md runs: the docs cannot drift from the code.
+
+The fenced `bash` blocks are executed in order in a scratch directory, with settings that
+keep them fast: a few training steps, a few sampled tokens, no compilation (the compiled
+paths have their own tests). `make` targets and the GPU script are checked for existence
+and syntax; the long benchmarks are parsed (and run by the slow quick-bench test).
+"""
+
+import io
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import real_text
+
+import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+FAST = {
+    "train": ["--max-iters", "3", "--eval-interval", "3", "--eval-iters", "1", "--batch-size", "2"],
+    "sample": ["--max-new-tokens", "8", "--num-samples", "1"],
+    "chat": ["--max-new-tokens", "8"],
+    "smoke-cpu": ["--new-tokens", "8"],
+    "smoke-train": ["--iters", "40"],
+}
+PARSE_ONLY = {"bench"}
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def commands() -> list[list[str]]:
+    """Shell commands of the bash blocks, continuation lines joined, comments dropped."""
+    out = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                out.append(words)
+    return out
+
+
+def test_readme_has_the_two_setup_commands():
+    first = commands()[:2]
+    assert first == [["make", "demo"], ["make", "test"]]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def test_readme_commands_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    text = real_text()[:60_000]
+    (tmp_path / "book.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(text[:30_000], encoding="utf-8")
+    (tmp_path / "texts" / "b.txt").write_text(text[30_000:], encoding="utf-8")
+    ran = set()
+    for words in commands():
+        if words[0] == "make":
+            continue
+        if words[0] == "bash":
+            subprocess.run(["bash", "-n", str(ROOT / words[1])], check=True)
+            continue
+        assert words[:2] == [".venv/bin/python", "cli.py"], f"unexpected command {words}"
+        argv = words[2:]
+        sub = argv[0]
+        if sub in PARSE_ONLY:
+            cli.parse(argv)
+            continue
+        argv = [a for a in argv if a != "--compile"] + FAST.get(sub, [])
+        if sub == "chat":
+            monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nwhat is a list?\n"))
+        status = cli.main(argv)
+        out, err = capsys.readouterr()
+        assert status == 0, f"{shlex.join(words)} exited {status}: {err[-500:]}"
+        ran.add(sub)
+    assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sample", "chat", "recommend",
+                   "smoke-cpu", "smoke-train"}  # fmt: skip
+
+
+def test_readme_python_block_runs():
+    (code,) = blocks("python")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["logits"].shape == (4, 64, 96)
+    assert namespace["ensemble"].shape == (2, 4, 64, 96)
+
+
+SCRIPTS = ["run.py", "train_throughput.py", "decode_throughput.py", "data_prep.py"]
+
+
+@pytest.mark.parametrize("script", [f"benchmarks/{name}" for name in SCRIPTS])
+def test_benchmark_scripts_show_help(script):
+    out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr
