@@ -1,5 +1,6 @@
 """The pure train step: gradients, compiled == eager without recompiles, overfitting, bf16."""
 
+import math
 from functools import partial
 
 import pytest
@@ -139,3 +140,47 @@ def test_vmapped_train_step_equals_a_loop_over_the_ensemble(name):
         assert params.max_abs_diff(params.unstack(new, 3)[i], want) < 1e-5
         assert params.max_abs_diff(params.unstack(new_state.nu, 3)[i], want_state.nu) < 1e-7
         assert abs(metrics["loss"][i].item() - want_metrics["loss"].item()) < 1e-5
+
+
+def _scaled_step(cfg, m, scale, **kw):
+    return make_train_step(m, cfg, optim.AdamW(), loss_scale=optim.DynamicLossScale(scale, **kw))
+
+
+def test_loss_scaling_unscales_exactly():
+    """fp32 with a loss scale of 1024 takes the same step as no scaling (power of two)."""
+    cfg = tiny_config()
+    m = models.get("gpt-plus")
+    p = m.init(cfg, 0)
+    plain = make_train_step(m, cfg, optim.AdamW())(p, optim.init(p), _batch(cfg), 1e-3, None)
+    loss_scale = optim.DynamicLossScale(1024.0)
+    scaled = _scaled_step(cfg, m, 1024.0)(p, optim.init(p, loss_scale), _batch(cfg), 1e-3, None)
+    assert params.max_abs_diff(plain[0], scaled[0]) < 1e-6
+    assert abs(plain[2]["loss"].item() - scaled[2]["loss"].item()) < 1e-6
+    assert scaled[1].loss_scale.good_steps.item() == 1 and scaled[1].inner.step.item() == 1
+
+
+def test_overflowing_step_is_skipped_and_the_scale_backs_off():
+    cfg = tiny_config()
+    m = models.get("gpt")
+    p = m.init(cfg, 0)
+    loss_scale = optim.DynamicLossScale(3e38)  # loss x scale overflows fp32 -> inf grads
+    state = optim.init(p, loss_scale)
+    new_p, new_state, metrics = _scaled_step(cfg, m, 3e38)(p, state, _batch(cfg), 1e-3, None)
+    assert not torch.isfinite(metrics["grad_norm"])
+    assert params.max_abs_diff(new_p, p) == 0 and new_state.inner.step.item() == 0
+    assert params.max_abs_diff(new_state.inner.mu, state.inner.mu) == 0
+    assert new_state.loss_scale.scale.item() == pytest.approx(1.5e38)
+
+
+def test_loss_scale_grows_after_finite_steps_and_fp16_autocast_trains():
+    cfg = tiny_config()
+    m = models.get("gpt-fast")
+    p = m.init(cfg, 0)
+    loss_scale = optim.DynamicLossScale(256.0, growth_interval=2)
+    step = make_train_step(m, cfg, optim.AdamW(), amp_dtype=torch.float16, loss_scale=loss_scale)
+    state, losses = optim.init(p, loss_scale), []
+    for i in range(4):
+        p, state, metrics = step(p, state, _batch(cfg, seed=i), 1e-3, None)
+        losses.append(metrics["loss"].item())
+    assert all(math.isfinite(v) for v in losses) and state.inner.step.item() == 4
+    assert state.loss_scale.scale.item() == 1024.0  # doubled after steps 2 and 4

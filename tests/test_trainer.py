@@ -286,3 +286,17 @@ def test_train_step_metrics_have_no_leaves_left_behind():
     assert all(
         not torch.equal(a, b) for a, b in zip(tree_leaves(params), tree_leaves(new), strict=True)
     )
+
+
+def test_loss_scaled_optimizer_state_round_trips_through_a_checkpoint(tmp_path):
+    from yocto_fn import checkpoint
+
+    params = models.get("gpt").init(tiny_config(), 0)
+    state = optim.init(params, optim.DynamicLossScale(512.0))
+    saved = checkpoint.opt_state_to_dict(state)
+    torch.save(saved, tmp_path / "s.pt")
+    back = checkpoint.opt_state_from_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert isinstance(back, optim.ScaledState) and back.loss_scale.scale.item() == 512.0
+    assert max_abs_diff(back.inner.mu, state.inner.mu) == 0
+    plain = checkpoint.opt_state_from_dict(checkpoint.opt_state_to_dict(state.inner))
+    assert isinstance(plain, optim.OptState)

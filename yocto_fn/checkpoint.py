@@ -1,7 +1,7 @@
 """Checkpoints: plain dicts of tensors and Python values, written atomically.
 
 Layout (format 1): {"format", "arch", "mode", "model_config", "train_config", "params",
-"opt_state": {"step", "mu", "nu"}, "ema" (or None), "iter", "best_val_loss", "rng",
+"opt_state": {"step", "mu", "nu", "loss_scale"}, "ema" (or None), "iter", "best_val_loss", "rng",
 "tokenizer", "progress"}. Everything loads with `torch.load(weights_only=True)`.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from . import fileio
 from .errors import UserError
-from .optim import OptState
+from .optim import LossScale, OptState, ScaledState
 from .params import Params, named_leaves, tree_unflatten_like
 
 FORMAT = 1
@@ -50,12 +50,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return ckpt
 
 
-def opt_state_to_dict(state: OptState) -> dict[str, Any]:
-    return {"step": state.step, "mu": state.mu, "nu": state.nu}
+def opt_state_to_dict(state: OptState | ScaledState) -> dict[str, Any]:
+    scale = None
+    if isinstance(state, ScaledState):
+        state, scale = state.inner, state.loss_scale._asdict()
+    return {"step": state.step, "mu": state.mu, "nu": state.nu, "loss_scale": scale}
 
 
-def opt_state_from_dict(d: dict[str, Any]) -> OptState:
-    return OptState(d["step"], d["mu"], d["nu"])
+def opt_state_from_dict(d: dict[str, Any]) -> OptState | ScaledState:
+    state = OptState(d["step"], d["mu"], d["nu"])
+    scale = d.get("loss_scale")
+    return state if scale is None else ScaledState(state, LossScale(**scale))
 
 
 def load_matching(

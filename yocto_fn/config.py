@@ -130,7 +130,7 @@ class TrainConfig:
     amp: bool = False
     """Mixed precision (autocast) for the forward pass."""
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
-    """Autocast dtype of --amp."""
+    """Autocast dtype of --amp: bf16 (CPU, CUDA, MPS) or fp16 with dynamic loss scaling (CUDA)."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
     activation_checkpointing: bool = False

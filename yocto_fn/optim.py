@@ -37,10 +37,51 @@ class AdamW:
     weight_decay: float = 0.1
 
 
+class LossScale(NamedTuple):
+    """Dynamic loss-scaling state for fp16 training (0-d float32 tensors)."""
+
+    scale: Tensor
+    good_steps: Tensor  # finite steps since the scale last changed
+
+
 class OptState(NamedTuple):
     step: Tensor  # 0-d float32, number of updates applied
     mu: Params  # first moment
     nu: Params  # second moment
+
+
+class ScaledState(NamedTuple):
+    """AdamW state plus the loss scale, for fp16 training (a wrapper, as optax does)."""
+
+    inner: OptState
+    loss_scale: LossScale
+
+
+@dataclass(frozen=True)
+class DynamicLossScale:
+    """fp16 loss scaling: the loss is multiplied by `scale` before the backward pass so
+    small gradients survive fp16, and the gradients are divided by it afterwards. A step
+    whose gradients overflow is skipped and the scale divided by `factor`; after
+    `growth_interval` finite steps in a row it is multiplied by `factor`."""
+
+    init_scale: float = 2.0**16
+    growth_interval: int = 2000
+    factor: float = 2.0
+
+    def init(self, device: torch.device | str | None = None) -> LossScale:
+        return LossScale(
+            torch.tensor(self.init_scale, device=device), torch.zeros((), device=device)
+        )
+
+    def adjust(self, state: LossScale, finite: Tensor) -> LossScale:
+        good = torch.where(finite, state.good_steps + 1, torch.zeros_like(state.good_steps))
+        grow = good >= self.growth_interval
+        scale = torch.where(
+            finite,
+            torch.where(grow, state.scale * self.factor, state.scale),
+            state.scale / self.factor,
+        )
+        return LossScale(scale, torch.where(grow, torch.zeros_like(good), good))
 
 
 def decay_mask(params: Params) -> Params:
@@ -51,13 +92,27 @@ def decay_mask(params: Params) -> Params:
     }
 
 
-def init(params: Params) -> OptState:
+def init(params: Params, loss_scale: DynamicLossScale | None = None) -> OptState | ScaledState:
+    """Zeroed AdamW state; wrapped with a loss scale when `loss_scale` is given (fp16)."""
     device = tree_leaves(params)[0].device
-    return OptState(
+    state = OptState(
         step=torch.zeros((), dtype=torch.float32, device=device),
         mu=tree_map(torch.zeros_like, params),
         nu=tree_map(torch.zeros_like, params),
     )
+    return state if loss_scale is None else ScaledState(state, loss_scale.init(device))
+
+
+def scale_tree(tree: Params, factor: Tensor) -> Params:
+    """Every leaf times `factor` (foreach outside transforms)."""
+    leaves = tree_leaves(tree)
+    out = [t * factor for t in leaves] if under_transform() else torch._foreach_mul(leaves, factor)
+    return tree_unflatten_like(tree, out)
+
+
+def keep_if(ok: Tensor, new: Params, old: Params) -> Params:
+    """`new` where the 0-d bool `ok` holds, else `old`, leaf by leaf, without a host sync."""
+    return tree_map(lambda n, o: torch.where(ok, n, o), new, old)
 
 
 def under_transform() -> bool:
@@ -88,10 +143,7 @@ def clip_by_global_norm(grads: Params, max_norm: float) -> tuple[Params, Tensor]
     norm = global_norm(grads)
     if max_norm <= 0:
         return grads, norm
-    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    leaves = tree_leaves(grads)
-    scaled = [g * scale for g in leaves] if under_transform() else torch._foreach_mul(leaves, scale)
-    return tree_unflatten_like(grads, scaled), norm
+    return scale_tree(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0)), norm
 
 
 def update(

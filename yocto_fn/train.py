@@ -85,6 +85,7 @@ def make_train_step(
     compile: bool = False,
     eager_autograd: bool = True,
     activation_checkpointing: bool = False,
+    loss_scale: optim.DynamicLossScale | None = None,
 ) -> TrainStep:
     """Build `step(params, opt_state, batch, lr, key) -> (params, opt_state, metrics)`.
 
@@ -95,20 +96,32 @@ def make_train_step(
     Gradient accumulation: give `batch` a leading micro-batch axis, (x, y) of [A, B, T]; the
     step averages the A micro-batch gradients (micro-batch i uses key fold_in(key, i)), which
     equals one batch of A*B rows. `eager_autograd` is passed to `grad_and_value`.
+
+    fp16: pass `loss_scale` here and `optim.init(params, loss_scale)` (a `ScaledState`) as
+    the state. The loss
+    is scaled before the backward pass and the gradients unscaled after it; a step with
+    non-finite gradients leaves params and moments as they were and lowers the scale.
     """
     loss = partial(
         loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
         activation_checkpointing=activation_checkpointing,
     )  # fmt: skip
     grad_and_loss = grad_and_value(loss, eager_autograd)
+    grad_and_scaled_loss = grad_and_value(lambda p, b, k, s: loss(p, b, k) * s, eager_autograd)
 
-    def accumulate(params, batch, key):
+    def grads_of(params, batch, key, scale):
+        if scale is None:
+            return grad_and_loss(params, batch, key)
+        grads, value = grad_and_scaled_loss(params, batch, key, scale)
+        return optim.scale_tree(grads, 1.0 / scale), value / scale
+
+    def accumulate(params, batch, key, scale):
         x, y = batch
         if x.dim() == 2:
-            return grad_and_loss(params, batch, key)
+            return grads_of(params, batch, key, scale)
         grads, total = None, 0.0
         for i, micro in enumerate(zip(x.unbind(0), y.unbind(0), strict=True)):
-            g, value = grad_and_loss(params, micro, None if key is None else rng.fold_in(key, i))
+            g, value = grads_of(params, micro, None if key is None else rng.fold_in(key, i), scale)
             if grads is None:
                 grads = g
             else:
@@ -118,15 +131,27 @@ def make_train_step(
         return grads, total / x.shape[0]
 
     def pure_step(params, opt_state, batch, lr, key):
-        grads, value = accumulate(params, batch, key)
+        if loss_scale is None:
+            grads, value = accumulate(params, batch, key, None)
+            grads, norm = optim.clip_by_global_norm(grads, grad_clip)
+            params, opt_state = optim.update(grads, opt_state, params, lr, hp)
+            return params, opt_state, {"loss": value.detach(), "grad_norm": norm}
+        inner, scaler = opt_state
+        grads, value = accumulate(params, batch, key, scaler.scale)
         grads, norm = optim.clip_by_global_norm(grads, grad_clip)
-        params, opt_state = optim.update(grads, opt_state, params, lr, hp)
-        return params, opt_state, {"loss": value.detach(), "grad_norm": norm}
+        new_params, new_inner = optim.update(grads, inner, params, lr, hp)
+        finite = torch.isfinite(norm)
+        new_state = optim.ScaledState(
+            optim.keep_if(finite, new_inner, inner), loss_scale.adjust(scaler, finite)
+        )
+        return optim.keep_if(finite, new_params, params), new_state, {
+            "loss": value.detach(), "grad_norm": norm,
+        }  # fmt: skip
 
     inner = torch.compile(pure_step) if compile else pure_step
 
     def step(params, opt_state, batch, lr, key):
-        lr = torch.as_tensor(lr, dtype=torch.float32, device=opt_state.step.device)
+        lr = torch.as_tensor(lr, dtype=torch.float32, device=tree_leaves(opt_state)[0].device)
         return inner(params, opt_state, batch, lr, key)
 
     step.__doc__ = make_train_step.__doc__

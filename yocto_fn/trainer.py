@@ -152,10 +152,7 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[cfg.amp_dtype] if cfg.amp else None
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise UserError("--amp-dtype fp16 needs CUDA; use --amp-dtype bf16 on this device")
-        if self.amp_dtype is torch.float16:
-            raise UserError(
-                "--amp-dtype fp16 (with loss scaling) is not available yet; use --amp-dtype bf16"
-            )
+        self.loss_scale = optim.DynamicLossScale() if self.amp_dtype is torch.float16 else None
         if cfg.ckpt_dir.exists() and not cfg.ckpt_dir.is_dir():
             raise UserError(f"--ckpt-dir {cfg.ckpt_dir} is an existing file")
         self.ds = Dataset(cfg.data_dir)
@@ -171,7 +168,7 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt)
         else:
-            self.opt_state = optim.init(self.params)
+            self.opt_state = optim.init(self.params, self.loss_scale)
             if cfg.init_from:
                 self._warm_start(cfg.init_from)
         if cfg.ema_decay and self.ema is None:
@@ -185,9 +182,14 @@ class Trainer:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.params, _ = checkpoint.load_matching(self.params, ckpt["params"], True, "--resume")
-        self.opt_state = optim.OptState(
-            *(to(x, self.device) for x in checkpoint.opt_state_from_dict(ckpt["opt_state"]))
-        )
+        state = to(checkpoint.opt_state_from_dict(ckpt["opt_state"]), self.device)
+        inner = state.inner if isinstance(state, optim.ScaledState) else state
+        if self.loss_scale is None:
+            self.opt_state = inner
+        elif isinstance(state, optim.ScaledState):
+            self.opt_state = state
+        else:
+            self.opt_state = optim.ScaledState(inner, self.loss_scale.init(self.device))
         if ckpt.get("ema") is not None:
             self.ema = to(ckpt["ema"], self.device)
         prog = ckpt["progress"]
@@ -211,7 +213,7 @@ class Trainer:
             self.model, self.mcfg, optim.AdamW(weight_decay=self.cfg.weight_decay),
             label_smoothing=self.cfg.label_smoothing, grad_clip=self.cfg.grad_clip,
             amp_dtype=self.amp_dtype, compile=self.cfg.compile,
-            activation_checkpointing=self.cfg.activation_checkpointing,
+            activation_checkpointing=self.cfg.activation_checkpointing, loss_scale=self.loss_scale,
         )  # fmt: skip
 
     @property
@@ -227,7 +229,7 @@ class Trainer:
             "model_config": self.mcfg.to_dict(),
             "train_config": self.cfg.to_dict(),
             "params": to(self.params, "cpu"),
-            "opt_state": checkpoint.opt_state_to_dict(optim.OptState(*to(self.opt_state, "cpu"))),
+            "opt_state": checkpoint.opt_state_to_dict(to(self.opt_state, "cpu")),
             "ema": None if self.ema is None else to(self.ema, "cpu"),
             "iter": prog.iter,
             "best_val_loss": prog.best_val_loss,
