@@ -75,5 +75,21 @@ def positions_and_mask(
     return positions, keys[None, :] <= positions[:, None]
 
 
+def write(
+    cache: KVCache, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Store layer `layer`'s new keys/values [B, H, T, D] at `positions`, in place; return the
+    layer's whole buffers [B, H, Tmax, D].
+
+    The write is one `index_put_` on the full [L, B, H, Tmax, D] buffer rather than on a view
+    of it: written that way the compiler updates the cache in place, where a write into a
+    view made it copy every layer's buffer twice per token.
+    """
+    where = [torch.full_like(positions, layer), None, None, positions]  # None: a full slice
+    for buf, new in ((cache.k, k), (cache.v, v)):
+        torch.ops.aten.index_put_(buf, where, new.to(buf.dtype).permute(2, 0, 1, 3))
+    return cache.k[layer], cache.v[layer]
+
+
 def advance(cache: KVCache, new_tokens: int) -> KVCache:
     return cache._replace(pos=cache.pos + new_tokens)

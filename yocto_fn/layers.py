@@ -97,15 +97,16 @@ def causal_self_attention(
     attend: Attend,
     *,
     rope: tuple[Tensor, Tensor] | None = None,
-    kv: tuple[Tensor, Tensor] | None = None,
+    kv: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     positions: Tensor | None = None,
     mask: Tensor | None = None,
 ) -> Tensor:
     """Multi-head causal self-attention with one fused QKV projection.
 
-    With `kv` (this layer's cache buffers [B, H, Tmax, D]) the new keys/values are written at
-    `positions` and the queries attend over the whole buffer under `mask`: static shapes,
-    which is what lets a compiled decode step run without recompiling.
+    With `kv` (a function that stores this layer's new keys/values [B, H, T, D] in the cache
+    and returns the layer's whole buffers [B, H, Tmax, D], see `cache.write`) the queries
+    attend over the whole buffer under `mask`: static shapes, which is what lets a compiled
+    decode step run without recompiling.
     """
     q, k, v = (
         rearrange(t, "b t (h d) -> b h t d", h=n_head) for t in linear(x, p, "qkv").chunk(3, dim=-1)
@@ -113,9 +114,7 @@ def causal_self_attention(
     if rope is not None:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     if kv is not None:
-        k_buf, v_buf = kv
-        k = k_buf.index_copy_(2, positions, k.to(k_buf.dtype))
-        v = v_buf.index_copy_(2, positions, v.to(v_buf.dtype))
+        k, v = kv(k, v)
         q = q.to(k.dtype)
     y = attend(q, k, v, mask)
     return linear(rearrange(y, "b h t d -> b t (h d)"), p, "proj")

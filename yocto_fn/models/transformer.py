@@ -17,7 +17,7 @@ import torch
 import torch.utils.checkpoint
 
 from .. import layers, rng
-from ..cache import KVCache, advance, check_room, positions_and_mask
+from ..cache import KVCache, advance, check_room, positions_and_mask, write
 from ..cache import init_cache as _init_cache
 from ..config import ModelConfig
 from ..errors import UserError
@@ -163,7 +163,7 @@ def forward(
             if recipe.attention == "manual"
             else layers.attend_sdpa
         )
-        kv = (cache.k[i], cache.v[i]) if cache is not None else None
+        kv = partial(write, cache, i, positions) if cache is not None else None
         h = layers.causal_self_attention(
             norm(x, p["ln1"]), p["attn"], cfg.n_head, attend,
             rope=rope, kv=kv, positions=positions, mask=mask,
