@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# pytest exits 5 when it collects nothing: a failure only while tests/ holds test files.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q || { rc=$$?; [ $$rc -eq 5 ] && ! ls tests/test_*.py >/dev/null 2>&1 || exit $$rc; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -30,7 +31,7 @@ format: $(STAMP)
 # Prepare the embedded default corpus, train a small gpt-fast (~3 min on 2 CPU cores), sample.
 demo: $(STAMP)
 	$(PY) cli.py prepare-char
-	$(PY) cli.py train --model gpt-fast --max-iters 800 --eval-interval 200 --eval-iters 10 \
+	$(PY) cli.py train --model gpt-fast --max-iters 600 --eval-interval 200 --eval-iters 10 \
 		--ckpt-dir checkpoints/demo
 	$(PY) cli.py sample --ckpt checkpoints/demo/best.pt --prompt "The " --max-new-tokens 400 \
 		--temperature 0.8 --stats

@@ -3,7 +3,8 @@
 Measures train tokens/s (eager, compiled, bf16 autocast) with MFU and peak memory, decode
 tokens/s at batch 1 (no cache, cache, compiled cache), prefill latency of a long prompt, and
 a vmap ensemble of K=4 models trained in one step against 4 sequential steps. Every figure
-is the median of repeats after warm-up, with the min-max spread.
+is the median of repeats after warm-up, with the min-max spread; contenders are timed in
+interleaved rounds so that machine noise hits them alike.
 
 Writes `benchmarks/results/<date>-<device>/`: `results.jsonl` (one record per measurement),
 `table.md` and `chart.png`.
@@ -22,7 +23,10 @@ FLOPs (the PaLM / nanoGPT convention; biases, norms and softmax are not counted)
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as dt
+import functools
 import os
 import platform
 import statistics
@@ -152,10 +156,17 @@ def datasheet_peak(device: torch.device, dtype: torch.dtype) -> float | None:
 
 class PeakMemory:
     """Peak memory of a block: CUDA max allocated, or on CPU the rise of the process's peak
-    resident set (VmHWM, whose mark Linux resets through /proc/self/clear_refs)."""
+    resident set (VmHWM, whose mark Linux resets through /proc/self/clear_refs).
+
+    On CPU, glibc keeps freed blocks for reuse and raises its mmap threshold as it goes, so
+    a later contender would reuse an earlier one's memory and show no rise; a fixed 64 KiB
+    threshold (`mallopt`) makes every large tensor its own mapping, returned on free.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.mb = device, None
+        if device.type == "cpu":
+            _fix_mmap_threshold()
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -170,6 +181,12 @@ class PeakMemory:
             self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
         elif self.device.type == "cpu" and hasattr(self, "base"):
             self.mb = max(0, _status_kb("VmHWM") * 1024 - self.base) / 2**20
+
+
+@functools.cache
+def _fix_mmap_threshold() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
 
 
 def _reset_rss_peak() -> bool:
@@ -327,6 +344,9 @@ def device_name(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple MPS"
     cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), cpu)  # fmt: skip
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
@@ -374,26 +394,45 @@ def _first_call(fn: Callable[[], Any], log: Callable[[str], None], what: str) ->
     log(f"{what}: first call {time.perf_counter() - t0:.1f} s")
 
 
+def interleaved(
+    fns: dict[Any, Callable[[], Any]], device: torch.device, repeats: int
+) -> dict[Any, list[float]]:
+    """Seconds per call, one call of each contender per round: machine noise (large on a
+    shared host) then hits every contender alike instead of whichever ran during a slow
+    spell."""
+    out: dict[Any, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            out[key] += timed(fn, device, 0, 1)
+    return out
+
+
 def bench_train(device, modes, peaks, ctx) -> list[dict[str, Any]]:
     name, preset, repeats, log = ctx
     mcfg, out = preset.model_config(), []
     tokens = preset.batch_size * mcfg.block_size
+    runners, sizes, memory = {}, {}, {}
     for variant in VARIANTS:
         for mode in modes:
-            dtype = torch.bfloat16 if mode == "bf16" else torch.float32
-            fn, n = train_runner(variant, mcfg, device, preset.batch_size, mode)
+            fn, sizes[(variant, mode)] = train_runner(
+                variant, mcfg, device, preset.batch_size, mode
+            )
             _first_call(fn, log, f"{device.type} train {variant} {mode}")
             with PeakMemory(device) as mem:
-                rates = [tokens / s for s in timed(fn, device, 1, repeats)]
-            fpt, sheet = train_flops_per_token(n, mcfg), datasheet_peak(device, dtype)
-            achieved = fpt * statistics.median(rates)
-            out.append(record(
-                "train", variant, device, mode, name, "throughput", rates, "tokens/s",
-                dtype=str(dtype).removeprefix("torch."), mfu=achieved / peaks[dtype],
-                mfu_datasheet=achieved / sheet if sheet else None, peak_mem_mb=mem.mb,
-                flops_per_token=fpt, peak_flops=peaks[dtype], tokens=tokens,
-                config=mcfg.to_dict() | {"batch_size": preset.batch_size},
-            ))  # fmt: skip
+                fn()
+            runners[(variant, mode)], memory[(variant, mode)] = fn, mem.mb
+    for (variant, mode), seconds in interleaved(runners, device, repeats).items():
+        rates = [tokens / s for s in seconds]
+        dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+        fpt = train_flops_per_token(sizes[(variant, mode)], mcfg)
+        sheet, achieved = datasheet_peak(device, dtype), fpt * statistics.median(rates)
+        out.append(record(
+            "train", variant, device, mode, name, "throughput", rates, "tokens/s",
+            dtype=str(dtype).removeprefix("torch."), mfu=achieved / peaks[dtype],
+            mfu_datasheet=achieved / sheet if sheet else None,
+            peak_mem_mb=memory[(variant, mode)], flops_per_token=fpt, peak_flops=peaks[dtype],
+            tokens=tokens, config=mcfg.to_dict() | {"batch_size": preset.batch_size},
+        ))  # fmt: skip
     return out
 
 
@@ -403,18 +442,20 @@ def bench_decode(device, modes, ctx) -> list[dict[str, Any]]:
     name, preset, repeats, log = ctx
     block = max(preset.block_size, preset.prompt_tokens, 16 + preset.new_tokens)
     dcfg, out = preset.model_config(block_size=block), []
+    runners = {}
     for variant in VARIANTS:
         for mode, fn in decode_runners(variant, dcfg, device, preset, modes).items():
             _first_call(fn, log, f"{device.type} decode {variant} {mode}")
-            seconds = timed(fn, device, 0, repeats)
-            if mode == "prefill":
-                ms = [s * 1000 for s in seconds]
-                out.append(record("prefill", variant, device, mode, name, "latency", ms, "ms",
-                                  tokens=preset.prompt_tokens))  # fmt: skip
-            else:
-                rates = [preset.new_tokens / s for s in seconds]
-                out.append(record("decode", variant, device, mode, name, "throughput", rates,
-                                  "tokens/s", tokens=preset.new_tokens))  # fmt: skip
+            runners[(variant, mode)] = fn
+    for (variant, mode), seconds in interleaved(runners, device, repeats).items():
+        if mode == "prefill":
+            ms = [s * 1000 for s in seconds]
+            out.append(record("prefill", variant, device, mode, name, "latency", ms, "ms",
+                              tokens=preset.prompt_tokens))  # fmt: skip
+        else:
+            rates = [preset.new_tokens / s for s in seconds]
+            out.append(record("decode", variant, device, mode, name, "throughput", rates,
+                              "tokens/s", tokens=preset.new_tokens))  # fmt: skip
     return out
 
 
@@ -422,12 +463,15 @@ def bench_ensemble(device, ctx) -> list[dict[str, Any]]:
     name, preset, repeats, log = ctx
     mcfg, out = preset.model_config(), []
     tokens = 4 * preset.ensemble_batch * mcfg.block_size
+    runners = {}
     for variant in models.NAMES:
         for mode, fn in ensemble_runners(variant, mcfg, device, preset.ensemble_batch).items():
             _first_call(fn, log, f"{device.type} ensemble {variant} {mode}")
-            ms = [s * 1000 for s in timed(fn, device, 0, repeats)]
-            out.append(record("ensemble", variant, device, mode, name, "step time", ms, "ms",
-                              tokens=tokens))  # fmt: skip
+            runners[(variant, mode)] = fn
+    for (variant, mode), seconds in interleaved(runners, device, repeats).items():
+        ms = [s * 1000 for s in seconds]
+        out.append(record("ensemble", variant, device, mode, name, "step time", ms, "ms",
+                          tokens=tokens))  # fmt: skip
     return out
 
 
