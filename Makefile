@@ -37,7 +37,7 @@ demo: $(STAMP)
 		--temperature 0.8 --stats
 
 bench: $(STAMP)
-	$(PY) benchmarks/train_throughput.py
+	$(PY) cli.py bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
