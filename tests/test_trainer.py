@@ -9,7 +9,7 @@ import torch
 from conftest import VARIANTS, real_text, tiny_config
 
 import cli
-from yocto_fn import models, optim, rng
+from yocto_fn import layers, models, optim, rng
 from yocto_fn.params import max_abs_diff, named_leaves, tree_leaves
 from yocto_fn.train import grad_and_value, loss_fn, make_train_step
 from yocto_fn.trainer import Trainer
@@ -100,7 +100,7 @@ def test_grad_accum_flag_matches_full_batch_run(char_dir, tmp_path):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_activation_checkpointing_gives_same_gradients(variant):
+def test_activation_checkpointing_gives_same_gradients(variant, monkeypatch):
     cfg = tiny_config(dropout=0.1)
     model = models.get(variant)
     params = model.init(cfg, 0)
@@ -108,13 +108,20 @@ def test_activation_checkpointing_gives_same_gradients(variant):
         cfg.vocab_size, (3, cfg.block_size), generator=torch.Generator().manual_seed(2)
     )
     batch, key = (x, torch.roll(x, -1, 1)), rng.key(7)
-    grads = {}
+    grads, calls = {}, {}
+    real = layers.causal_self_attention
     for ckpt_on in (False, True):
+        counted = []
+        monkeypatch.setattr(layers, "causal_self_attention",
+                            lambda *a, c=counted, **k: c.append(1) or real(*a, **k))  # fmt: skip
         fn = lambda p, b, k, on=ckpt_on: loss_fn(  # noqa: E731
             p, b, k, model=model, cfg=cfg, activation_checkpointing=on
         )
         grads[ckpt_on], _ = grad_and_value(fn)(params, batch, key)
+        calls[ckpt_on] = len(counted)
     assert max_abs_diff(grads[False], grads[True]) < 1e-5
+    # Checkpointing really recomputes: each block's attention runs again in the backward pass.
+    assert calls == {False: cfg.n_layer, True: 2 * cfg.n_layer}
 
 
 # ----------------------------------------------------------------------------- features
@@ -229,6 +236,7 @@ def test_bad_inputs_exit_2_with_one_line(char_dir, tmp_path, capsys):
         (lambda: train(char_dir, run, "--resume", latest, "--model", "gpt-plus"), "architecture"),
         (lambda: train(char_dir, run, "--resume", latest, "--n-layer", "3"), "architecture"),
         (lambda: train(char_dir, run, "--batch-size", "0"), "--batch-size"),
+        (lambda: train(char_dir, run, "--activation-checkpointing", "--compile"), "--compile"),
         (lambda: train(char_dir, run, "--model", "gpt-huge"), "gpt-huge"),
         (lambda: train(char_dir, run, "--resume", str(tmp_path / "none.pt")), "not found"),
     ]

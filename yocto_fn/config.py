@@ -134,7 +134,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
     activation_checkpointing: bool = False
-    """Recompute each block in the backward pass to save activation memory."""
+    """Recompute each block in the backward pass to save activation memory (eager only)."""
     auto_microbatch: bool = False
     """On CUDA out-of-memory, halve the micro-batch and double accumulation."""
     compile: bool = False

@@ -156,20 +156,28 @@ def forward(
 
     norm = layers.layer_norm if recipe.norm == "layer" else layers.rms_norm
     mlp = layers.mlp_gelu if recipe.mlp == "gelu" else layers.swiglu
-    for i, p in enumerate(params["blocks"]):
-        k_probs, k_attn, k_mlp = keys[1 + 3 * i : 4 + 3 * i]
+
+    def block(x, p, k_probs, k_attn, k_mlp, kv):
         attend = (
             partial(layers.attend_manual, p=p_drop, key=k_probs)
             if recipe.attention == "manual"
             else layers.attend_sdpa
         )
-        kv = partial(write, cache, i, positions) if cache is not None else None
         h = layers.causal_self_attention(
             norm(x, p["ln1"]), p["attn"], cfg.n_head, attend,
             rope=rope, kv=kv, positions=positions, mask=mask,
         )  # fmt: skip
         x = x + layers.dropout(h, p_drop, k_attn)
-        x = x + layers.dropout(mlp(norm(x, p["ln2"]), p["mlp"]), p_drop, k_mlp)
+        return x + layers.dropout(mlp(norm(x, p["ln2"]), p["mlp"]), p_drop, k_mlp)
+
+    remat = activation_checkpointing and cache is None and torch.is_grad_enabled()
+    for i, p in enumerate(params["blocks"]):
+        block_keys = keys[1 + 3 * i : 4 + 3 * i]
+        kv = partial(write, cache, i, positions) if cache is not None else None
+        if remat:
+            x = torch.utils.checkpoint.checkpoint(block, x, p, *block_keys, kv, use_reentrant=False)
+        else:
+            x = block(x, p, *block_keys, kv)
 
     x = norm(x, params["ln_f"])
     logits = torch.nn.functional.linear(x, params.get("lm_head", params["wte"]))
