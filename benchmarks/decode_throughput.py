@@ -3,7 +3,7 @@
 - no cache: greedy, a full forward over the whole sequence for every new token (what a
   cache-less sampler does);
 - cache: `sample.generate`, one prefill then one token per call through the KV cache;
-- compiled: the same with `compile=True` (the one-token step compiled once, after warm-up).
+- compiled cache: the same with `compile=True` (the one-token step compiled once, after warm-up).
 
 `block_size` is set to prompt + new tokens so no run slides its window: every mode does the
 same work. Contenders are interleaved round by round; the median and min-max are reported.
@@ -17,41 +17,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import torch
 
-from yocto_fn import models
-from yocto_fn.config import ModelConfig
-from yocto_fn.sample import generate
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PROMPT_TOKENS = 16
-
-
-@torch.no_grad()
-def no_cache(model, params, cfg: ModelConfig, prompt: torch.Tensor, n: int) -> torch.Tensor:
-    seq = prompt
-    for _ in range(n):
-        logits, _ = model.forward(params, seq, cfg)
-        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return seq[:, prompt.shape[1] :]
-
-
-def runners(name: str, cfg: ModelConfig, n: int, compile: bool) -> dict[str, Callable[[], None]]:
-    model = models.get(name)
-    params = model.init(cfg, 0)
-    prompt = torch.randint(cfg.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator())
-    out = {
-        "no cache": lambda: no_cache(model, params, cfg, prompt, n),
-        "cache": lambda: generate(model, params, cfg, prompt, max_new_tokens=n, temperature=0),
-    }
-    if compile:
-        out["cache compiled"] = lambda: generate(
-            model, params, cfg, prompt, max_new_tokens=n, temperature=0, compile=True
-        )
-    return out
+from benchmarks.run import PROMPT, Preset, decode_runners, interleaved  # noqa: E402
+from yocto_fn import models  # noqa: E402
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -63,40 +38,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["4/4/128", "6/6/384"], help="L/H/C")
     ap.add_argument("--new-tokens", type=int, default=512)
-    ap.add_argument("--vocab-size", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over)")
     ap.add_argument("--skip-compile", action="store_true")
     args = ap.parse_args()
 
+    cpu, n = torch.device("cpu"), args.new_tokens
+    modes = ["no cache", "cache", *([] if args.skip_compile else ["compiled cache"])]
     rows = []
     for shape in args.shapes:
-        n_layer, n_head, n_embd = parse_shape(shape)
-        cfg = ModelConfig(
-            vocab_size=args.vocab_size, block_size=PROMPT_TOKENS + args.new_tokens,
-            n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-        )  # fmt: skip
+        preset = Preset(*parse_shape(shape), block_size=PROMPT + n, batch_size=1, new_tokens=n,
+                        prompt_tokens=PROMPT)  # fmt: skip
         contenders = {
             (name, mode): fn
             for name in models.NAMES
-            for mode, fn in runners(name, cfg, args.new_tokens, not args.skip_compile).items()
+            for mode, fn in decode_runners(name, preset.model_config(), cpu, preset, modes).items()
+            if mode != "prefill"
         }
-        for key, fn in contenders.items():
-            t0 = time.perf_counter()
+        for (name, mode), fn in contenders.items():
             fn()
-            print(f"warm-up {shape} {key[0]:>9} {key[1]:<15} {time.perf_counter() - t0:6.1f} s",
-                  file=sys.stderr)  # fmt: skip
-        rates: dict[tuple[str, str], list[float]] = {k: [] for k in contenders}
-        for _ in range(args.rounds):
-            for key, fn in contenders.items():
-                t0 = time.perf_counter()
-                fn()
-                rates[key].append(args.new_tokens / (time.perf_counter() - t0))
+            print(f"warmed up {shape} {name} {mode}", file=sys.stderr)
+        rates = {
+            key: [n / s for s in seconds]
+            for key, seconds in interleaved(contenders, cpu, args.rounds).items()
+        }
         for (name, mode), values in rates.items():
             med = statistics.median(values)
             rows.append({
                 "variant": name, "mode": mode, "shape": shape, "device": "cpu",
-                "dtype": "float32", "batch": 1, "prompt_tokens": PROMPT_TOKENS,
-                "new_tokens": args.new_tokens, "tokens_per_s": round(med, 1),
+                "dtype": "float32", "batch": 1, "prompt_tokens": PROMPT,
+                "new_tokens": n, "tokens_per_s": round(med, 1),
                 "min": round(min(values), 1), "max": round(max(values), 1),
                 "vs_no_cache": round(med / statistics.median(rates[(name, "no cache")]), 2),
                 "vs_cache": round(med / statistics.median(rates[(name, "cache")]), 2),

@@ -51,6 +51,7 @@ from yocto_fn.sample import decode_step, generate  # noqa: E402
 from yocto_fn.train import make_train_step  # noqa: E402
 
 VARIANTS = (*models.NAMES, "reference")
+PROMPT = 16  # decode prompt tokens
 LR, WEIGHT_DECAY, CLIP, VOCAB = 3e-4, 0.1, 1.0, 96
 # Dense datasheet peaks (FLOP/s) by device-name fragment: (bf16 tensor core, fp32).
 DATASHEET = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
@@ -258,7 +259,7 @@ def decode_runners(
     variant: str, cfg: ModelConfig, device: torch.device, preset: Preset, modes: list[str]
 ) -> dict[str, Callable[[], Any]]:
     """Decode (batch 1, 16-token prompt, `new_tokens`) and prefill (`prompt_tokens`) calls."""
-    prompt = random_tokens((1, 16), device, 1)
+    prompt = random_tokens((1, PROMPT), device, 1)
     long_prompt = random_tokens((1, preset.prompt_tokens), device, 2)
     n = preset.new_tokens
     if variant == "reference":
@@ -440,7 +441,7 @@ def bench_decode(device, modes, ctx) -> list[dict[str, Any]]:
     """Decode and prefill use a block_size that holds the long prompt and the new tokens, so
     no mode has to slide its window."""
     name, preset, repeats, log = ctx
-    block = max(preset.block_size, preset.prompt_tokens, 16 + preset.new_tokens)
+    block = max(preset.block_size, preset.prompt_tokens, PROMPT + preset.new_tokens)
     dcfg, out = preset.model_config(block_size=block), []
     runners = {}
     for variant in VARIANTS:

@@ -14,7 +14,15 @@ from typing import TextIO
 
 from . import tokenizer as tokenizers
 from .config import ChatConfig
-from .sample import Loaded, TextStream, generate, load_model, sampling_kwargs, unescape
+from .sample import (
+    Loaded,
+    TextStream,
+    drop_unknown_chars,
+    generate,
+    load_model,
+    sampling_kwargs,
+    unescape,
+)
 
 
 def stop_ids(tok: tokenizers.TextTokenizer) -> set[int]:
@@ -35,7 +43,7 @@ class Conversation:
     def encode(self, text: str) -> list[int]:
         tok = self.loaded.tok
         if isinstance(tok, tokenizers.CharTokenizer):
-            text = "".join(c for c in text if c not in set(tok.unknown(text)))
+            text = tok.known_only(text)
         return tok.encode(text)
 
     def prompt_ids(self, user: str) -> list[int]:
@@ -103,9 +111,8 @@ def run(
             continue
         if not user:
             continue
-        if isinstance(loaded.tok, tokenizers.CharTokenizer) and loaded.tok.unknown(user):
-            shown = " ".join(repr(c) for c in loaded.tok.unknown(user)[:10])
-            print(f"warning: dropped characters not in the vocabulary: {shown}", file=sys.stderr)
+        if isinstance(loaded.tok, tokenizers.CharTokenizer):
+            user = drop_unknown_chars(loaded.tok, user)
         write("Assistant:")
         shown = TextStream(loaded.tok.decode, lambda s: write(s.split("\n", 1)[0]))
         new = generate(

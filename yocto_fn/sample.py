@@ -164,10 +164,6 @@ class TextStream:
         self.write(text[self.shown :])
         self.shown = len(text)
 
-    @property
-    def text(self) -> str:
-        return self.decode(self.ids)
-
 
 # ----------------------------------------------------------------------------- the CLI side
 
@@ -233,16 +229,22 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), text)
 
 
+def drop_unknown_chars(tok: tokenizers.CharTokenizer, text: str) -> str:
+    """`text` without the characters the vocabulary lacks, with a warning naming them."""
+    missing = tok.unknown(text)
+    if missing:
+        shown = " ".join(repr(c) for c in missing[:10])
+        print(f"warning: dropped characters not in the vocabulary: {shown}", file=sys.stderr)
+    return tok.known_only(text)
+
+
 def encode_prompt(loaded: Loaded, text: str, drop_unknown: bool) -> list[int]:
     """Token ids of the prompt: <bos>-primed where the tokenizer has one; in char mode an
     empty prompt starts from a newline (or the first character of the vocabulary)."""
     tok = loaded.tok
     if isinstance(tok, tokenizers.CharTokenizer):
-        missing = tok.unknown(text)
-        if missing and drop_unknown:
-            shown = " ".join(repr(c) for c in missing[:10])
-            print(f"warning: dropped characters not in the vocabulary: {shown}", file=sys.stderr)
-            text = "".join(c for c in text if c not in missing)
+        if drop_unknown:
+            text = drop_unknown_chars(tok, text)
         ids = tok.encode(text)
         return ids or tok.encode("\n" if "\n" in tok.chars else tok.chars[0])
     ids = tok.encode(text)

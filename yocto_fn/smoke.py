@@ -29,7 +29,7 @@ def normalise(text: str, tok: CharTokenizer) -> str:
     """NFKC, then drop what the vocabulary still lacks (the prompt is the user's, the
     vocabulary the corpus's)."""
     text = unicodedata.normalize("NFKC", text)
-    return "".join(c for c in text if c not in set(tok.unknown(text)))
+    return tok.known_only(text)
 
 
 @torch.no_grad()

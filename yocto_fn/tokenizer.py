@@ -50,6 +50,10 @@ class CharTokenizer:
         """Characters of `text` outside the vocabulary, in order of first appearance."""
         return sorted(set(text) - self._index.keys(), key=text.index)
 
+    def known_only(self, text: str) -> str:
+        """`text` without the characters the vocabulary lacks."""
+        return "".join(c for c in text if c in self._index)
+
     def check_known(self, text: str) -> None:
         missing = self.unknown(text)
         if missing:

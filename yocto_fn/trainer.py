@@ -26,7 +26,7 @@ from .config import DEFAULT_MODEL, DEFAULT_SHAPE, ModelConfig, TrainConfig
 from .data import Dataset
 from .device import AMP_DTYPES, resolve
 from .errors import UserError
-from .params import Params, count, to, tree_leaves
+from .params import Params, clone, count, to, tree_leaves
 from .train import loss_fn, make_train_step
 
 AUTO_TIE_TOKENS = 1_000_000
@@ -177,7 +177,7 @@ class Trainer:
             if cfg.init_from:
                 self._warm_start(cfg.init_from)
         if cfg.ema_decay and self.ema is None:
-            self.ema = to(self.params, self.device)
+            self.ema = clone(self.params)
         self.micro_batch, self.accum = cfg.batch_size, cfg.grad_accum_steps
         self._build_step()
         self.base_key = rng.key(cfg.seed, self.device)
@@ -197,9 +197,7 @@ class Trainer:
             self.opt_state = optim.ScaledState(inner, self.loss_scale.init(self.device))
         if ckpt.get("ema") is not None:
             self.ema = to(ckpt["ema"], self.device)
-        prog = ckpt["progress"]
-        self.progress = Progress(**{k: v for k, v in prog.items() if k != "rows"})
-        self.progress.iter = ckpt["iter"]
+        self.progress = Progress(**ckpt["progress"])
         self.progress.rows = metrics.read(self.cfg.ckpt_dir / "metrics.csv", ckpt["iter"])
         self.gen.set_state(ckpt["rng"]["data"])
 
