@@ -84,10 +84,14 @@ class DynamicLossScale:
         return LossScale(scale, torch.where(grow, torch.zeros_like(good), good))
 
 
-def decay_mask(params: Params) -> Params:
-    """A tree of bools: True where decoupled weight decay applies (see module docstring)."""
+def decay_mask(params: Params, members: bool = False) -> Params:
+    """A tree of bools: True where decoupled weight decay applies (see module docstring).
+
+    members=True: leaves carry a leading ensemble axis, which does not count as a dimension.
+    """
+    min_dim = 3 if members else 2
     return {
-        name: tree_map(lambda p, skip=name in NO_DECAY: not skip and p.ndim >= 2, sub)
+        name: tree_map(lambda p, skip=name in NO_DECAY: not skip and p.ndim >= min_dim, sub)
         for name, sub in params.items()
     }
 
@@ -121,44 +125,72 @@ def under_transform() -> bool:
     return torch._C._functorch.maybe_current_level() is not None
 
 
-def global_norm(grads: Params) -> Tensor:
+def global_norm(grads: Params, members: bool = False) -> Tensor:
     """L2 norm over all leaves, without a host sync.
 
-    Under `vmap` (an ensemble) each leaf is normed on its own: `_foreach_norm` has no
-    batching rule, and the per-member norms are what clipping needs there.
+    members=True: the leaves are stacked ensemble leaves [E, ...] and the result is one norm
+    per member, [E] (each member's gradients reduced over all but the leading axis).
+    Under `vmap` each leaf is normed on its own: `_foreach_norm` has no batching rule.
     """
     leaves = tree_leaves(grads)
-    if under_transform():
+    if members:
+        norms = [torch.linalg.vector_norm(t.flatten(1), dim=1) for t in leaves]
+    elif under_transform():
         norms = [torch.linalg.vector_norm(t) for t in leaves]
     else:
         norms = torch._foreach_norm(leaves)
-    return torch.linalg.vector_norm(torch.stack(norms))
+    return torch.linalg.vector_norm(torch.stack(norms), dim=0)
 
 
-def clip_by_global_norm(grads: Params, max_norm: float) -> tuple[Params, Tensor]:
+def clip_by_global_norm(
+    grads: Params, max_norm: float, members: bool = False
+) -> tuple[Params, Tensor]:
     """Scale grads so their global norm is at most `max_norm` (<= 0 disables).
 
     Returns the clipped grads and the norm *before* clipping (the figure worth logging).
+    members=True clips each member of stacked ensemble grads by its own norm.
     """
-    norm = global_norm(grads)
+    norm = global_norm(grads, members)
     if max_norm <= 0:
         return grads, norm
-    return scale_tree(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0)), norm
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    if not members:
+        return scale_tree(grads, coef), norm
+    leaves = tree_leaves(grads)
+    return tree_unflatten_like(grads, torch._foreach_mul(leaves, per_leaf(coef, leaves))), norm
+
+
+def per_leaf(value: Tensor, leaves: list[Tensor]) -> list[Tensor]:
+    """`value` [E] viewed as [E, 1, ...] against each stacked leaf, so a `_foreach_*` op
+    broadcasts one scalar per ensemble member over that member's slice."""
+    return [value.view(value.shape + (1,) * (t.dim() - value.dim())) for t in leaves]
 
 
 def update(
-    grads: Params, state: OptState, params: Params, lr: Scalar, hp: AdamW = AdamW()
+    grads: Params,
+    state: OptState,
+    params: Params,
+    lr: Scalar,
+    hp: AdamW = AdamW(),
+    *,
+    weight_decay: Scalar | None = None,
 ) -> tuple[Params, OptState]:
-    """One AdamW step; returns new params and state, leaving the inputs untouched."""
+    """One AdamW step; returns new params and state, leaving the inputs untouched.
+
+    `weight_decay` overrides `hp.weight_decay`. For a stacked ensemble (leaves [E, ...],
+    `state.step` [E]) `lr` and `weight_decay` may be [E] tensors: every member then moves
+    with its own rate and decay, in the same few `_foreach_*` kernels as a single model.
+    """
+    wd = hp.weight_decay if weight_decay is None else weight_decay
     g = tree_leaves(grads)
     p, m, v = tree_leaves(params), tree_leaves(state.mu), tree_leaves(state.nu)
-    decay = tree_leaves(decay_mask(params))
+    decay = tree_leaves(decay_mask(params, members=state.step.dim() > 0))
     step = state.step + 1
     bias1 = 1.0 - torch.pow(hp.b1, step)
     bias2_sqrt = torch.sqrt(1.0 - torch.pow(hp.b2, step))
     if under_transform():
         new = [
-            _update_leaf(*leaf, lr=lr, bias1=bias1, bias2_sqrt=bias2_sqrt, hp=hp)
+            _update_leaf(*leaf, lr=lr, wd=wd, bias1=bias1, bias2_sqrt=bias2_sqrt, hp=hp)
             for leaf in zip(p, g, m, v, decay, strict=True)
         ]
         p, m, v = (list(x) for x in zip(*new, strict=True))
@@ -166,24 +198,28 @@ def update(
             step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
         )
 
+    def scalars(x: Scalar, leaves: list[Tensor]) -> Scalar | list[Tensor]:
+        return per_leaf(x, leaves) if isinstance(x, Tensor) and x.dim() else x
+
     m = torch._foreach_lerp(m, g, 1.0 - hp.b1)
     v = torch._foreach_mul(v, hp.b2)
     torch._foreach_addcmul_(v, g, g, value=1.0 - hp.b2)
 
     # upd = lr / bias1 * m / (sqrt(v / bias2) + eps), built in one temporary list.
     upd = torch._foreach_sqrt(v)
-    torch._foreach_div_(upd, bias2_sqrt)
+    torch._foreach_div_(upd, scalars(bias2_sqrt, upd))
     torch._foreach_add_(upd, hp.eps)
     torch._foreach_reciprocal_(upd)
     torch._foreach_mul_(upd, m)
-    torch._foreach_mul_(upd, lr / bias1)
+    torch._foreach_mul_(upd, scalars(lr / bias1, upd))
 
     # Decayed leaves: p * (1 - lr * wd) - upd; the others: p - upd.
-    decayed = [i for i, d in enumerate(decay) if d and hp.weight_decay]
+    decayed = [i for i, d in enumerate(decay) if d and (isinstance(wd, Tensor) or wd)]
     kept = [i for i in range(len(p)) if i not in set(decayed)]
     new_p: list[Tensor] = [None] * len(p)  # type: ignore[list-item]
     if decayed:
-        shrunk = torch._foreach_mul([p[i] for i in decayed], 1.0 - lr * hp.weight_decay)
+        shrink = [p[i] for i in decayed]
+        shrunk = torch._foreach_mul(shrink, scalars(1.0 - lr * wd, shrink))
         torch._foreach_sub_(shrunk, [upd[i] for i in decayed])
         for i, x in zip(decayed, shrunk, strict=True):
             new_p[i] = x
@@ -198,14 +234,14 @@ def update(
 
 def _update_leaf(
     p: Tensor, g: Tensor, m: Tensor, v: Tensor, decay: bool, *,
-    lr: Scalar, bias1: Tensor, bias2_sqrt: Tensor, hp: AdamW,
+    lr: Scalar, wd: Scalar, bias1: Tensor, bias2_sqrt: Tensor, hp: AdamW,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """The AdamW arithmetic of `update` for one leaf (the path used under `vmap`)."""
     m = torch.lerp(m, g, 1.0 - hp.b1)
     v = v * hp.b2 + (1.0 - hp.b2) * g * g
     upd = m * (lr / bias1) / (v.sqrt() / bias2_sqrt + hp.eps)
-    if decay and hp.weight_decay:
-        p = p * (1.0 - lr * hp.weight_decay)
+    if decay and (isinstance(wd, Tensor) or wd):
+        p = p * (1.0 - lr * wd)
     return p - upd, m, v
 
 

@@ -81,13 +81,17 @@ def named_leaves(params: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def stack(trees: list[Params]) -> Params:
-    """Stack same-structured trees along a new leading axis (an ensemble for `vmap`)."""
+def stack(trees: list[Any]) -> Any:
+    """Stack same-structured trees (params, optimizer states) along a new leading axis E:
+    an ensemble, as `vmap` and `ensemble.make_ensemble_step` take it."""
+    if not trees:
+        raise ValueError("stack needs at least one tree")
     return tree_map(lambda *xs: torch.stack(xs), trees[0], *trees[1:])
 
 
-def unstack(tree: Params, n: int) -> list[Params]:
-    """Inverse of `stack`."""
+def unstack(tree: Any, n: int | None = None) -> list[Any]:
+    """Inverse of `stack`: E trees, E read off the leading axis when `n` is not given."""
+    n = tree_leaves(tree)[0].shape[0] if n is None else n
     return [tree_map(lambda p, i=i: p[i], tree) for i in range(n)]
 
 

@@ -74,6 +74,32 @@ def loss_fn(
     return layers.cross_entropy(logits, y, label_smoothing)
 
 
+def accumulate_grads(
+    grads_of: Callable[[Batch, torch.Tensor | None], tuple[Params, torch.Tensor]],
+    batch: Batch,
+    key: torch.Tensor | None,
+    axis: int = 0,
+) -> tuple[Params, torch.Tensor]:
+    """Mean gradients and loss over the micro-batches along `axis` of `batch = (x, y)`.
+
+    Micro-batch i is drawn with key fold_in(key, i); the sum runs in place over the leaves
+    (`_foreach_add_`), so only one extra gradient tree is alive at a time.
+    """
+    x, y = batch
+    n = x.shape[axis]
+    grads, total = None, 0.0
+    for i in range(n):
+        micro = (x.select(axis, i), y.select(axis, i))
+        g, value = grads_of(micro, None if key is None else rng.fold_in(key, i))
+        if grads is None:
+            grads = g
+        else:
+            torch._foreach_add_(tree_leaves(grads), tree_leaves(g))
+        total = total + value
+    torch._foreach_div_(tree_leaves(grads), n)
+    return grads, total / n
+
+
 def make_train_step(
     model: Model,
     cfg: ModelConfig,
@@ -116,19 +142,9 @@ def make_train_step(
         return optim.scale_tree(grads, 1.0 / scale), value / scale
 
     def accumulate(params, batch, key, scale):
-        x, y = batch
-        if x.dim() == 2:
+        if batch[0].dim() == 2:
             return grads_of(params, batch, key, scale)
-        grads, total = None, 0.0
-        for i, micro in enumerate(zip(x.unbind(0), y.unbind(0), strict=True)):
-            g, value = grads_of(params, micro, None if key is None else rng.fold_in(key, i), scale)
-            if grads is None:
-                grads = g
-            else:
-                torch._foreach_add_(tree_leaves(grads), tree_leaves(g))
-            total = total + value
-        torch._foreach_div_(tree_leaves(grads), x.shape[0])
-        return grads, total / x.shape[0]
+        return accumulate_grads(lambda micro, k: grads_of(params, micro, k, scale), batch, key)
 
     def pure_step(params, opt_state, batch, lr, key):
         if loss_scale is None:

@@ -1,0 +1,146 @@
+"""Transforms over whole models: ensembles trained in one step, per-example gradients.
+
+An ensemble is a params tree whose every leaf has a leading member axis E (`stack` of E
+trees). `make_ensemble_step` trains all E members in one call: forward and backward are
+`torch.func.vmap(grad_and_value(loss_fn))` over that axis, so there is one forward
+definition for one model and for E; clipping and AdamW then run outside `vmap`, as
+`_foreach_*` kernels directly on the stacked leaves, each member scaled by its own norm,
+learning rate and weight decay. Learning rates and weight decays are [E] tensors, so a
+sweep over them never recompiles.
+
+`per_example_grads` is `vmap(grad(...))` over the rows of one batch: a gradient per training
+sequence, for per-example clipping (as in DP-SGD) or for finding the sequences that pull
+hardest on the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import torch
+
+from . import optim, rng
+from .config import ModelConfig
+from .models import Model
+from .params import Params, stack, to, tree_leaves, unstack
+from .train import Batch, Metrics, accumulate_grads, loss_fn
+
+__all__ = [
+    "ensemble_init",
+    "make_ensemble_step",
+    "opt_init",
+    "per_example_grad_norms",
+    "per_example_grads",
+    "stack",
+    "unstack",
+]
+
+EnsembleStep = Callable[..., tuple[Params, optim.OptState, Metrics]]
+
+
+def ensemble_init(
+    model: Model, cfg: ModelConfig, seeds: Sequence[int], device: torch.device | str | None = None
+) -> Params:
+    """E = len(seeds) members stacked on a leading axis; member i is `model.init(cfg, seeds[i])`."""
+    return to(stack([model.init(cfg, seed) for seed in seeds]), device)
+
+
+def opt_init(params: Params) -> optim.OptState:
+    """Zeroed AdamW state for a stacked ensemble: moments [E, ...] and a step counter [E]."""
+    members = tree_leaves(params)[0].shape[0]
+    return stack([optim.init(p) for p in unstack(params, members)])
+
+
+def _member_tensor(value: float | torch.Tensor, members: int, device: torch.device):
+    """A per-member hyper-parameter as a float32 [E] tensor (a scalar is broadcast)."""
+    return torch.as_tensor(value, dtype=torch.float32, device=device).expand(members).clone()
+
+
+def make_ensemble_step(
+    model: Model,
+    cfg: ModelConfig,
+    hp: optim.AdamW = optim.AdamW(),
+    *,
+    label_smoothing: float = 0.0,
+    grad_clip: float = 1.0,
+    amp_dtype: torch.dtype | None = None,
+    compile: bool = False,
+) -> EnsembleStep:
+    """Build `step(params, opt_state, batch, lr, key, weight_decay=None) -> (params,
+    opt_state, metrics)` for a stacked ensemble of E members.
+
+    params / opt_state: stacked trees (`ensemble_init`, `opt_init`). batch: (x, y) of
+    [E, B, T], or [E, A, B, T] to accumulate A micro-batches. lr and weight_decay: a float or
+    an [E] tensor (weight_decay None: `hp.weight_decay`). key: [E] dropout keys or None.
+    metrics = {"loss", "grad_norm"}, each [E]. Member i's result equals
+    `make_train_step(model, cfg, hp)` on member i with lr[i], key[i] and its own batch rows,
+    clipped by its own gradient norm.
+    """
+    loss = partial(
+        loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype
+    )
+    member_grads = torch.func.grad_and_value(loss)
+
+    def pure_step(params, opt_state, batch, lr, key, weight_decay):
+        grads_of = torch.func.vmap(member_grads, in_dims=(0, 0, None if key is None else 0))
+        x, _ = batch
+        if x.dim() == 3:
+            grads, value = grads_of(params, batch, key)
+        else:
+            grads, value = accumulate_grads(partial(grads_of, params), batch, key, axis=1)
+        grads, norm = optim.clip_by_global_norm(grads, grad_clip, members=True)
+        params, opt_state = optim.update(
+            grads, opt_state, params, lr, hp, weight_decay=weight_decay
+        )
+        return params, opt_state, {"loss": value.detach(), "grad_norm": norm}
+
+    inner = torch.compile(pure_step) if compile else pure_step
+
+    def step(params, opt_state, batch, lr, key, weight_decay=None):
+        step_count = opt_state.step
+        members, device = step_count.shape[0], step_count.device
+        lr = _member_tensor(lr, members, device)
+        wd = _member_tensor(hp.weight_decay if weight_decay is None else weight_decay, members,
+                            device)  # fmt: skip
+        return inner(params, opt_state, batch, lr, key, wd)
+
+    step.__doc__ = make_ensemble_step.__doc__
+    return step
+
+
+def per_example_grads(
+    model: Model,
+    cfg: ModelConfig,
+    *,
+    label_smoothing: float = 0.0,
+    amp_dtype: torch.dtype | None = None,
+) -> Callable[..., Params]:
+    """`fn(params, batch, key=None) -> grads`, each leaf [B, ...]: row b's gradient of its
+    own mean token loss. Their mean over B is the batch gradient.
+
+    Without a key the forward runs without dropout; with one, row b draws its dropout from
+    `split(key, B)[b]` (so the mean is then not the gradient of one batch-level mask).
+    """
+
+    def row_loss(params: Params, x: torch.Tensor, y: torch.Tensor, key: torch.Tensor | None):
+        return loss_fn(
+            params, (x[None], y[None]), key, model=model, cfg=cfg,
+            label_smoothing=label_smoothing, amp_dtype=amp_dtype, train=key is not None,
+        )  # fmt: skip
+
+    row_grad = torch.func.grad(row_loss)
+
+    def fn(params: Params, batch: Batch, key: torch.Tensor | None = None) -> Params:
+        x, y = batch
+        keys = None if key is None else rng.split(key, x.shape[0])
+        in_dims = (None, 0, 0, None if keys is None else 0)
+        return torch.func.vmap(row_grad, in_dims=in_dims)(params, x, y, keys)
+
+    return fn
+
+
+def per_example_grad_norms(model: Model, cfg: ModelConfig, **kwargs) -> Callable[..., torch.Tensor]:
+    """`fn(params, batch, key=None) -> [B]`: the global L2 norm of each row's gradient."""
+    grads = per_example_grads(model, cfg, **kwargs)
+    return lambda params, batch, key=None: optim.global_norm(grads(params, batch, key), True)
