@@ -62,33 +62,58 @@ def decode_table(records: list[Record]) -> list[str]:
 
 
 def ensemble_table(records: list[Record]) -> list[str]:
-    lines = ["| variant | vmap step ms | sequential steps ms | speed-up |", "|---|---:|---:|---:|"]
-    for variant in dict.fromkeys(r["variant"] for r in records if r["benchmark"] == "ensemble"):
-        vm = next(r for r in records if r["benchmark"] == "ensemble" and r["variant"] == variant
-                  and r["mode"].startswith("vmap"))  # fmt: skip
-        seq = next(r for r in records if r["benchmark"] == "ensemble" and r["variant"] == variant
-                   and r["mode"].startswith("sequential"))  # fmt: skip
-        lines.append(f"| {variant} | {_fmt(vm['value'], 1)} | {_fmt(seq['value'], 1)} | "
-                     f"{seq['value'] / vm['value']:.2f}× |")  # fmt: skip
+    """Ensemble step vs the loop of E train steps, per shape, variant and mode."""
+    rows = [r for r in records if r["benchmark"] == "ensemble"]
+    lines = [
+        "| shape | variant | mode | ensemble tokens/s | loop tokens/s | speed-up |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        kind, _, contender = r["mode"].partition(" ")
+        if contender != "ensemble":
+            continue
+        loop = next(x for x in rows if x["variant"] == r["variant"] and x["mode"] == f"{kind} loop"
+                    and x["config"] == r["config"])  # fmt: skip
+        lines.append(
+            f"| {r['config']['case']} | {r['variant']} | {kind} | {_fmt(r['value'])} | "
+            f"{_fmt(loop['value'])} | {r['value'] / loop['value']:.2f}× |"
+        )
+    return lines
+
+
+def per_example_table(records: list[Record]) -> list[str]:
+    """Per-example gradients by vmap vs a loop of one-row gradients and one batch gradient."""
+    rows = [r for r in records if r["benchmark"] == "per-example"]
+    lines = [
+        "| variant | vmap tokens/s | loop tokens/s | vmap vs loop | batch gradient tokens/s "
+        "| cost of per-example |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        vmap, loop, batch = (_find(rows, variant=variant, mode=m)
+                             for m in ("vmap", "loop", "batch gradient"))  # fmt: skip
+        lines.append(
+            f"| {variant} | {_fmt(vmap['value'])} | {_fmt(loop['value'])} | "
+            f"{vmap['value'] / loop['value']:.1f}× | {_fmt(batch['value'])} | "
+            f"{batch['value'] / vmap['value']:.1f}× slower |"
+        )
     return lines
 
 
 def markdown(records: list[Record], preset_line: str) -> str:
     first = records[0]
+    has = {r["benchmark"] for r in records}
     decode = next((r for r in records if r["benchmark"] == "decode"), None)
     prefill = next((r for r in records if r["benchmark"] == "prefill"), None)
-    ens = next((r for r in records if r["benchmark"] == "ensemble"), None)
     parts = [
         f"# {first['date']} · {first['device']} ({first['device_name']}) · torch {first['torch']}",
         "",
         f"Preset `{first['preset']}`: {preset_line}. Medians of {first['repeats']} repeats "
         "after warm-up.",
         "",
-        "## Train",
-        "",
-        *train_table(records),
-        "",
     ]
+    if "train" in has:
+        parts += ["## Train", "", *train_table(records), ""]
     if decode:
         parts += [
             f"## Decode (batch 1, greedy, {decode['tokens']} new tokens after a 16-token prompt;"
@@ -97,9 +122,21 @@ def markdown(records: list[Record], preset_line: str) -> str:
             *decode_table(records),
             "",
         ]
-    if ens:
-        parts += ["## vmap ensemble (K=4 models, one train step)", "", *ensemble_table(records), ""]
+    if "ensemble" in has:
+        parts += ["## Ensemble: E members in one step vs E train steps", "",
+                  *ensemble_table(records), ""]  # fmt: skip
+    if "per-example" in has:
+        case = next(r for r in records if r["benchmark"] == "per-example")["config"]["case"]
+        parts += [f"## Per-example gradients ({case.removesuffix(', E=1')})", "",
+                  *per_example_table(records), ""]  # fmt: skip
     return "\n".join(parts)
+
+
+def _series(r: Record) -> str:
+    """A bar's legend entry: the mode, and for the ensemble the shape it ran at."""
+    if r["benchmark"] != "ensemble":
+        return r["mode"]
+    return f"{r['mode']} ({r['config']['case'].split(',')[0]})"
 
 
 def chart(records: list[Record]) -> bytes:
@@ -108,21 +145,22 @@ def chart(records: list[Record]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-    for ax, bench, title in ((axes[0], "train", "train tokens/s"),
-                             (axes[1], "decode", "decode tokens/s (batch 1)")):  # fmt: skip
+    panels = [(bench, title) for bench, title in (
+        ("train", "train tokens/s"), ("decode", "decode tokens/s (batch 1)"),
+        ("ensemble", "ensemble vs loop, tokens/s"), ("per-example", "per-example grads, tokens/s"),
+    ) if any(r["benchmark"] == bench for r in records)]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), dpi=100,
+                             squeeze=False)  # fmt: skip
+    for ax, (bench, title) in zip(axes[0], panels, strict=True):
         rows = [r for r in records if r["benchmark"] == bench]
         variants = list(dict.fromkeys(r["variant"] for r in rows))
-        modes = list(dict.fromkeys(r["mode"] for r in rows))
+        modes = list(dict.fromkeys(_series(r) for r in rows))
         width = 0.8 / max(1, len(modes))
         for j, mode in enumerate(modes):
-            xs, ys = [], []
-            for i, v in enumerate(variants):
-                r = _find(rows, variant=v, mode=mode)
-                if r:
-                    xs.append(i + j * width)
-                    ys.append(r["value"])
-            ax.bar(xs, ys, width, label=mode)
+            found = [(i, r) for i, v in enumerate(variants) for r in rows
+                     if r["variant"] == v and _series(r) == mode]  # fmt: skip
+            ax.bar([i + j * width for i, _ in found], [r["value"] for _, r in found], width,
+                   label=mode)  # fmt: skip
         ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(variants))], variants)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)

@@ -1,16 +1,19 @@
 """The benchmark suite: every variant and the nn.Module reference on every available device.
 
 Measures train tokens/s (eager, compiled, bf16 autocast) with MFU and peak memory, decode
-tokens/s at batch 1 (no cache, cache, compiled cache), prefill latency of a long prompt, and
-a vmap ensemble of K=4 models trained in one step against 4 sequential steps. Every figure
-is the median of repeats after warm-up, with the min-max spread; contenders are timed in
-interleaved rounds so that machine noise hits them alike.
+tokens/s at batch 1 (no cache, cache, compiled cache), prefill latency of a long prompt, an
+ensemble of E models trained in one `make_ensemble_step` against E sequential
+`make_train_step` calls (eager and compiled, at the `ENSEMBLE_CASES` shapes), and
+per-example gradients against a loop of one-sequence gradients and one batch gradient. Every
+figure is the median of repeats after warm-up, with the min-max spread; contenders are timed
+in interleaved rounds so that machine noise hits them alike.
 
 Writes `benchmarks/results/<date>-<device>/`: `results.jsonl` (one record per measurement),
 `table.md` and `chart.png`.
 
     python benchmarks/run.py --quick              # < 2 minutes on 2 CPU cores, no compile
     python benchmarks/run.py --preset small       # or: python cli.py bench --preset small
+    python cli.py bench --only ensemble per-example
 
 FLOPs (the PaLM / nanoGPT convention; biases, norms and softmax are not counted):
     N = weights that multiply activations: every >= 2-D leaf except the `wte`/`wpe` lookup
@@ -44,11 +47,11 @@ if __package__ in (None, ""):
 
 from benchmarks.reference_module import ReferenceGPT, make_optimizer  # noqa: E402
 from benchmarks.reference_module import train_step as reference_step  # noqa: E402
-from yocto_fn import models, optim, params  # noqa: E402
+from yocto_fn import ensemble, models, optim, params  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
 from yocto_fn.device import autocast  # noqa: E402
 from yocto_fn.sample import decode_step, generate  # noqa: E402
-from yocto_fn.train import make_train_step  # noqa: E402
+from yocto_fn.train import grad_and_value, loss_fn, make_train_step  # noqa: E402
 
 VARIANTS = (*models.NAMES, "reference")
 PROMPT = 16  # decode prompt tokens
@@ -67,7 +70,6 @@ class Preset:
     batch_size: int
     new_tokens: int = 256
     prompt_tokens: int = 512
-    ensemble_batch: int = 8
 
     def model_config(self, block_size: int | None = None) -> ModelConfig:
         return ModelConfig(
@@ -77,6 +79,36 @@ class Preset:
 
 
 PRESETS = {"tiny": Preset(4, 4, 128, 128, 32), "small": Preset(6, 6, 384, 256, 16)}
+
+
+@dataclass(frozen=True)
+class EnsembleCase:
+    """A shape for the ensemble and per-example benchmarks: E members, each trained on its
+    own batch of `batch_size` x `block_size` tokens."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+    members: int
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=VOCAB, block_size=self.block_size, n_layer=self.n_layer,
+            n_head=self.n_head, n_embd=self.n_embd, dropout=0.0,
+        )  # fmt: skip
+
+    @property
+    def label(self) -> str:
+        return (f"{self.n_layer}/{self.n_head}/{self.n_embd}, block {self.block_size}, "
+                f"batch {self.batch_size}, E={self.members}")  # fmt: skip
+
+
+# A typical small sweep, and a larger shape where batching has less overhead to win back.
+ENSEMBLE_CASES = (EnsembleCase(2, 2, 64, 64, 8, 8), EnsembleCase(4, 4, 128, 128, 8, 4))
+PER_EXAMPLE_CASE = EnsembleCase(2, 2, 64, 64, 16, 1)
+PARTS = ("train", "decode", "ensemble", "per-example")
 
 
 @dataclass(frozen=True)
@@ -95,6 +127,8 @@ class BenchConfig:
     """Include the compiled modes (--no-compile skips them)."""
     out_dir: Path = Path("benchmarks/results")
     """Results go to <out-dir>/<date>-<device>/."""
+    only: tuple[Literal["train", "decode", "ensemble", "per-example"], ...] = ()
+    """Run only these parts of the suite (default: all)."""
 
 
 # ----------------------------------------------------------------------------- FLOPs, peaks
@@ -283,27 +317,48 @@ def decode_runners(
 
 
 def ensemble_runners(
-    variant: str, cfg: ModelConfig, device: torch.device, batch_size: int, k: int = 4
+    variant: str, case: EnsembleCase, device: torch.device, compile: bool
 ) -> dict[str, Callable[[], Any]]:
-    """One vmapped step of K members against K sequential steps (same data, same math)."""
-    model = models.get(variant)
-    step = make_train_step(model, cfg, optim.AdamW(weight_decay=WEIGHT_DECAY), grad_clip=CLIP)
-    data = random_tokens((batch_size, cfg.block_size + 1), device)
-    batch = (data[:, :-1].contiguous(), data[:, 1:].contiguous())
-    members = [params.to(model.init(cfg, i), device) for i in range(k)]
+    """One `make_ensemble_step` over E members against E `make_train_step` calls: the same
+    members, data rows and learning rates (one per member, as in a sweep)."""
+    model, cfg, E = models.get(variant), case.model_config(), case.members
+    hp = optim.AdamW(weight_decay=WEIGHT_DECAY)
+    data = random_tokens((E, case.batch_size, cfg.block_size + 1), device)
+    x, y = data[..., :-1].contiguous(), data[..., 1:].contiguous()
+    lrs = torch.linspace(LR, LR / 4, E, device=device)
+    ens = ensemble.make_ensemble_step(model, cfg, hp, grad_clip=CLIP, compile=compile)
+    one = make_train_step(model, cfg, hp, grad_clip=CLIP, compile=compile)
+    stacked = {"p": ensemble.ensemble_init(model, cfg, range(E), device)}
+    stacked["opt"] = ensemble.opt_init(stacked["p"])
+    members = [params.to(model.init(cfg, i), device) for i in range(E)]
     states = [optim.init(p) for p in members]
-    stacked = params.stack(members)
-    stacked_state = optim.OptState(
-        torch.stack([s.step for s in states]),
-        params.stack([s.mu for s in states]),
-        params.stack([s.nu for s in states]),
-    )
-    vstep = torch.func.vmap(step, in_dims=(0, 0, None, None, None))
+
+    def ensemble_step() -> None:
+        stacked["p"], stacked["opt"], _ = ens(stacked["p"], stacked["opt"], (x, y), lrs, None)
+
+    def loop() -> None:
+        for i in range(E):
+            members[i], states[i], _ = one(members[i], states[i], (x[i], y[i]), lrs[i], None)
+
+    mode = "compiled" if compile else "eager"
+    return {f"{mode} ensemble": ensemble_step, f"{mode} loop": loop}
+
+
+def per_example_runners(
+    variant: str, case: EnsembleCase, device: torch.device
+) -> dict[str, Callable[[], Any]]:
+    """Per-example gradients of a batch by `vmap`, by a loop of one-row gradients, and the
+    single batch gradient (what per-example costs on top of ordinary training)."""
+    model, cfg = models.get(variant), case.model_config()
+    p = params.to(model.init(cfg, 0), device)
+    data = random_tokens((case.batch_size, cfg.block_size + 1), device)
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    per_example = ensemble.per_example_grads(model, cfg)
+    grad = grad_and_value(functools.partial(loss_fn, model=model, cfg=cfg, train=False))
     return {
-        f"vmap K={k}": lambda: vstep(stacked, stacked_state, batch, LR, None),
-        f"sequential K={k}": lambda: [
-            step(p, s, batch, LR, None) for p, s in zip(members, states, strict=True)
-        ],
+        "vmap": lambda: per_example(p, (x, y)),
+        "loop": lambda: [grad(p, (x[b : b + 1], y[b : b + 1]), None) for b in range(len(x))],
+        "batch gradient": lambda: grad(p, (x, y), None),
     }
 
 
@@ -318,7 +373,7 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "mfu": float, "mfu_datasheet": float, "peak_mem_mb": float, "flops_per_token": int,
     "peak_flops": float, "tokens": int, "config": dict,
 }  # fmt: skip
-BENCHMARKS = {"train", "decode", "prefill", "ensemble"}
+BENCHMARKS = {"train", "decode", "prefill", "ensemble", "per-example"}
 
 
 def validate(record: dict[str, Any]) -> None:
@@ -370,23 +425,28 @@ def record(
 
 
 def bench_device(cfg: BenchConfig, device: torch.device, log: Callable[[str], None]):
-    """Every measurement of the suite on one device, as validated records."""
+    """Every measurement of the suite (or of `cfg.only`) on one device, as validated records."""
     preset = PRESETS[cfg.preset]
     if cfg.quick:
         preset = replace(preset, new_tokens=32, prompt_tokens=128, batch_size=8)
     repeats = 3 if cfg.quick else cfg.repeats
     with_compile = cfg.compile and not cfg.quick
-    peaks = {dt_: measured_peak(device, dt_, cfg.quick) for dt_ in (torch.float32, torch.bfloat16)}
+    compiled = ["compiled"] if with_compile else []
+    parts = cfg.only or PARTS
     ctx = (cfg.preset, preset, repeats, log)
-    return [
-        *bench_train(
-            device, ["eager", *(["compiled"] if with_compile else []), "bf16"], peaks, ctx
-        ),
-        *bench_decode(
-            device, ["no cache", "cache", *(["compiled cache"] if with_compile else [])], ctx
-        ),  # fmt: skip
-        *bench_ensemble(device, ctx),
-    ]
+    records = []
+    if "train" in parts:
+        peaks = {t: measured_peak(device, t, cfg.quick) for t in (torch.float32, torch.bfloat16)}
+        records += bench_train(device, ["eager", *compiled, "bf16"], peaks, ctx)
+    if "decode" in parts:
+        records += bench_decode(device, ["no cache", "cache", *[f"{c} cache" for c in compiled]],
+                                ctx)  # fmt: skip
+    if "ensemble" in parts:
+        cases = ENSEMBLE_CASES[:1] if cfg.quick else ENSEMBLE_CASES
+        records += bench_ensemble(device, ["eager", *compiled], ctx, cases)
+    if "per-example" in parts:
+        records += bench_per_example(device, ctx, PER_EXAMPLE_CASE)
+    return records
 
 
 def _first_call(fn: Callable[[], Any], log: Callable[[str], None], what: str) -> None:
@@ -460,20 +520,54 @@ def bench_decode(device, modes, ctx) -> list[dict[str, Any]]:
     return out
 
 
-def bench_ensemble(device, ctx) -> list[dict[str, Any]]:
-    name, preset, repeats, log = ctx
-    mcfg, out = preset.model_config(), []
-    tokens = 4 * preset.ensemble_batch * mcfg.block_size
+def bench_ensemble(device, modes, ctx, cases) -> list[dict[str, Any]]:
+    """Ensemble step against the loop, per case and mode; each case is timed on its own
+    (interleaved within the case) so that a compiled graph of one shape never waits on
+    another's."""
+    name, _, repeats, log = ctx
+    out = []
+    for case in cases:
+        tokens = case.members * case.batch_size * case.block_size
+        runners = {}
+        for variant in models.NAMES:
+            for mode in modes:
+                for label, fn in ensemble_runners(
+                    variant, case, device, mode == "compiled"
+                ).items():
+                    _first_call(fn, log, f"{device.type} ensemble {case.label} {variant} {label}")
+                    runners[(variant, label)] = fn
+        for (variant, label), seconds in interleaved(runners, device, repeats).items():
+            out.append(record(
+                "ensemble", variant, device, label, name, "throughput",
+                [tokens / s for s in seconds], "tokens/s", tokens=tokens,
+                config=vars(case) | {"case": case.label},
+            ))  # fmt: skip
+    return out
+
+
+def bench_per_example(device, ctx, case) -> list[dict[str, Any]]:
+    name, _, repeats, log = ctx
+    tokens = case.batch_size * case.block_size
     runners = {}
     for variant in models.NAMES:
-        for mode, fn in ensemble_runners(variant, mcfg, device, preset.ensemble_batch).items():
-            _first_call(fn, log, f"{device.type} ensemble {variant} {mode}")
-            runners[(variant, mode)] = fn
-    for (variant, mode), seconds in interleaved(runners, device, repeats).items():
-        ms = [s * 1000 for s in seconds]
-        out.append(record("ensemble", variant, device, mode, name, "step time", ms, "ms",
-                          tokens=tokens))  # fmt: skip
-    return out
+        for label, fn in per_example_runners(variant, case, device).items():
+            _first_call(fn, log, f"{device.type} per-example {variant} {label}")
+            runners[(variant, label)] = fn
+    return [
+        record(
+            "per-example",
+            variant,
+            device,
+            label,
+            name,
+            "throughput",
+            [tokens / s for s in seconds],
+            "tokens/s",
+            tokens=tokens,
+            config=vars(case) | {"case": case.label},
+        )  # fmt: skip
+        for (variant, label), seconds in interleaved(runners, device, repeats).items()
+    ]
 
 
 def available_devices() -> list[str]:

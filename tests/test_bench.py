@@ -30,7 +30,8 @@ def test_matmul_params_and_flops_match_a_hand_count():
     assert plus == 192 + 64 + 8 * 128 + 64 * 8 + 80
 
 
-MICRO = bench.Preset(1, 2, 32, 16, 4, new_tokens=4, prompt_tokens=24, ensemble_batch=2)
+MICRO = bench.Preset(1, 2, 32, 16, 4, new_tokens=4, prompt_tokens=24)
+MICRO_CASE = bench.EnsembleCase(1, 2, 32, 16, 2, 2)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def records():
     return [
         *bench.bench_train(cpu, ["eager", "bf16"], peaks, ctx),
         *bench.bench_decode(cpu, ["no cache", "cache"], ctx),
-        *bench.bench_ensemble(cpu, ctx),
+        *bench.bench_ensemble(cpu, ["eager"], ctx, [MICRO_CASE]),
+        *bench.bench_per_example(cpu, ctx, MICRO_CASE),
     ]
 
 
@@ -53,7 +55,10 @@ def test_records_cover_every_variant_and_follow_the_schema(records):
     decode = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "decode"}
     assert ("reference", "no cache") in decode and ("gpt-fast", "cache") in decode
     assert {r["variant"] for r in records if r["benchmark"] == "prefill"} == set(bench.VARIANTS)
-    assert len([r for r in records if r["benchmark"] == "ensemble"]) == 2 * len(models.NAMES)
+    ensemble = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "ensemble"}
+    assert ensemble == {(v, m) for v in models.NAMES for m in ("eager ensemble", "eager loop")}
+    per_example = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "per-example"}
+    assert per_example == {(v, m) for v in models.NAMES for m in ("vmap", "loop", "batch gradient")}
     for r in records:
         if r["benchmark"] == "train":
             want = r["flops_per_token"] * r["value"] / r["peak_flops"]
@@ -79,8 +84,9 @@ def test_report_writes_jsonl_table_and_chart(records, tmp_path):
     lines = (tmp_path / "results.jsonl").read_bytes().splitlines()
     assert [orjson.loads(line) for line in lines] == records
     table = (tmp_path / "table.md").read_text()
-    for heading in ("## Train", "## Decode", "## vmap ensemble"):
+    for heading in ("## Train", "## Decode", "## Ensemble", "## Per-example gradients"):
         assert heading in table
+    assert table.count(f"{MICRO_CASE.label} |") == len(models.NAMES)  # ensemble rows
     assert table.count("| reference |") == 3  # two train modes and one decode row
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
