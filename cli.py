@@ -3,6 +3,7 @@
     python cli.py prepare-char [--text-path FILE] [--out-dir data/char] ...
     python cli.py prepare-tokenizer [--text-path FILE] [--vocab-size 8000] ...
     python cli.py train --model gpt-fast [--data-dir data/char] [--max-iters 1000] ...
+    python cli.py sweep --lrs 1e-3 3e-4 [--seeds 0 1] [--out-dir sweeps/run] ...
     python cli.py sample --ckpt checkpoints/run/best.pt [--prompt "Hello"] ...
     python cli.py chat --ckpt checkpoints/run/best.pt [--system-prompt "..."] ...
     python cli.py recommend [--data-dir data/char] [--priority speed|quality] ...
@@ -32,6 +33,7 @@ from yocto_fn.config import (
     SampleConfig,
     SmokeCpuConfig,
     SmokeTrainConfig,
+    SweepConfig,
     TrainConfig,
 )
 from yocto_fn.errors import UserError
@@ -64,6 +66,12 @@ def _train(cfg: TrainConfig) -> None:
             f"done: {result['iter']} steps, best val loss {result['best_val_loss']:.4f}; "
             f"checkpoints and metrics in {cfg.ckpt_dir}"
         )
+
+
+def _sweep(cfg: SweepConfig) -> None:
+    from yocto_fn.sweep import sweep
+
+    sweep(cfg)
 
 
 def _sample(cfg: SampleConfig) -> None:
@@ -106,6 +114,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
     "prepare-char": (data.PrepareCharConfig, _prepare_char),
     "prepare-tokenizer": (data.PrepareTokenizerConfig, _prepare_tokenizer),
     "train": (TrainConfig, _train),
+    "sweep": (SweepConfig, _sweep),
     "sample": (SampleConfig, _sample),
     "chat": (ChatConfig, _chat),
     "recommend": (RecommendConfig, _recommend),

@@ -23,6 +23,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 FAST = {
     "train": ["--max-iters", "3", "--eval-interval", "3", "--eval-iters", "1", "--batch-size", "2"],
+    "sweep": ["--max-iters", "3", "--eval-interval", "3", "--eval-iters", "1", "--batch-size", "2"],
     "sample": ["--max-new-tokens", "8", "--num-samples", "1"],
     "chat": ["--max-new-tokens", "8"],
     "smoke-cpu": ["--new-tokens", "8"],
@@ -80,8 +81,8 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
         out, err = capsys.readouterr()
         assert status == 0, f"{shlex.join(words)} exited {status}: {err[-500:]}"
         ran.add(sub)
-    assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sample", "chat", "recommend",
-                   "smoke-cpu", "smoke-train"}  # fmt: skip
+    assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sweep", "sample", "chat",
+                   "recommend", "smoke-cpu", "smoke-train"}  # fmt: skip
 
 
 def test_readme_python_block_runs():

@@ -67,11 +67,8 @@ DEFAULT_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Train a model on a prepared data directory (see `prepare-char`, `prepare-tokenizer`).
-
-    Shape flags left unset take the defaults below, or on --resume the checkpoint's values.
-    """
+class TrainingOptions:
+    """What `train` and `sweep` share: data, shape, batch, schedule, evaluation and device."""
 
     mode: Literal["char", "token"] = "char"
     """char or token; must match the prepared data."""
@@ -79,8 +76,6 @@ class TrainConfig:
     """Directory with train.bin, val.bin, meta.json."""
     tokenizer_path: Path | None = None
     """vocab.json / tokenizer.json (default: the one in --data-dir)."""
-    ckpt_dir: Path = Path("checkpoints/run")
-    """Where latest.pt, best.pt, metrics.csv, run_meta.json and loss.png go."""
     model: Annotated[ModelName | None, tyro.conf.arg(aliases=("--model-type",))] = None
     """Variant: gpt, gpt-plus or gpt-fast (default gpt; on --resume the checkpoint's)."""
     n_layer: int | None = None
@@ -97,16 +92,12 @@ class TrainConfig:
     """Optimizer steps to run (on --resume: additional steps; 0: evaluate and save only)."""
     dropout: float = 0.0
     """Dropout probability (0.1-0.3 against overfitting on small corpora)."""
-    weight_decay: float = 0.1
-    """Decoupled weight decay of >= 2-D weights (not embeddings, norms or biases)."""
     label_smoothing: float = 0.0
     """Label smoothing of the training loss."""
     tie_weights: bool = False
     """Share the token embedding and the LM head."""
     auto_tie_weights: bool = False
     """Tie the weights when the training split has fewer than 1M tokens."""
-    lr: float = 1e-3
-    """Peak learning rate."""
     cosine_lr: bool = False
     """Linear warmup then cosine decay to --min-lr over the run (else a constant rate)."""
     warmup_iters: int = 100
@@ -119,6 +110,34 @@ class TrainConfig:
     """Evaluate, log and checkpoint every this many steps (and at the end)."""
     eval_iters: int = 20
     """Batches per split in each evaluation."""
+    amp: bool = False
+    """Mixed precision (autocast) for the forward pass."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    compile: bool = False
+    """torch.compile the whole train step (forward, backward and optimizer)."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda > mps > cpu."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainingOptions):
+    """Train a model on a prepared data directory (see `prepare-char`, `prepare-tokenizer`).
+
+    Shape flags left unset take the defaults below, or on --resume the checkpoint's values.
+    """
+
+    ckpt_dir: Path = Path("checkpoints/run")
+    """Where latest.pt, best.pt, metrics.csv, run_meta.json and loss.png go."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of >= 2-D weights (not embeddings, norms or biases)."""
+    seed: int = 1337
+    """Seed of initialisation, batch sampling and dropout."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the parameters with this decay (0 disables)."""
     resume: Path | None = None
@@ -127,31 +146,43 @@ class TrainConfig:
     """Start from this checkpoint's weights only (fresh optimizer and iteration count)."""
     strict_init: bool = True
     """With --init-from, require every tensor to match (--no-strict-init: load the matching)."""
-    amp: bool = False
-    """Mixed precision (autocast) for the forward pass."""
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
     """Autocast dtype of --amp: bf16 (CPU, CUDA, MPS) or fp16 with dynamic loss scaling (CUDA)."""
-    grad_accum_steps: int = 1
-    """Micro-batches accumulated per optimizer step."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass to save activation memory (eager only)."""
     auto_microbatch: bool = False
     """On CUDA out-of-memory, halve the micro-batch and double accumulation."""
-    compile: bool = False
-    """torch.compile the whole train step (forward, backward and optimizer)."""
     save_strategy: Literal["both", "best", "latest", "none"] = "both"
     """Which checkpoints to write at each evaluation."""
     early_stopping_patience: int = 0
     """Stop after this many evaluations without improvement (0 disables)."""
     early_stopping_min_delta: float = 0.0
     """Smallest val-loss decrease that counts as an improvement."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    """auto picks cuda > mps > cpu."""
-    seed: int = 1337
-    """Seed of initialisation, batch sampling and dropout."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+@dataclass(frozen=True)
+class SweepConfig(TrainingOptions):
+    """Train a grid of --lrs x --seeds x --weight-decays as one vmapped ensemble.
+
+    Member i is the same run as `train` with the same flags and that grid point's --lr,
+    --seed and --weight-decay: same initialisation, batches, dropout, schedule, evaluation
+    and checkpoints (in --out-dir/member-XX/). Left out, because one ensemble step has no
+    per-member control flow or extra state for them: --ema-decay, early stopping,
+    --init-from, --save-strategy (every member writes latest.pt and best.pt),
+    --activation-checkpointing, --auto-microbatch and --amp-dtype fp16 (--amp is bf16).
+    """
+
+    lrs: tuple[float, ...] = ()
+    """Peak learning rates of the grid (required unless --resume)."""
+    seeds: tuple[int, ...] = (1337,)
+    """Seeds of the grid (initialisation, batch sampling and dropout of a member)."""
+    weight_decays: tuple[float, ...] = (0.1,)
+    """Weight decays of the grid."""
+    out_dir: Path = Path("sweeps/run")
+    """Where sweep.json, summary.csv, val_curves.png and member-XX/ go."""
+    resume: Path | None = None
+    """Continue the sweep in this directory for --max-iters more steps (flags left at their
+    defaults take the saved values; others must agree with them)."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""The training loop behind `cli.py train`: data, model, resume, eval, checkpoints, metrics.
+"""The training loop behind `cli.py train`: the steps, the progress bar, Ctrl-C and logs.
 
-Everything stateful lives here, on the host; the step itself is the pure function of
-`train.make_train_step`. A run is reproducible from its checkpoint: parameters, optimizer
+The host-side state (data, resume, eval, checkpoints, metrics) is `runstate.RunState`,
+which `sweep` shares; the step itself is the pure function of `train.make_train_step`.
+A run is reproducible from its checkpoint: parameters, optimizer
 state, iteration, best loss, the data generator's state and the seed (dropout keys are
 `fold_in(key(seed), iteration)`), so N steps + resume + N steps equals 2N steps.
 """
@@ -9,197 +10,45 @@ state, iteration, best loss, the data generator's state and the seed (dropout ke
 from __future__ import annotations
 
 import math
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, fileio, metrics, models, optim, rng
-from . import tokenizer as tokenizers
-from .config import DEFAULT_MODEL, DEFAULT_SHAPE, ModelConfig, TrainConfig
+from . import checkpoint, metrics, optim, rng
+from .config import TrainConfig
 from .data import Dataset
 from .device import AMP_DTYPES, resolve
 from .errors import UserError
-from .params import Params, clone, count, to, tree_leaves
-from .train import loss_fn, make_train_step
-
-AUTO_TIE_TOKENS = 1_000_000
-
-
-def check_flags(cfg: TrainConfig) -> None:
-    positive = ("batch_size", "eval_interval", "eval_iters", "grad_accum_steps")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.max_iters < 0:
-        raise UserError("--max-iters must be >= 0")
-    if cfg.lr <= 0:
-        raise UserError(f"--lr must be positive (got {cfg.lr})")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise UserError(f"--ema-decay must be in [0, 1) (got {cfg.ema_decay})")
-    if cfg.activation_checkpointing and cfg.compile:
-        raise UserError(
-            "--activation-checkpointing does not combine with --compile yet (torch.func's "
-            "grad under the compiler cannot recompute blocks); drop one of them"
-        )
-    if cfg.resume and cfg.init_from:
-        raise UserError("use either --resume (continue a run) or --init-from (warm start)")
+from .params import clone, count, tree_leaves
+from .runstate import Interrupt, RunState, check_flags, load_tokenizer
+from .train import make_train_step
 
 
-def load_tokenizer(cfg: TrainConfig, ds: Dataset) -> tokenizers.TextTokenizer:
-    if ds.meta.get("mode") != cfg.mode:
-        raise UserError(
-            f"--mode {cfg.mode} but {cfg.data_dir} holds {ds.meta.get('mode')}-level data; "
-            f"pass --mode {ds.meta.get('mode')} or another --data-dir"
-        )
-    path = cfg.tokenizer_path or cfg.data_dir / ds.meta["tokenizer_file"]
-    tok = tokenizers.load(path)
-    if tok.vocab_size != ds.meta["vocab_size"]:
-        raise UserError(
-            f"{path} has {tok.vocab_size} tokens but {cfg.data_dir} was encoded with "
-            f"{ds.meta['vocab_size']}; use the tokenizer the data was prepared with"
-        )
-    return tok
+class Trainer(RunState):
+    """One run driven by the single-model step (`train.make_train_step`)."""
 
-
-def model_setup(
-    cfg: TrainConfig, ds: Dataset, ckpt: dict[str, Any] | None
-) -> tuple[str, ModelConfig]:
-    """Variant and shape: flags, else the checkpoint's (on resume), else the defaults.
-
-    On resume a flag that contradicts the checkpoint is an error, as is another vocabulary.
-    """
-    vocab = ds.meta["vocab_size"]
-    if ckpt is None:
-        name = models.canonical_name(cfg.model or DEFAULT_MODEL)
-        shape = {k: getattr(cfg, k) or v for k, v in DEFAULT_SHAPE.items()}
-        tie = cfg.tie_weights or (
-            cfg.auto_tie_weights and ds.meta["train_tokens"] < AUTO_TIE_TOKENS
-        )
-        return name, ModelConfig(vocab_size=vocab, dropout=cfg.dropout, tie_weights=tie, **shape)
-    saved = ModelConfig.from_dict(ckpt["model_config"])
-    name = models.canonical_name(ckpt["arch"])
-    wanted = {"model": cfg.model and models.canonical_name(cfg.model)} | {
-        k: getattr(cfg, k) for k in DEFAULT_SHAPE
-    }
-    have = {"model": name} | {k: getattr(saved, k) for k in DEFAULT_SHAPE}
-    clash = [f"{k} {wanted[k]} vs {have[k]}" for k in wanted if wanted[k] not in (None, have[k])]
-    if cfg.tie_weights and not saved.tie_weights:
-        clash.append("tie_weights True vs False")
-    if clash:
-        raise UserError(
-            f"--resume checkpoint has another architecture ({'; '.join(clash)}); drop those "
-            "flags or start a new run in another --ckpt-dir"
-        )
-    if saved.vocab_size != vocab:
-        raise UserError(
-            f"--resume checkpoint has vocab {saved.vocab_size} but {cfg.data_dir} has {vocab}; "
-            "resume with the data it was trained on"
-        )
-    return name, ModelConfig.from_dict(saved.to_dict() | {"dropout": cfg.dropout})
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-@dataclass
-class Progress:
-    """Host-side run state saved in every checkpoint."""
-
-    iter: int = 0
-    best_val_loss: float = math.inf
-    best_val_loss_raw: float = math.inf
-    best_val_loss_ema: float = math.inf
-    bad_evals: int = 0
-    tokens_seen: int = 0
-    time_sec: float = 0.0
-    rows: list[metrics.Row] = field(default_factory=list)
-
-
-class Interrupt:
-    """Ctrl-C finishes the current step instead of killing the run mid-write."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __enter__(self) -> Interrupt:
-        self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, *_: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._old)
-
-
-class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         check_flags(cfg)
-        self.cfg = cfg
-        self.device = resolve(cfg.device)
-        self.amp_dtype = AMP_DTYPES[cfg.amp_dtype] if cfg.amp else None
-        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
+        device = resolve(cfg.device)
+        amp_dtype = AMP_DTYPES[cfg.amp_dtype] if cfg.amp else None
+        if amp_dtype is torch.float16 and device.type != "cuda":
             raise UserError("--amp-dtype fp16 needs CUDA; use --amp-dtype bf16 on this device")
-        self.loss_scale = optim.DynamicLossScale() if self.amp_dtype is torch.float16 else None
+        loss_scale = optim.DynamicLossScale() if amp_dtype is torch.float16 else None
         if cfg.ckpt_dir.exists() and not cfg.ckpt_dir.is_dir():
             raise UserError(f"--ckpt-dir {cfg.ckpt_dir} is an existing file")
-        self.ds = Dataset(cfg.data_dir)
-        self.tok = load_tokenizer(cfg, self.ds)
+        ds = Dataset(cfg.data_dir)
+        tok = load_tokenizer(cfg, ds)
         ckpt = checkpoint.load(cfg.resume) if cfg.resume else None
-        self.arch, self.mcfg = model_setup(cfg, self.ds, ckpt)
-        self.ds.check_block_size(self.mcfg.block_size)
-        self.model = models.get(self.arch)
-        self.params = to(self.model.init(self.mcfg, cfg.seed), self.device)
-        self.progress = Progress()
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.ema: Params | None = None
-        if ckpt is not None:
-            self._restore(ckpt)
-        else:
-            self.opt_state = optim.init(self.params, self.loss_scale)
-            if cfg.init_from:
-                self._warm_start(cfg.init_from)
+        super().__init__(cfg, ds, tok, device, amp_dtype, loss_scale, ckpt)
+        if ckpt is None and cfg.init_from:
+            self._warm_start(cfg.init_from)
         if cfg.ema_decay and self.ema is None:
             self.ema = clone(self.params)
-        self.micro_batch, self.accum = cfg.batch_size, cfg.grad_accum_steps
         self._build_step()
-        self.base_key = rng.key(cfg.seed, self.device)
-        self.meta_written = False
-
-    # ------------------------------------------------------------------ state
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.params, _ = checkpoint.load_matching(self.params, ckpt["params"], True, "--resume")
-        state = to(checkpoint.opt_state_from_dict(ckpt["opt_state"]), self.device)
-        inner = state.inner if isinstance(state, optim.ScaledState) else state
-        if self.loss_scale is None:
-            self.opt_state = inner
-        elif isinstance(state, optim.ScaledState):
-            self.opt_state = state
-        else:
-            self.opt_state = optim.ScaledState(inner, self.loss_scale.init(self.device))
-        if ckpt.get("ema") is not None:
-            self.ema = to(ckpt["ema"], self.device)
-        self.progress = Progress(**ckpt["progress"])
-        self.progress.rows = metrics.read(self.cfg.ckpt_dir / "metrics.csv", ckpt["iter"])
-        self.gen.set_state(ckpt["rng"]["data"])
 
     def _warm_start(self, path: Path) -> None:
         src = checkpoint.load(path)
@@ -218,56 +67,6 @@ class Trainer:
             amp_dtype=self.amp_dtype, compile=self.cfg.compile,
             activation_checkpointing=self.cfg.activation_checkpointing, loss_scale=self.loss_scale,
         )  # fmt: skip
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum_steps * self.mcfg.block_size
-
-    def checkpoint_dict(self) -> dict[str, Any]:
-        prog = self.progress
-        return {
-            "format": checkpoint.FORMAT,
-            "arch": self.arch,
-            "mode": self.cfg.mode,
-            "model_config": self.mcfg.to_dict(),
-            "train_config": self.cfg.to_dict(),
-            "params": to(self.params, "cpu"),
-            "opt_state": checkpoint.opt_state_to_dict(to(self.opt_state, "cpu")),
-            "ema": None if self.ema is None else to(self.ema, "cpu"),
-            "iter": prog.iter,
-            "best_val_loss": prog.best_val_loss,
-            "rng": {"data": self.gen.get_state(), "seed": self.cfg.seed},
-            "tokenizer": self.tok.to_dict(),
-            "progress": {k: v for k, v in vars(prog).items() if k != "rows"},
-        }
-
-    def save(self, name: str) -> Path:
-        path = self.cfg.ckpt_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save(path, self.checkpoint_dict())
-        return path
-
-    # ------------------------------------------------------------------ steps
-
-    def lr(self, it: int, end: int) -> float:
-        c = self.cfg
-        if not c.cosine_lr:
-            return optim.constant(it, lr=c.lr)
-        return optim.cosine_with_warmup(
-            it, lr=c.lr, warmup_iters=c.warmup_iters, max_iters=end, min_lr=c.min_lr
-        )
-
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step's rows; with accumulation shaped [A, B, T]."""
-        parts = [
-            self.ds.get_batch(
-                "train", self.micro_batch, self.mcfg.block_size, self.gen, self.device
-            )
-            for _ in range(self.accum)
-        ]
-        if self.accum == 1:
-            return parts[0]
-        return torch.stack([x for x, _ in parts]), torch.stack([y for _, y in parts])
 
     def train_step(self, it: int, end: int) -> dict[str, float]:
         batch, key = self.batch(), rng.fold_in(self.base_key, it)
@@ -305,67 +104,6 @@ class Trainer:
         print(f"out of memory: micro-batch {self.micro_batch} x {self.accum}", file=sys.stderr)
         T = self.mcfg.block_size
         return tuple(t.reshape(self.accum, self.micro_batch, T) for t in batch)
-
-    # ------------------------------------------------------------------ eval
-
-    @torch.no_grad()
-    def estimate(self, params: Params, split: str) -> float:
-        """Mean loss over eval_iters batches drawn by a fixed generator: every evaluation
-        sees the same batches, so successive losses compare like with like."""
-        gen = torch.Generator().manual_seed(self.cfg.seed + (1 if split == "train" else 2))
-        total = 0.0
-        for _ in range(self.cfg.eval_iters):
-            batch = self.ds.get_batch(
-                split, self.micro_batch, self.mcfg.block_size, gen, self.device
-            )
-            total += loss_fn(
-                params, batch, None, model=self.model, cfg=self.mcfg,
-                amp_dtype=self.amp_dtype, train=False,
-            ).item()  # fmt: skip
-        return total / self.cfg.eval_iters
-
-    def evaluate(
-        self, last: dict[str, float], lr: float, interval: tuple[float, int]
-    ) -> metrics.Row:
-        prog, d = self.progress, self.cfg.early_stopping_min_delta
-        raw = self.estimate(self.params, "val")
-        ema = self.estimate(self.ema, "val") if self.ema is not None else None
-        val = ema if ema is not None else raw
-        improved = val < prog.best_val_loss - d
-        prog.best_val_loss = min(prog.best_val_loss, val)
-        prog.best_val_loss_raw = min(prog.best_val_loss_raw, raw)
-        if ema is not None:
-            prog.best_val_loss_ema = min(prog.best_val_loss_ema, ema)
-        prog.bad_evals = 0 if improved else prog.bad_evals + 1
-        seconds, tokens = interval
-        row: metrics.Row = {
-            "iter": prog.iter, "train_loss": self.estimate(self.params, "train"),
-            "val_loss": val, "val_loss_raw": raw, "val_loss_ema": ema,
-            "best_val_loss": prog.best_val_loss, "best_val_loss_raw": prog.best_val_loss_raw,
-            "best_val_loss_ema": prog.best_val_loss_ema if ema is not None else None,
-            "lr": lr, "time_sec": prog.time_sec, "tokens_seen": prog.tokens_seen,
-            "throughput_tps": tokens / seconds if seconds > 0 else None,
-            "grad_norm": last["grad_norm"],
-        }  # fmt: skip
-        prog.rows.append(row)
-        return row | {"improved": improved}
-
-    # ------------------------------------------------------------------ loop
-
-    def write_run_meta(self) -> None:
-        """Written with the first evaluation, so a run that fails early changes nothing."""
-        meta = {
-            "train_config": self.cfg.to_dict(), "model_config": self.mcfg.to_dict(),
-            "arch": self.arch, "device": str(self.device),
-            "dtype": "float32" if self.amp_dtype is None else f"autocast {self.cfg.amp_dtype}",
-            "parameters": count(self.params),
-            "tokens_per_step": self.tokens_per_step,
-            "torch": torch.__version__, "git_commit": git_commit(),
-            "data": {k: self.ds.meta.get(k) for k in ("corpus", "train_tokens", "val_tokens")},
-            "resumed_from": str(self.cfg.resume) if self.cfg.resume else None,
-            "start_iter": self.progress.iter,
-        }  # fmt: skip
-        fileio.atomic_write_bytes(self.cfg.ckpt_dir / "run_meta.json", fileio.json_bytes(meta))
 
     def run(self) -> dict[str, Any]:
         cfg, prog = self.cfg, self.progress
@@ -415,19 +153,7 @@ class Trainer:
                 "stopped": stopped}  # fmt: skip
 
     def _after_eval(self, row: metrics.Row, bar: tqdm) -> None:
-        """Metrics first, then checkpoints: a crash in between leaves rows past the last
-        checkpoint, which a resume drops, never a checkpoint whose rows are missing."""
-        cfg = self.cfg
-        if not self.meta_written:
-            cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            self.write_run_meta()
-            self.meta_written = True
-        metrics.write(cfg.ckpt_dir / "metrics.csv", self.progress.rows)
-        if cfg.save_strategy in ("both", "latest"):
-            self.save("latest.pt")
-        if row["improved"] and cfg.save_strategy in ("both", "best"):
-            self.save("best.pt")
-        metrics.plot(cfg.ckpt_dir / "loss.png", self.progress.rows)
+        self.record(row)
         msg = (
             f"step {row['iter']}: train {row['train_loss']:.4f}, val {row['val_loss']:.4f}"
             f" (best {row['best_val_loss']:.4f}), lr {row['lr']:.2e}"

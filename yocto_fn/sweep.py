@@ -1,0 +1,367 @@
+"""`cli.py sweep`: a grid of learning rates x seeds x weight decays trained as one ensemble.
+
+Every grid point is a member: a `RunState` built exactly as `train` builds it for
+`--lr lr_i --seed seed_i --weight-decay wd_i` (same initialisation, data generator, dropout
+keys, schedule, evaluation and checkpoints, in OUT/member-XX/). So a member's files are what
+`train` would write, and `train --resume OUT/member-XX/latest.pt` continues it alone. Only
+the step differs: all members move in one `ensemble.make_ensemble_step` call, their params
+and optimizer states stacked on a leading member axis; a member's slice is copied out only
+to evaluate or save it, so the ensemble is held once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import itertools
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+from tqdm import tqdm
+
+from . import checkpoint, fileio, optim, recommend, rng
+from .config import ModelConfig, SweepConfig, TrainConfig, TrainingOptions
+from .data import Dataset
+from .device import resolve
+from .ensemble import make_ensemble_step
+from .errors import UserError
+from .params import count, stack, tree_map
+from .runstate import Interrupt, RunState, check_flags, load_tokenizer, model_setup
+
+MAX_MEMBERS = 64
+SWEEP_FILE = "sweep.json"
+FREE_ON_RESUME = frozenset({"max_iters", "resume", "out_dir", "device", "compile"})
+SUMMARY_COLUMNS = ("member", "lr", "seed", "weight_decay", "best_val_loss", "final_val_loss",
+                   "rank")  # fmt: skip
+
+GridPoint = dict[str, Any]
+
+
+def make_grid(cfg: SweepConfig) -> list[GridPoint]:
+    """--lrs x --seeds x --weight-decays, in that order; a grid that cannot run is a UserError."""
+    lists = (("--lrs", cfg.lrs), ("--seeds", cfg.seeds), ("--weight-decays", cfg.weight_decays))
+    for flag, values in lists:
+        if not values:
+            raise UserError(f"{flag} needs at least one value")
+        if len(set(values)) < len(values):
+            raise UserError(f"{flag} lists a value twice ({' '.join(map(str, values))})")
+    bad_lr = [lr for lr in cfg.lrs if not lr > 0]
+    if bad_lr:
+        raise UserError(f"--lrs must all be positive (got {bad_lr[0]})")
+    bad_wd = [wd for wd in cfg.weight_decays if not wd >= 0]
+    if bad_wd:
+        raise UserError(f"--weight-decays must all be >= 0 (got {bad_wd[0]})")
+    n = len(cfg.lrs) * len(cfg.seeds) * len(cfg.weight_decays)
+    if n > MAX_MEMBERS:
+        raise UserError(
+            f"the grid has {n} members (--lrs x --seeds x --weight-decays); one sweep trains "
+            f"at most {MAX_MEMBERS}: split it into several sweeps"
+        )
+    product = itertools.product(cfg.lrs, cfg.seeds, cfg.weight_decays)
+    return [{"lr": lr, "seed": seed, "weight_decay": wd} for lr, seed, wd in product]
+
+
+def member_dir(out_dir: Path, i: int) -> Path:
+    return out_dir / f"member-{i:02d}"
+
+
+def member_config(cfg: SweepConfig, i: int, point: GridPoint) -> TrainConfig:
+    """The `train` flags of member i: the shared ones, its grid point and its own directory."""
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainingOptions)}
+    ckpt_dir = member_dir(cfg.out_dir, i)
+    return TrainConfig(
+        **shared, ckpt_dir=ckpt_dir, lr=point["lr"], seed=point["seed"],
+        weight_decay=point["weight_decay"], resume=ckpt_dir / "latest.pt" if cfg.resume else None,
+    )  # fmt: skip
+
+
+def check_memory(arch: str, mcfg: ModelConfig, batch: int, members: int, device) -> None:
+    """Refuse a grid whose members together pass the device budget by `recommend`'s estimate
+    (the vmapped step holds every member's weights, optimizer state and activations)."""
+    n = recommend.estimate_params(arch, mcfg.n_layer, mcfg.n_embd, mcfg.vocab_size,
+                                  mcfg.block_size, mcfg.tie_weights)  # fmt: skip
+    one = recommend.estimate_memory(n, mcfg.n_layer, mcfg.n_head, mcfg.n_embd, mcfg.block_size,
+                                    batch, mcfg.vocab_size, ema=False)  # fmt: skip
+    budget = recommend.device_memory_gb(device)
+    if one * members > budget * 2**30:
+        raise UserError(
+            f"{members} members of {n:,} parameters need about {one * members / 2**30:.1f} GiB "
+            f"(recommend's estimate), more than the {budget:.1f} GiB of {device.type}: use "
+            "fewer members, a smaller --batch-size or a smaller model"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A value as sweep.json stores it (tuples as lists, paths as strings)."""
+    return orjson.loads(orjson.dumps(value, default=str))
+
+
+def _typed(f: dataclasses.Field, value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    return Path(value) if value is not None and "Path" in str(f.type) else value
+
+
+def resumed_config(cfg: SweepConfig, saved: dict[str, Any]) -> SweepConfig:
+    """The saved sweep's flags with this call's --max-iters, --device and --compile.
+
+    Flags left at their defaults take the saved values; a flag given with another value than
+    the saved one is an error (the members would no longer be the runs they started as)."""
+    default, given = SweepConfig(), cfg.to_dict()
+    values, clash = {}, []
+    for f in dataclasses.fields(SweepConfig):
+        if f.name in FREE_ON_RESUME:
+            continue
+        was, now = saved["config"][f.name], _plain(given[f.name])
+        if now not in (_plain(getattr(default, f.name)), was):
+            clash.append(f"--{f.name.replace('_', '-')} {now} vs {was}")
+        values[f.name] = _typed(f, was)
+    if cfg.out_dir not in (default.out_dir, cfg.resume):
+        clash.append(f"--out-dir {cfg.out_dir} vs {cfg.resume}")
+    if clash:
+        raise UserError(
+            f"--resume {cfg.resume}: flags contradict the saved sweep ({'; '.join(clash)}); "
+            "drop them or start a new sweep in another --out-dir"
+        )
+    return dataclasses.replace(cfg, **values, out_dir=cfg.resume)
+
+
+def load_saved(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / SWEEP_FILE
+    if not path.is_file():
+        raise UserError(f"--resume {out_dir}: no {SWEEP_FILE} there, so it holds no sweep")
+    return orjson.loads(path.read_bytes())
+
+
+def summary(grid: list[GridPoint], members: list[RunState]) -> list[dict[str, Any]]:
+    """One row per member, ranked by best val loss (1 = best)."""
+    rows = [
+        {"member": i, **point, "best_val_loss": m.progress.best_val_loss,
+         "final_val_loss": m.progress.rows[-1]["val_loss"] if m.progress.rows else math.nan}
+        for i, (point, m) in enumerate(zip(grid, members, strict=True))
+    ]  # fmt: skip
+    order = sorted(range(len(rows)), key=lambda i: (math.isnan(rows[i]["best_val_loss"]),
+                                                    rows[i]["best_val_loss"]))  # fmt: skip
+    for rank, i in enumerate(order, 1):
+        rows[i]["rank"] = rank
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+def write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
+    """summary.csv, losses as metrics.csv writes them (6 significant digits)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    fileio.atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'rank':>4}  {'member':<9} {'lr':>9} {'seed':>6} {'wd':>7}  {'best val':>9}  "
+             f"{'final val':>9}"]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"{r['rank']:>4}  member-{r['member']:02d} {r['lr']:>9.3g} {r['seed']:>6} "
+            f"{r['weight_decay']:>7.3g}  {r['best_val_loss']:>9.4f}  {r['final_val_loss']:>9.4f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_val_curves(path: Path, grid: list[GridPoint], members: list[RunState]) -> None:
+    """Every member's val loss against iteration in one figure (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for i, (point, m) in enumerate(zip(grid, members, strict=True)):
+        rows = [r for r in m.progress.rows if r.get("val_loss") is not None]
+        label = f"{i:02d}: lr {point['lr']:g}, seed {point['seed']}, wd {point['weight_decay']:g}"
+        ax.plot([r["iter"] for r in rows], [r["val_loss"] for r in rows], label=label,
+                marker="." if len(rows) < 30 else None)  # fmt: skip
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("val loss")
+    ax.grid(alpha=0.3)
+    if len(members) <= 16:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    fileio.atomic_write_bytes(path, buf.getvalue())
+
+
+def sweep_plan(cfg: SweepConfig) -> tuple[SweepConfig, list[GridPoint]]:
+    """The effective flags and the grid: the saved ones on --resume, else checked new ones
+    for an --out-dir that holds no sweep yet (so nothing is ever overwritten)."""
+    if cfg.resume is not None:
+        saved = load_saved(cfg.resume)
+        return resumed_config(cfg, saved), saved["grid"]
+    grid = make_grid(cfg)
+    if (cfg.out_dir / SWEEP_FILE).exists():
+        raise UserError(
+            f"--out-dir {cfg.out_dir} already holds a sweep; continue it with "
+            f"--resume {cfg.out_dir} or choose another --out-dir"
+        )
+    if cfg.out_dir.exists() and not cfg.out_dir.is_dir():
+        raise UserError(f"--out-dir {cfg.out_dir} is an existing file")
+    return cfg, grid
+
+
+def resume_checkpoint(cfg: TrainConfig) -> dict[str, Any] | None:
+    return checkpoint.load(cfg.resume) if cfg.resume else None
+
+
+class Sweep:
+    """The members' `RunState`s around one stacked ensemble and its step."""
+
+    def __init__(self, cfg: SweepConfig) -> None:
+        cfg, grid = sweep_plan(cfg)
+        self.cfg, self.grid = cfg, grid
+        configs = [member_config(cfg, i, point) for i, point in enumerate(grid)]
+        for c in configs:
+            check_flags(c)
+        self.device = resolve(cfg.device)
+        amp_dtype = torch.bfloat16 if cfg.amp else None
+        ds = Dataset(cfg.data_dir)
+        tok = load_tokenizer(cfg, ds)
+        first = resume_checkpoint(configs[0])
+        arch, mcfg = model_setup(configs[0], ds, first)
+        check_memory(arch, mcfg, cfg.batch_size, len(grid), self.device)
+        self.members = [RunState(configs[0], ds, tok, self.device, amp_dtype, ckpt=first)] + [
+            RunState(c, ds, tok, self.device, amp_dtype, ckpt=resume_checkpoint(c))
+            for c in configs[1:]
+        ]
+        if len({m.progress.iter for m in self.members}) > 1:
+            raise UserError(f"--resume {cfg.resume}: the members' latest.pt are at different "
+                            "steps; resume them one by one with `train --resume`")  # fmt: skip
+        self.n_params = count(self.members[0].params)
+        self.params = stack([m.params for m in self.members])
+        self.opt_state = stack([m.opt_state for m in self.members])
+        for m in self.members:
+            m.params = m.opt_state = None  # the stacked ensemble holds them (see `member`)
+        self.weight_decay = torch.tensor([p["weight_decay"] for p in grid], device=self.device)
+        self.step = make_ensemble_step(
+            self.members[0].model, mcfg, optim.AdamW(), label_smoothing=cfg.label_smoothing,
+            grad_clip=cfg.grad_clip, amp_dtype=amp_dtype, compile=cfg.compile,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def member(self, i: int) -> Iterator[RunState]:
+        """Member i holding its own copy of its params and optimizer state while in use (a
+        copy, so that a checkpoint holds one member, not the whole stacked storage)."""
+        m = self.members[i]
+        m.params = tree_map(lambda t: t[i].clone(), self.params)
+        m.opt_state = tree_map(lambda t: t[i].clone(), self.opt_state)
+        try:
+            yield m
+        finally:
+            m.params = m.opt_state = None
+
+    def train_step(self, it: int, end: int) -> list[dict[str, float]]:
+        """One ensemble step: each member's batch, dropout key and learning rate as `train`
+        would draw them at step `it`."""
+        batches = [m.batch() for m in self.members]
+        x, y = (torch.stack([b[k] for b in batches]) for k in (0, 1))
+        keys = torch.stack([rng.fold_in(m.base_key, it) for m in self.members])
+        lrs = torch.tensor([m.lr(it, end) for m in self.members], device=self.device)
+        self.params, self.opt_state, out = self.step(
+            self.params, self.opt_state, (x, y), lrs, keys, self.weight_decay
+        )
+        losses, norms = out["loss"].tolist(), out["grad_norm"].tolist()
+        for i, loss in enumerate(losses):
+            if not math.isfinite(loss):
+                raise UserError(
+                    f"member-{i:02d} (lr {self.grid[i]['lr']:g}): loss became {loss} at step "
+                    f"{it + 1}; stopped without saving, so the last good checkpoints are "
+                    "intact: drop that --lrs value, raise --warmup-iters or use --grad-clip"
+                )
+        return [{"loss": a, "grad_norm": b} for a, b in zip(losses, norms, strict=True)]
+
+    def write_sweep_file(self) -> None:
+        self.cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        sweep = {"grid": self.grid, "config": _plain(self.cfg.to_dict())}
+        fileio.atomic_write_bytes(self.cfg.out_dir / SWEEP_FILE, fileio.json_bytes(sweep))
+
+    def evaluate(self, last: list[dict[str, float]], lr_iter: int, end: int,
+                 interval: tuple[float, int]) -> str:  # fmt: skip
+        """Evaluate and record every member as `train` does; the log line names the best."""
+        self.write_sweep_file()
+        for i in range(len(self.members)):
+            with self.member(i) as m:
+                m.record(m.evaluate(last[i], m.lr(lr_iter, end), interval))
+        out = self.cfg.out_dir
+        write_summary(out / "summary.csv", summary(self.grid, self.members))
+        plot_val_curves(out / "val_curves.png", self.grid, self.members)
+        latest = [m.progress.rows[-1] for m in self.members]
+        i = min(range(len(latest)), key=lambda i: latest[i]["val_loss"])
+        p, row = self.grid[i], latest[i]
+        return (f"step {row['iter']}: best member-{i:02d} (lr {p['lr']:g}, seed {p['seed']}, "
+                f"wd {p['weight_decay']:g}) val {row['val_loss']:.4f}")  # fmt: skip
+
+    def save_latest(self) -> None:
+        self.write_sweep_file()
+        for i in range(len(self.members)):
+            with self.member(i) as m:
+                m.save("latest.pt")
+
+    def run(self) -> list[dict[str, Any]]:
+        cfg, members = self.cfg, self.members
+        start = members[0].progress.iter
+        end = start + cfg.max_iters
+        step_tokens = members[0].tokens_per_step
+        tty = sys.stdout.isatty()
+        if tty:
+            print(
+                f"{members[0].arch}: {len(members)} members x {self.n_params:,} parameters "
+                f"on {self.device}, steps {start}->{end}, {step_tokens:,} tokens/step each"
+            )
+        bar = tqdm(total=end, initial=start, unit="step", disable=not tty, dynamic_ncols=True)
+        log = bar.write if tty else lambda msg: print(msg, flush=True)
+        stopped, interval_t, interval_tok = False, 0.0, 0
+        last = [{"loss": math.nan, "grad_norm": math.nan}] * len(members)
+        with Interrupt() as interrupt:
+            for it in range(start, end):
+                t0 = time.perf_counter()
+                last = self.train_step(it, end)
+                dt = time.perf_counter() - t0
+                for m in members:
+                    m.progress.iter, m.progress.time_sec = it + 1, m.progress.time_sec + dt
+                    m.progress.tokens_seen += step_tokens
+                interval_t, interval_tok = interval_t + dt, interval_tok + step_tokens
+                bar.update(1)
+                bar.set_postfix(loss=f"{min(r['loss'] for r in last):.4f}",
+                                tok_s=f"{len(members) * step_tokens / dt:,.0f}")  # fmt: skip
+                if interrupt.requested:
+                    stopped = True
+                    break
+                if (it + 1) % cfg.eval_interval and it + 1 != end:
+                    continue
+                log(self.evaluate(last, it, end, (interval_t, interval_tok)))
+                interval_t, interval_tok = 0.0, 0
+            if start == end:
+                log(self.evaluate(last, start, end, (0.0, 0)))
+        bar.close()
+        rows = summary(self.grid, members)
+        if stopped:
+            self.save_latest()
+            write_summary(cfg.out_dir / "summary.csv", rows)
+        print(table(rows))
+        if stopped:
+            print(f"interrupted at step {members[0].progress.iter}; saved every latest.pt")
+            print(f"resume with: python cli.py sweep --resume {cfg.out_dir}")
+        return rows
+
+
+def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
+    return Sweep(cfg).run()
