@@ -1,12 +1,18 @@
 """Transforms over whole models: ensembles trained in one step, per-example gradients.
 
 An ensemble is a params tree whose every leaf has a leading member axis E (`stack` of E
-trees). `make_ensemble_step` trains all E members in one call: forward and backward are
-`torch.func.vmap(grad_and_value(loss_fn))` over that axis, so there is one forward
-definition for one model and for E; clipping and AdamW then run outside `vmap`, as
-`_foreach_*` kernels directly on the stacked leaves, each member scaled by its own norm,
-learning rate and weight decay. Learning rates and weight decays are [E] tensors, so a
-sweep over them never recompiles.
+trees). The model's one forward accepts such a tree (see `layers`): activations carry the
+member axis, matmuls become batched matmuls, and the loss is the sum of the members' mean
+losses. Members share no parameter, so one plain backward pass of that sum yields every
+member's own gradient. `make_ensemble_step` trains all E members in one call this way;
+clipping and AdamW then run as `_foreach_*` kernels directly on the stacked leaves, each
+member scaled by its own norm, learning rate and weight decay. Learning rates and weight
+decays are [E] tensors, so a sweep over them never recompiles.
+
+`torch.func.vmap(grad(loss_fn))` over the member axis computes the same gradients (the tests
+check both), but on CPU its batching rules cost more than they save (decomposed norms and
+activations, a per-member fallback for SDPA): the member-axis forward is what makes one
+ensemble step cheaper than E separate steps.
 
 `per_example_grads` is `vmap(grad(...))` over the rows of one batch: a gradient per training
 sequence, for per-example clipping (as in DP-SGD) or for finding the sequences that pull
@@ -24,7 +30,7 @@ from . import optim, rng
 from .config import ModelConfig
 from .models import Model
 from .params import Params, stack, to, tree_leaves, unstack
-from .train import Batch, Metrics, accumulate_grads, loss_fn
+from .train import Batch, Metrics, accumulate_grads, grad_and_value, loss_fn
 
 __all__ = [
     "ensemble_init",
@@ -77,15 +83,24 @@ def make_ensemble_step(
     `make_train_step(model, cfg, hp)` on member i with lr[i], key[i] and its own batch rows,
     clipped by its own gradient norm.
     """
-    loss = partial(
-        loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype
-    )
-    member_grads = torch.func.grad_and_value(loss)
+    losses = partial(
+        loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
+        members=True,
+    )  # fmt: skip
+
+    def total(params, batch, key):
+        """The sum of the member losses (its gradient is every member's own), and the losses."""
+        member_losses = losses(params, batch, key)
+        return member_losses.sum(), member_losses
+
+    total_grads = grad_and_value(total, has_aux=True)
+
+    def grads_of(params, batch, key):
+        grads, (_, member_losses) = total_grads(params, batch, key)
+        return grads, member_losses
 
     def pure_step(params, opt_state, batch, lr, key, weight_decay):
-        grads_of = torch.func.vmap(member_grads, in_dims=(0, 0, None if key is None else 0))
-        x, _ = batch
-        if x.dim() == 3:
+        if batch[0].dim() == 3:
             grads, value = grads_of(params, batch, key)
         else:
             grads, value = accumulate_grads(partial(grads_of, params), batch, key, axis=1)
@@ -93,7 +108,7 @@ def make_ensemble_step(
         params, opt_state = optim.update(
             grads, opt_state, params, lr, hp, weight_decay=weight_decay
         )
-        return params, opt_state, {"loss": value.detach(), "grad_norm": norm}
+        return params, opt_state, {"loss": value, "grad_norm": norm}
 
     inner = torch.compile(pure_step) if compile else pure_step
 

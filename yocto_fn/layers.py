@@ -3,6 +3,11 @@
 Every function takes tensors (and small dicts of tensors) and returns new tensors: no module
 state, no global RNG. A parameter dict names its weights `<name>_w` and its optional biases
 `<name>_b`, so a biasless variant is simply one whose dict has no `_b` entries.
+
+Ensembles: every parameter may carry one extra leading member axis E (`params.stack`), the
+activations then carry it too ([E, B, T, C]) and dropout keys are [E]. Members share nothing,
+so one forward over stacked params computes E models in batched kernels (bmm instead of mm)
+under plain autograd, which on CPU is markedly cheaper than `vmap` over the member axis.
 """
 
 from __future__ import annotations
@@ -20,27 +25,57 @@ Tensor = torch.Tensor
 Attend = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
 
 
+def _per_member(v: Tensor, x: Tensor) -> Tensor:
+    """A per-member vector v [E, C] viewed as [E, 1, ..., C] against activations x [E, ..., C]."""
+    return v.view(v.shape[0], *(1,) * (x.dim() - 2), v.shape[-1])
+
+
 def embedding(weight: Tensor, idx: Tensor) -> Tensor:
-    return F.embedding(idx, weight)
+    """Rows of `weight` [V, C] for `idx`; with members (weight [E, V, C], idx [E, ...]) each
+    member reads its own table: one lookup in the flattened [E*V, C] table."""
+    if weight.dim() == 2:
+        return F.embedding(idx, weight)
+    E, V = weight.shape[:2]
+    offsets = torch.arange(E, device=idx.device).view(E, *(1,) * (idx.dim() - 1)) * V
+    return F.embedding(idx + offsets, weight.flatten(0, 1))
+
+
+def project(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """x @ w.T (+ b); with members (w [E, out, in]) one batched matmul over x [E, ..., in]."""
+    if w.dim() == 2:
+        return F.linear(x, w, b)
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    y = torch.bmm(flat, w.mT) if b is None else torch.baddbmm(b.unsqueeze(1), flat, w.mT)
+    return y.view(*x.shape[:-1], w.shape[1])
 
 
 def linear(x: Tensor, p: dict[str, Tensor], name: str) -> Tensor:
-    return F.linear(x, p[f"{name}_w"], p.get(f"{name}_b"))
+    return project(x, p[f"{name}_w"], p.get(f"{name}_b"))
 
 
 def layer_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-5) -> Tensor:
-    return F.layer_norm(x, (x.shape[-1],), p["w"], p.get("b"), eps)
+    w, b = p["w"], p.get("b")
+    if w.dim() == 1:
+        return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+    y = F.layer_norm(x, (x.shape[-1],), None, None, eps) * _per_member(w, x)
+    return y if b is None else y + _per_member(b, x)
 
 
 def rms_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-6) -> Tensor:
-    return F.rms_norm(x, (x.shape[-1],), p["w"], eps)
+    w = p["w"]
+    if w.dim() == 1:
+        return F.rms_norm(x, (x.shape[-1],), w, eps)
+    return F.rms_norm(x, (x.shape[-1],), None, eps) * _per_member(w, x)
 
 
 def dropout(x: Tensor, p: float, key: Tensor | None) -> Tensor:
-    """Inverted dropout whose mask is a pure function of `key`; identity when key is None."""
+    """Inverted dropout whose mask is a pure function of `key`; identity when key is None.
+
+    A key [E] drops each member's slice x[e] with its own key, exactly as x[e] alone would be.
+    """
     if key is None or p == 0.0:
         return x
-    keep = rng.bits(key, x.shape) >= round(p * 2**32)
+    keep = rng.bits(key, x.shape[key.dim() :]) >= round(p * 2**32)
     return x * keep * (1.0 / (1.0 - p))
 
 
@@ -84,10 +119,17 @@ def attend_manual(
 
 
 def attend_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Fused scaled-dot-product attention (Flash / memory-efficient kernels where available)."""
+    """Fused scaled-dot-product attention (Flash / memory-efficient kernels where available).
+
+    Member and batch axes ([E, B, H, T, D]) are folded into one batch axis for the kernel.
+    """
+    lead = q.shape[:-3]
+    q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return y.view(*lead, *y.shape[1:])
 
 
 def causal_self_attention(
@@ -109,7 +151,8 @@ def causal_self_attention(
     decode step run without recompiling.
     """
     q, k, v = (
-        rearrange(t, "b t (h d) -> b h t d", h=n_head) for t in linear(x, p, "qkv").chunk(3, dim=-1)
+        rearrange(t, "... t (h d) -> ... h t d", h=n_head)
+        for t in linear(x, p, "qkv").chunk(3, dim=-1)
     )
     if rope is not None:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -117,7 +160,7 @@ def causal_self_attention(
         k, v = kv(k, v)
         q = q.to(k.dtype)
     y = attend(q, k, v, mask)
-    return linear(rearrange(y, "b h t d -> b t (h d)"), p, "proj")
+    return linear(rearrange(y, "... h t d -> ... t (h d)"), p, "proj")
 
 
 def mlp_gelu(x: Tensor, p: dict[str, Tensor]) -> Tensor:
@@ -130,8 +173,15 @@ def swiglu(x: Tensor, p: dict[str, Tensor]) -> Tensor:
     return linear(F.silu(gate) * up, p, "proj")
 
 
-def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Mean token cross-entropy in fp32 (also under autocast), with optional label smoothing."""
-    return F.cross_entropy(
-        logits.flatten(0, -2).float(), targets.flatten(), label_smoothing=label_smoothing
-    )
+def cross_entropy(
+    logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, members: bool = False
+) -> Tensor:
+    """Mean token cross-entropy in fp32 (also under autocast), with optional label smoothing.
+
+    members=True: logits [E, ..., V] of an ensemble; returns each member's mean, [E].
+    """
+    losses = F.cross_entropy(
+        logits.flatten(0, -2).float(), targets.flatten(), label_smoothing=label_smoothing,
+        reduction="none" if members else "mean",
+    )  # fmt: skip
+    return losses.view(logits.shape[0], -1).mean(1) if members else losses

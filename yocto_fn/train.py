@@ -17,7 +17,7 @@ from . import layers, optim, rng
 from .config import ModelConfig
 from .device import autocast
 from .models import Model
-from .params import Params, tree_leaves, tree_unflatten_like
+from .params import Params, tree_leaves, tree_map, tree_unflatten_like
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
@@ -25,9 +25,11 @@ TrainStep = Callable[..., tuple[Params, optim.OptState, Metrics]]
 
 
 def grad_and_value(
-    fn: Callable[..., torch.Tensor], eager_autograd: bool = True
+    fn: Callable[..., torch.Tensor], eager_autograd: bool = True, has_aux: bool = False
 ) -> Callable[..., tuple[Params, torch.Tensor]]:
-    """`torch.func.grad_and_value(fn)` (gradient w.r.t. the first argument, a params tree).
+    """`torch.func.grad_and_value(fn, has_aux=has_aux)` (gradient w.r.t. the first argument,
+    a params tree; with `has_aux`, fn returns (value, aux) and this returns (grads, (value,
+    aux))).
 
     Under a transform (`vmap`, an outer `grad`) or inside `torch.compile` this *is*
     `torch.func.grad_and_value`. In plain eager code it runs the same reverse pass through
@@ -36,7 +38,7 @@ def grad_and_value(
     costs about 5% of an eager CPU step. Values and gradients are the same either way;
     `eager_autograd=False` always uses torch.func (to measure that cost).
     """
-    transformed = torch.func.grad_and_value(fn)
+    transformed = torch.func.grad_and_value(fn, has_aux=has_aux)
     if not eager_autograd:
         return transformed
 
@@ -45,9 +47,13 @@ def grad_and_value(
             return transformed(params, *args, **kwargs)
         leaves = [p.detach().requires_grad_() for p in tree_leaves(params)]
         with torch.enable_grad():
-            value = fn(tree_unflatten_like(params, leaves), *args, **kwargs)
+            out = fn(tree_unflatten_like(params, leaves), *args, **kwargs)
+        value, aux = out if has_aux else (out, None)
         grads = torch.autograd.grad(value, leaves, allow_unused=True, materialize_grads=True)
-        return tree_unflatten_like(params, list(grads)), value.detach()
+        grads = tree_unflatten_like(params, list(grads))
+        if has_aux:
+            return grads, (value.detach(), tree_map(torch.Tensor.detach, aux))
+        return grads, value.detach()
 
     return eager
 
@@ -63,15 +69,20 @@ def loss_fn(
     amp_dtype: torch.dtype | None = None,
     train: bool = True,
     activation_checkpointing: bool = False,
+    members: bool = False,
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy of `batch = (x, y)`; `key` drives dropout."""
+    """Mean next-token cross-entropy of `batch = (x, y)`; `key` drives dropout.
+
+    members=True: an ensemble (params, x, y and key with a leading member axis E, see
+    `layers`); returns each member's mean loss, [E].
+    """
     x, y = batch
     with autocast(x.device.type, amp_dtype):
         logits, _ = model.forward(
             params, x, cfg, train=train, dropout_key=key,
             activation_checkpointing=activation_checkpointing,
         )  # fmt: skip
-    return layers.cross_entropy(logits, y, label_smoothing)
+    return layers.cross_entropy(logits, y, label_smoothing, members)
 
 
 def accumulate_grads(

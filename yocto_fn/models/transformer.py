@@ -127,10 +127,12 @@ def forward(
 ) -> tuple[torch.Tensor, KVCache | None]:
     """Logits [B, T, V] for tokens idx [B, T] (only the new tokens when a cache is given).
 
+    Ensembles (no cache): params stacked on a leading member axis E, idx [E, B, T] and a
+    dropout key [E] give logits [E, B, T, V], member e exactly as its own forward.
     `activation_checkpointing` recomputes each block in the backward pass instead of keeping
     its activations; dropout masks come from keys, so the recomputation is exact.
     """
-    T = idx.shape[1]
+    T = idx.shape[-1]
     if cache is not None:
         check_room(cache, T)
     elif recipe.positions == "learned" and cfg.block_size < T:
@@ -149,7 +151,9 @@ def forward(
     x = layers.embedding(params["wte"], idx)
     rope = None
     if recipe.positions == "learned":
-        x = x + layers.embedding(params["wpe"], positions)
+        wpe = params["wpe"]
+        pos = positions if wpe.dim() == 2 else positions.expand(wpe.shape[0], 1, T)
+        x = x + layers.embedding(wpe, pos)
     else:
         rope = layers.rope_angles(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
     x = layers.dropout(x, p_drop, keys[0])
@@ -180,7 +184,7 @@ def forward(
             x = block(x, p, *block_keys, kv)
 
     x = norm(x, params["ln_f"])
-    logits = torch.nn.functional.linear(x, params.get("lm_head", params["wte"]))
+    logits = layers.project(x, params.get("lm_head", params["wte"]))
     return logits, (advance(cache, T) if cache is not None else None)
 
 
