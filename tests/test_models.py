@@ -163,3 +163,23 @@ def test_vmapped_dropout_keys_give_each_member_its_own_mask():
     torch.testing.assert_close(batched[0], logits(keys[0]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batched[1], logits(keys[1]), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(batched[0], batched[1])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("tie", [False, True])
+def test_forward_over_stacked_params_equals_each_members_forward(name, tie):
+    """The ensemble path: params, tokens and dropout keys with a leading member axis."""
+    cfg = tiny_config(dropout=0.2, tie_weights=tie)
+    m = models.get(name)
+    gen = torch.Generator().manual_seed(0)
+    members = [  # perturbed, so that norm weights and biases differ between members
+        params.tree_map(lambda t: t + 0.1 * torch.randn(t.shape, generator=gen), m.init(cfg, s))
+        for s in (4, 5, 6)
+    ]
+    idx = torch.stack([_idx(cfg, seed=s) for s in range(3)])
+    keys = torch.stack([rng.key(s) for s in (7, 8, 9)])
+    logits, _ = m.forward(params.stack(members), idx, cfg, train=True, dropout_key=keys)
+    assert logits.shape == (3, 2, cfg.block_size, cfg.vocab_size)
+    for e, p in enumerate(members):
+        want, _ = m.forward(p, idx[e], cfg, train=True, dropout_key=keys[e])
+        torch.testing.assert_close(logits[e], want, atol=1e-6, rtol=1e-6)
