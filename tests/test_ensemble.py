@@ -137,6 +137,10 @@ def test_per_example_grads_average_to_the_batch_gradient(name):
     assert params.max_abs_diff(mean, _autograd_grads(m, cfg, p, (x, y))) < 1e-5
     row = _autograd_grads(m, cfg, p, (x[3:4], y[3:4]))
     assert params.max_abs_diff(ensemble.unstack(grads)[3], row) < 1e-5
+    loss = partial(loss_fn, model=m, cfg=cfg, train=False)
+    one_row = torch.func.grad(lambda q, xb, yb: loss(q, (xb[None], yb[None]), None))
+    by_vmap = torch.func.vmap(one_row, in_dims=(None, 0, 0))(p, x, y)
+    assert params.max_abs_diff(grads, by_vmap) < 1e-5
     norms = ensemble.per_example_grad_norms(m, cfg)(p, (x, y))
     want = torch.linalg.vector_norm(torch.cat([g.flatten() for g in params.tree_leaves(row)]))
     torch.testing.assert_close(norms[3], want, atol=1e-5, rtol=1e-5)

@@ -14,9 +14,9 @@ check both), but on CPU its batching rules cost more than they save (decomposed 
 activations, a per-member fallback for SDPA): the member-axis forward is what makes one
 ensemble step cheaper than E separate steps.
 
-`per_example_grads` is `vmap(grad(...))` over the rows of one batch: a gradient per training
-sequence, for per-example clipping (as in DP-SGD) or for finding the sequences that pull
-hardest on the weights.
+`per_example_grads` gives a gradient per training sequence, for per-example clipping (as in
+DP-SGD) or for finding the sequences that pull hardest on the weights: the rows of a batch
+become one-row members that share the params, so the same member-axis forward serves.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from . import optim, rng
 from .config import ModelConfig
 from .models import Model
-from .params import Params, stack, to, tree_leaves, unstack
+from .params import Params, stack, to, tree_leaves, tree_map, unstack
 from .train import Batch, Metrics, accumulate_grads, grad_and_value, loss_fn
 
 __all__ = [
@@ -134,23 +134,28 @@ def per_example_grads(
     """`fn(params, batch, key=None) -> grads`, each leaf [B, ...]: row b's gradient of its
     own mean token loss. Their mean over B is the batch gradient.
 
+    The rows become an ensemble of B one-row members that share `params` (broadcast along
+    the member axis, no copy): one forward and one backward pass give every row's gradient,
+    at about the cost of one batch gradient. The result is that of
+    `vmap(grad(loss of one row))` (the tests compare them), which costs more on CPU.
     Without a key the forward runs without dropout; with one, row b draws its dropout from
     `split(key, B)[b]` (so the mean is then not the gradient of one batch-level mask).
     """
-
-    def row_loss(params: Params, x: torch.Tensor, y: torch.Tensor, key: torch.Tensor | None):
-        return loss_fn(
-            params, (x[None], y[None]), key, model=model, cfg=cfg,
-            label_smoothing=label_smoothing, amp_dtype=amp_dtype, train=key is not None,
-        )  # fmt: skip
-
-    row_grad = torch.func.grad(row_loss)
+    losses = partial(
+        loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
+        members=True,
+    )  # fmt: skip
+    row_grads = grad_and_value(
+        lambda rows, batch, keys: losses(rows, batch, keys, train=keys is not None).sum()
+    )
 
     def fn(params: Params, batch: Batch, key: torch.Tensor | None = None) -> Params:
         x, y = batch
-        keys = None if key is None else rng.split(key, x.shape[0])
-        in_dims = (None, 0, 0, None if keys is None else 0)
-        return torch.func.vmap(row_grad, in_dims=in_dims)(params, x, y, keys)
+        n = x.shape[0]
+        rows = tree_map(lambda t: t.expand(n, *t.shape), params)
+        keys = None if key is None else rng.split(key, n)
+        grads, _ = row_grads(rows, (x[:, None], y[:, None]), keys)
+        return grads
 
     return fn
 
