@@ -85,12 +85,16 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
                    "recommend", "smoke-cpu", "smoke-train"}  # fmt: skip
 
 
-def test_readme_python_block_runs():
-    (code,) = blocks("python")
+def test_readme_python_blocks_run():
+    """The python blocks run in order, in one namespace, as a reader would paste them."""
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    for code in blocks("python"):
+        exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["logits"].shape == (4, 64, 96)
-    assert namespace["ensemble"].shape == (2, 4, 64, 96)
+    assert namespace["member_logits"].shape == (2, 4, 64, 96)
+    assert namespace["ensemble_logits"].shape == (3, 4, 64, 96)
+    assert namespace["member_metrics"]["loss"].shape == (3,)
+    assert namespace["norms"].shape == (4,) and namespace["clipped"]["wte"].shape == (96, 64)
 
 
 SCRIPTS = ["run.py", "train_throughput.py", "decode_throughput.py", "data_prep.py"]

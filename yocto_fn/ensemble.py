@@ -96,8 +96,10 @@ def make_ensemble_step(
     total_grads = grad_and_value(total, has_aux=True)
 
     def grads_of(params, batch, key):
+        """Gradients laid out like the params: a batched matmul hands back its weight
+        gradients transposed, which would send every optimizer op down a strided path."""
         grads, (_, member_losses) = total_grads(params, batch, key)
-        return grads, member_losses
+        return tree_map(torch.Tensor.contiguous, grads), member_losses
 
     def pure_step(params, opt_state, batch, lr, key, weight_decay):
         if batch[0].dim() == 3:

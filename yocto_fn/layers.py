@@ -57,8 +57,12 @@ def layer_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-5) -> Tensor:
     w, b = p["w"], p.get("b")
     if w.dim() == 1:
         return F.layer_norm(x, (x.shape[-1],), w, b, eps)
-    y = F.layer_norm(x, (x.shape[-1],), None, None, eps) * _per_member(w, x)
-    return y if b is None else y + _per_member(b, x)
+    y = F.layer_norm(x, (x.shape[-1],), None, None, eps)
+    return (
+        y * _per_member(w, x)
+        if b is None
+        else torch.addcmul(_per_member(b, x), y, _per_member(w, x))
+    )
 
 
 def rms_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-6) -> Tensor:

@@ -134,7 +134,7 @@ def global_norm(grads: Params, members: bool = False) -> Tensor:
     """
     leaves = tree_leaves(grads)
     if members:
-        norms = [torch.linalg.vector_norm(t.flatten(1), dim=1) for t in leaves]
+        norms = [torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim()))) for t in leaves]
     elif under_transform():
         norms = [torch.linalg.vector_norm(t) for t in leaves]
     else:
