@@ -347,8 +347,8 @@ def ensemble_runners(
 def per_example_runners(
     variant: str, case: EnsembleCase, device: torch.device
 ) -> dict[str, Callable[[], Any]]:
-    """Per-example gradients of a batch by `vmap`, by a loop of one-row gradients, and the
-    single batch gradient (what per-example costs on top of ordinary training)."""
+    """Per-example gradients of a batch (`ensemble.per_example_grads`), a loop of one-row
+    gradients, and the single batch gradient (what per-example costs on top of training)."""
     model, cfg = models.get(variant), case.model_config()
     p = params.to(model.init(cfg, 0), device)
     data = random_tokens((case.batch_size, cfg.block_size + 1), device)
@@ -356,7 +356,7 @@ def per_example_runners(
     per_example = ensemble.per_example_grads(model, cfg)
     grad = grad_and_value(functools.partial(loss_fn, model=model, cfg=cfg, train=False))
     return {
-        "vmap": lambda: per_example(p, (x, y)),
+        "per-example": lambda: per_example(p, (x, y)),
         "loop": lambda: [grad(p, (x[b : b + 1], y[b : b + 1]), None) for b in range(len(x))],
         "batch gradient": lambda: grad(p, (x, y), None),
     }

@@ -58,7 +58,9 @@ def test_records_cover_every_variant_and_follow_the_schema(records):
     ensemble = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "ensemble"}
     assert ensemble == {(v, m) for v in models.NAMES for m in ("eager ensemble", "eager loop")}
     per_example = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "per-example"}
-    assert per_example == {(v, m) for v in models.NAMES for m in ("vmap", "loop", "batch gradient")}
+    assert per_example == {
+        (v, m) for v in models.NAMES for m in ("per-example", "loop", "batch gradient")
+    }
     for r in records:
         if r["benchmark"] == "train":
             want = r["flops_per_token"] * r["value"] / r["peak_flops"]
