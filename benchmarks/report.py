@@ -105,11 +105,11 @@ def markdown(records: list[Record], preset_line: str) -> str:
     has = {r["benchmark"] for r in records}
     decode = next((r for r in records if r["benchmark"] == "decode"), None)
     prefill = next((r for r in records if r["benchmark"] == "prefill"), None)
+    preset = f"Preset `{first['preset']}`: {preset_line}. " if has & {"train", "decode"} else ""
     parts = [
         f"# {first['date']} · {first['device']} ({first['device_name']}) · torch {first['torch']}",
         "",
-        f"Preset `{first['preset']}`: {preset_line}. Medians of {first['repeats']} repeats "
-        "after warm-up.",
+        f"{preset}Medians of {first['repeats']} repeats after warm-up.",
         "",
     ]
     if "train" in has:
