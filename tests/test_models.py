@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import VARIANTS, tiny_config
 
-from yocto_fn import models, params, rng
+from yocto_fn import layers, models, params, rng
 from yocto_fn.errors import UserError
 
 
@@ -183,3 +183,68 @@ def test_forward_over_stacked_params_equals_each_members_forward(name, tie):
     for e, p in enumerate(members):
         want, _ = m.forward(p, idx[e], cfg, train=True, dropout_key=keys[e])
         torch.testing.assert_close(logits[e], want, atol=1e-6, rtol=1e-6)
+
+
+def test_label_smoothing_matches_a_hand_computed_loss():
+    """(1 - s) * NLL of the target + s * mean NLL over all classes, token-averaged."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=g)
+    targets = torch.randint(0, 5, (2, 3), generator=g)
+    logp = logits.log_softmax(-1)
+    nll = -logp.gather(-1, targets[..., None])[..., 0]
+    for s in (0.0, 0.2):
+        per_token = (1 - s) * nll + s * (-logp).mean(-1)
+        got = layers.cross_entropy(logits, targets, s)
+        torch.testing.assert_close(got, per_token.mean(), atol=1e-6, rtol=0)
+        members = layers.cross_entropy(logits, targets, s, members=True)
+        torch.testing.assert_close(members, per_token.mean(1), atol=1e-6, rtol=0)
+
+
+def test_manual_attention_drops_probabilities_with_its_key():
+    """With V = I the output is the attention matrix itself: every kept probability is
+    scaled by 1/(1-p), about a fraction p of them are zero, and without a key none is."""
+    T, p = 64, 0.25
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 1, 1, T, 8, generator=g).unbind(0)
+    eye = torch.eye(T).expand(1, 1, T, T)
+    probs = (q @ k.mT / 8**0.5).masked_fill(~torch.ones(T, T).tril().bool(), float("-inf"))
+    probs = probs.softmax(-1)
+    kept = layers.attend_manual(q, k, eye, None, p, rng.key(3))
+    torch.testing.assert_close(layers.attend_manual(q, k, eye, None, p, None), probs)
+    live = probs > 0
+    dropped = (kept == 0) & live
+    torch.testing.assert_close(kept[live & ~dropped], probs[live & ~dropped] / (1 - p))
+    assert abs(dropped.sum().item() / live.sum().item() - p) < 0.05
+
+
+def test_gpt_forward_passes_its_dropout_to_the_attention_probabilities(monkeypatch):
+    cfg = tiny_config(dropout=0.2)
+    calls = []
+    original = layers.attend_manual
+
+    def spy(q, k, v, mask, p=0.0, key=None):
+        calls.append((p, key is not None))
+        return original(q, k, v, mask, p, key)
+
+    monkeypatch.setattr(layers, "attend_manual", spy)
+    m = models.get("gpt")
+    m.forward(m.init(cfg, 0), _idx(cfg), cfg, train=True, dropout_key=rng.key(1))
+    assert calls == [(0.2, True)] * cfg.n_layer
+    calls.clear()
+    m.forward(m.init(cfg, 0), _idx(cfg), cfg)
+    assert calls == [(0.2, False)] * cfg.n_layer  # inference: no key, nothing dropped
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_residual_projections_start_scaled_only_in_gpt_plus(name):
+    """gpt-plus: both residual output projections (attention and MLP) of every block start at
+    std 0.02 / sqrt(2 * n_layer); every other weight, and all of gpt / gpt-fast, at 0.02."""
+    cfg = tiny_config(n_layer=8, n_embd=256, n_head=4, vocab_size=512)
+    p = models.get(name).init(cfg, 0)
+    scaled = 0.02 / (2 * cfg.n_layer) ** 0.5 if name == "gpt-plus" else 0.02
+    for block in p["blocks"]:
+        for part in ("attn", "mlp"):
+            assert block[part]["proj_w"].std().item() == pytest.approx(scaled, rel=0.05)
+        assert block["attn"]["qkv_w"].std().item() == pytest.approx(0.02, rel=0.05)
+        assert block["mlp"]["fc_w"].std().item() == pytest.approx(0.02, rel=0.05)
+    assert p["wte"].std().item() == pytest.approx(0.02, rel=0.05)
