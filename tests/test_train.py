@@ -8,7 +8,7 @@ import torch
 import torch._dynamo
 from conftest import tiny_config
 
-from yocto_fn import models, optim, params, rng
+from yocto_fn import layers, models, optim, params, rng
 from yocto_fn.train import grad_and_value, loss_fn, make_train_step
 
 
@@ -184,3 +184,21 @@ def test_loss_scale_grows_after_finite_steps_and_fp16_autocast_trains():
         losses.append(metrics["loss"].item())
     assert all(math.isfinite(v) for v in losses) and state.inner.step.item() == 4
     assert state.loss_scale.scale.item() == 1024.0  # doubled after steps 2 and 4
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16])
+def test_amp_dtype_reaches_the_forward(amp, monkeypatch):
+    """The logits the loss sees are computed in the autocast dtype (fp32 without amp)."""
+    seen = []
+    original = layers.cross_entropy
+
+    def spy(logits, *args, **kwargs):
+        seen.append(logits.dtype)
+        return original(logits, *args, **kwargs)
+
+    monkeypatch.setattr(layers, "cross_entropy", spy)
+    cfg = tiny_config()
+    m = models.get("gpt-fast")
+    p = m.init(cfg, 0)
+    make_train_step(m, cfg, amp_dtype=amp)(p, optim.init(p), _batch(cfg), 1e-3, None)
+    assert seen == [amp or torch.float32]
