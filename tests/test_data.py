@@ -270,3 +270,28 @@ def test_multiple_files_are_joined_in_name_order(tmp_path):
     text = tok.decode(np.concatenate([ds.splits["train"], ds.splits["val"]]).tolist())
     assert text == "first file\n" * 30 + "\n\n" + "second file\n" * 30
     assert ds.meta["sources"] == [str(src / "a.txt"), str(src / "b.txt")]
+
+
+RAW = "\u201cQuote\u201d \u2014 It\u2019s\u2026\x07 DONE\r\n\n\n\nNext\u00a0\u200bLine  \t x  \n\n"
+
+
+@pytest.mark.parametrize(
+    "flags, want",
+    [
+        ([], RAW),
+        (["--sanitize-chars", "basic"], '"Quote" - It\'s... DONE\n\n\n\nNext Line  \t x  \n\n'),
+        (["--sanitize-chars", "basic", "--collapse-whitespace"],
+         '"Quote" - It\'s... DONE\n\nNext Line x\n\n'),
+        (["--sanitize_chars", "basic", "--collapse_whitespace", "--lowercase"],
+         '"quote" - it\'s... done\n\nnext line x\n\n'),
+    ],
+)  # fmt: skip
+def test_cleaning_flags_reach_the_prepared_text(tmp_path, flags, want):
+    """What prepare-char encodes is the hand-cleaned text, flag by flag, through the CLI."""
+    corpus = tmp_path / "raw.txt"
+    corpus.write_bytes((RAW * 300).encode())
+    out = tmp_path / "char"
+    assert run_cli("prepare-char", "--text-path", str(corpus), "--out-dir", str(out), *flags) == 0
+    ds, tok = Dataset(out), load(out / "vocab.json")
+    joined = np.concatenate([ds.splits["train"], ds.splits["val"]])
+    assert tok.decode(joined.tolist()) == want * 300
