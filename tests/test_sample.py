@@ -217,3 +217,47 @@ def test_chat_trims_the_oldest_turns_and_keeps_the_system_prompt(checkpoints):
     assert text == "System: hi\nUser: q19\nAssistant: a19\nUser: end\nAssistant:"
     convo.reset()
     assert loaded.tok.decode(convo.prompt_ids("end")) == "System: hi\nUser: end\nAssistant:"
+
+
+@pytest.mark.parametrize(("mode", "stop"), [("char", "\n"), ("token", "<eos>")])
+def test_chat_reply_ends_at_a_newline_or_eos(checkpoints, mode, stop, monkeypatch, capsys):
+    """A model scripted to answer "ok", then a stop, then more text: the reply printed and
+    kept in the history is "ok", and generation ends at the stop (no further forward)."""
+    from yocto_fn import chat
+
+    real_load = chat.load_model
+    calls = []
+
+    def scripted_load(opts):
+        loaded = real_load(opts)
+        tok = loaded.tok
+        stop_id = tok.eos_id if stop == "<eos>" else tok.encode("\n")[0]
+        script = [*tok.encode("ok"), stop_id, *tok.encode(" and more")]
+
+        def forward(params, idx, cfg, **kwargs):
+            logits, cache = loaded.model.forward(params, idx, cfg, **kwargs)
+            forced = torch.full_like(logits[:, -1], -1e9)
+            forced[:, script[len(calls)]] = 1e9
+            calls.append(idx.shape[1])
+            return torch.cat([logits[:, :-1], forced[:, None]], dim=1), cache
+
+        return loaded._replace(model=loaded.model._replace(forward=forward))
+
+    monkeypatch.setattr(chat, "load_model", scripted_load)
+    histories = []
+    monkeypatch.setattr(chat.Conversation, "add", lambda self, user, reply: histories.append(reply))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    argv = [
+        "chat",
+        "--ckpt",
+        str(checkpoints[mode]),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "20",
+    ]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == "Assistant:ok\n"
+    assert histories == ["ok"]
+    reply_tokens = len(real_load(ChatConfig(ckpt=checkpoints[mode])).tok.encode("ok"))
+    assert len(calls) == 1 + reply_tokens  # the prefill, then one step per token before the stop
