@@ -248,3 +248,34 @@ def test_residual_projections_start_scaled_only_in_gpt_plus(name):
         assert block["attn"]["qkv_w"].std().item() == pytest.approx(0.02, rel=0.05)
         assert block["mlp"]["fc_w"].std().item() == pytest.approx(0.02, rel=0.05)
     assert p["wte"].std().item() == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_bf16_cache_stores_bf16_and_decodes_close_to_fp32(name):
+    """bf16 weights with a bf16 cache (half the decode memory traffic): the buffers keep
+    their dtype through prefill and steps, and the logits stay close to fp32's."""
+    cfg = tiny_config()
+    m = models.get(name)
+    p, idx = m.init(cfg, 0), _idx(cfg)
+    full, _ = m.forward(p, idx, cfg)
+    p = params.to(p, dtype=torch.bfloat16)
+    cache = m.init_cache(cfg, batch=2, dtype=torch.bfloat16)
+    _, cache = m.forward(p, idx[:, :-1], cfg, cache=cache)
+    step, cache = m.forward(p, idx[:, -1:], cfg, cache=cache)
+    assert cache.k.dtype == cache.v.dtype == torch.bfloat16 and cache.pos.dtype == torch.int64
+    assert int(cache.pos) == cfg.block_size
+    torch.testing.assert_close(step[:, 0].float(), full[:, -1], atol=3e-2, rtol=0)
+
+
+def test_cached_decode_under_bf16_autocast_writes_into_an_fp32_cache():
+    """Autocast makes keys/values bf16; the fp32 cache stores them converted."""
+    cfg = tiny_config()
+    m = models.get("gpt-fast")
+    p, idx = m.init(cfg, 0), _idx(cfg)
+    full, _ = m.forward(p, idx, cfg)
+    cache = m.init_cache(cfg, batch=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, cache = m.forward(p, idx[:, :-1], cfg, cache=cache)
+        step, cache = m.forward(p, idx[:, -1:], cfg, cache=cache)
+    assert cache.k.dtype == torch.float32
+    torch.testing.assert_close(step[:, 0].float(), full[:, -1], atol=3e-2, rtol=0)

@@ -1,0 +1,221 @@
+"""Training plumbing: EMA, best.pt, flags reaching the step, resume, sample --ema, OOM, auto-tie."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import real_text
+
+import cli
+from yocto_fn import checkpoint, models, runstate, trainer
+from yocto_fn import tokenizer as tokenizers
+from yocto_fn.config import ModelConfig
+from yocto_fn.params import clone, max_abs_diff, tree_leaves
+from yocto_fn.trainer import Trainer
+
+TINY = ("--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
+FAST = ("--batch-size", "4", "--eval-iters", "1", "--eval-interval", "100", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def char_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    corpus = root / "corpus.txt"
+    corpus.write_text(real_text()[:20_000], encoding="utf-8")
+    assert cli.main(["prepare-char", "--text-path", str(corpus), "--out-dir", str(root / "c")]) == 0
+    return root / "c"
+
+
+def train(data_dir: Path, ckpt_dir: Path, *flags: str) -> int:
+    argv = ["train", "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir), *TINY, *FAST]
+    return cli.main([*argv, *flags])
+
+
+def ckpt(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def record_steps(monkeypatch) -> list[dict]:
+    """Patch the step the trainer builds: each call appends its lr and the params it returns."""
+    calls: list[dict] = []
+    real = trainer.make_train_step
+
+    def build(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def recorded(params, opt_state, batch, lr, key):
+            out = step(params, opt_state, batch, lr, key)
+            calls.append({"lr": float(lr), "params": clone(out[0])})
+            return out
+
+        return recorded
+
+    monkeypatch.setattr(trainer, "make_train_step", build)
+    return calls
+
+
+def hand_ema(initial, steps: list, decay: float):
+    """ema_k = decay * ema_{k-1} + (1 - decay) * params_k, leaf by leaf, from `initial`."""
+    ema = [t.clone() for t in tree_leaves(initial)]
+    for params in steps:
+        ema = [decay * e + (1 - decay) * p for e, p in zip(ema, tree_leaves(params), strict=True)]
+    return ema
+
+
+def leaves_diff(a: list[torch.Tensor], b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, tree_leaves(b), strict=True))
+
+
+def test_ema_is_the_moving_average_of_the_step_params(char_dir, tmp_path, monkeypatch):
+    """--ema-decay d: the saved EMA is d-weighted over the initial params and every step's."""
+    calls = record_steps(monkeypatch)
+    assert train(char_dir, tmp_path, "--max-iters", "4", "--ema-decay", "0.8", "--lr", "1e-2") == 0
+    c = ckpt(tmp_path / "latest.pt")
+    initial = models.get("gpt").init(ModelConfig.from_dict(c["model_config"]), 1337)
+    expected = hand_ema(initial, [call["params"] for call in calls], 0.8)
+    assert len(calls) == 4 and max_abs_diff(c["params"], calls[-1]["params"]) == 0.0
+    assert leaves_diff(expected, c["ema"]) < 1e-6
+    assert max_abs_diff(c["ema"], c["params"]) > 1e-3
+
+
+def test_best_checkpoint_is_written_only_on_improvement(char_dir, tmp_path, monkeypatch):
+    """best.pt stays at the best evaluation while latest.pt follows every evaluation."""
+    val_losses = iter([3.0, 2.0, 2.5, 2.6])
+    monkeypatch.setattr(
+        Trainer, "estimate", lambda self, params, split: next(val_losses) if split == "val" else 1.0
+    )
+    assert train(char_dir, tmp_path, "--max-iters", "4", "--eval-interval", "1") == 0
+    assert ckpt(tmp_path / "best.pt")["iter"] == 2
+    assert ckpt(tmp_path / "best.pt")["best_val_loss"] == 2.0
+    assert ckpt(tmp_path / "latest.pt")["iter"] == 4
+
+
+def test_step_flags_reach_the_train_step(char_dir, tmp_path, monkeypatch):
+    """--label-smoothing, --weight-decay, --grad-clip, --activation-checkpointing and --amp
+    (bf16) are passed on to make_train_step, which the run then steps with."""
+    seen, steps = {}, []
+    real = trainer.make_train_step
+
+    def build(model, cfg, hp, **kwargs):
+        seen.update(kwargs, weight_decay=hp.weight_decay)
+        step = real(model, cfg, hp, **kwargs)
+        return lambda *args: steps.append(1) or step(*args)
+
+    monkeypatch.setattr(trainer, "make_train_step", build)
+    flags = ("--label-smoothing", "0.1", "--weight-decay", "0.05", "--grad-clip", "0.5",
+             "--activation-checkpointing", "--amp", "--amp-dtype", "bf16")  # fmt: skip
+    assert train(char_dir, tmp_path, "--max-iters", "1", *flags) == 0
+    assert seen["label_smoothing"] == 0.1 and seen["weight_decay"] == 0.05
+    assert seen["grad_clip"] == 0.5 and seen["activation_checkpointing"] is True
+    assert seen["amp_dtype"] == torch.bfloat16
+    assert steps == [1]
+
+
+def hand_cosine(step: int, lr: float, warmup: int, end: int, min_lr: float) -> float:
+    """Linear warmup to `lr`, then cosine from `lr` to `min_lr` at step `end`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (step - warmup) / (end - warmup)))
+
+
+def test_resume_restores_the_ema_and_continues_the_cosine_schedule(char_dir, tmp_path, monkeypatch):
+    """3 steps + --resume 3 steps == 6 steps for the EMA; the resumed run's cosine schedule
+    runs from the checkpoint's step to that step + --max-iters."""
+    flags = ("--ema-decay", "0.8", "--lr", "1e-2", "--cosine-lr", "--warmup-iters", "2",
+             "--min-lr", "1e-3", "--max-iters")  # fmt: skip
+    assert train(char_dir, tmp_path / "full", *flags, "6") == 0
+    assert train(char_dir, tmp_path / "half", *flags, "3") == 0
+    latest = tmp_path / "half" / "latest.pt"
+    calls = record_steps(monkeypatch)
+    assert train(char_dir, tmp_path / "half", *flags, "3", "--resume", str(latest)) == 0
+    expected = [hand_cosine(it, 1e-2, 2, 6, 1e-3) for it in (3, 4, 5)]
+    assert [c["lr"] for c in calls] == pytest.approx(expected, rel=1e-6)
+    full, resumed = ckpt(tmp_path / "full" / "latest.pt"), ckpt(latest)
+    assert resumed["iter"] == 6
+    assert max_abs_diff(full["ema"], resumed["ema"]) < 1e-6
+    assert max_abs_diff(resumed["ema"], resumed["params"]) > 1e-3
+
+
+def greedy_text(c: dict, weights, prompt: str, n: int) -> str:
+    """Greedy decoding by full forwards over the whole context (no KV cache)."""
+    tok = tokenizers.from_dict(c["tokenizer"])
+    cfg = ModelConfig.from_dict(c["model_config"])
+    model = models.get(c["arch"])
+    ids = tok.encode(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model.forward(weights, torch.tensor([ids]), cfg)
+            ids.append(int(logits[0, -1].argmax()))
+    return tok.decode(ids[len(tok.encode(prompt)) :])
+
+
+def test_sample_ema_generates_from_the_ema_weights(char_dir, tmp_path, capsys):
+    """sample --ema decodes with the checkpoint's EMA tree, without it with the raw params."""
+    assert train(char_dir, tmp_path, "--max-iters", "2", "--ema-decay", "0.9") == 0
+    path = tmp_path / "latest.pt"
+    c = ckpt(path)
+    c["ema"] = models.get(c["arch"]).init(ModelConfig.from_dict(c["model_config"]), 0)
+    checkpoint.save(path, c)
+    prompt = "The "
+    want = {ema: greedy_text(c, c["ema" if ema else "params"], prompt, 8) for ema in (True, False)}
+    assert want[True] != want[False]
+    base = ["sample", "--ckpt", str(path), "--prompt", prompt, "--temperature", "0",
+            "--max-new-tokens", "8", "--device", "cpu"]  # fmt: skip
+    for ema in (True, False):
+        capsys.readouterr()
+        assert cli.main(base + ["--ema"] * ema) == 0
+        assert capsys.readouterr().out == prompt + want[ema] + "\n"
+
+
+def oom_once(monkeypatch) -> None:
+    """The built step raises CUDA out-of-memory on its first call, then runs normally."""
+    real = trainer.make_train_step
+
+    def build(*args, **kwargs):
+        step, raised = real(*args, **kwargs), []
+
+        def flaky(*step_args):
+            if not raised:
+                raised.append(1)
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return step(*step_args)
+
+        return flaky
+
+    monkeypatch.setattr(trainer, "make_train_step", build)
+
+
+def test_auto_microbatch_halves_the_micro_batch_on_oom(char_dir, tmp_path, monkeypatch, capsys):
+    """After an OOM the run goes on with micro-batch B/2 x 2A over the same rows, so it ends
+    where --batch-size B/2 --grad-accum-steps 2A ends."""
+    assert train(char_dir, tmp_path / "ref", "--max-iters", "3", "--batch-size", "2",
+                 "--grad-accum-steps", "2") == 0  # fmt: skip
+    oom_once(monkeypatch)
+    capsys.readouterr()
+    assert train(char_dir, tmp_path / "auto", "--max-iters", "3", "--auto-microbatch") == 0
+    assert "out of memory: micro-batch 2 x 2" in capsys.readouterr().err
+    ref, auto = ckpt(tmp_path / "ref" / "latest.pt"), ckpt(tmp_path / "auto" / "latest.pt")
+    assert auto["iter"] == 3
+    assert max_abs_diff(ref["params"], auto["params"]) < 1e-5
+
+
+def test_oom_without_auto_microbatch_is_a_one_line_error(char_dir, tmp_path, monkeypatch, capsys):
+    """Without --auto-microbatch an OOM is a one-line error (exit 2) and nothing is saved."""
+    oom_once(monkeypatch)
+    capsys.readouterr()
+    assert train(char_dir, tmp_path, "--max-iters", "3") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory at micro-batch 4") and "\n" not in err
+    assert not tmp_path.joinpath("latest.pt").exists()
+
+
+@pytest.mark.parametrize("above, tied", [(1, True), (0, False)])
+def test_auto_tie_weights_threshold(char_dir, tmp_path, monkeypatch, above, tied):
+    """--auto-tie-weights ties below AUTO_TIE_TOKENS train tokens, not at the threshold."""
+    train_tokens = json.loads((char_dir / "meta.json").read_text())["train_tokens"]
+    monkeypatch.setattr(runstate, "AUTO_TIE_TOKENS", train_tokens + above)
+    assert train(char_dir, tmp_path, "--max-iters", "0", "--auto-tie-weights") == 0
+    c = ckpt(tmp_path / "latest.pt")
+    assert c["model_config"]["tie_weights"] is tied and ("lm_head" not in c["params"]) is tied
