@@ -308,3 +308,20 @@ def test_loss_scaled_optimizer_state_round_trips_through_a_checkpoint(tmp_path):
     assert max_abs_diff(back.inner.mu, state.inner.mu) == 0
     plain = checkpoint.opt_state_from_dict(checkpoint.opt_state_to_dict(state.inner))
     assert isinstance(plain, optim.OptState)
+
+
+def test_strict_loading_names_the_first_six_mismatched_tensors():
+    """Shape mismatches, missing and unused tensors are counted and the first six named."""
+    from yocto_fn.checkpoint import load_matching
+    from yocto_fn.errors import UserError
+
+    target = {"a": torch.zeros(2), "b": torch.zeros(3), "blocks": [{"w": torch.zeros(1)}]}
+    source = {"a": torch.ones(2), "b": torch.ones(4)} | {f"x{i}": torch.ones(1) for i in range(5)}
+    with pytest.raises(UserError) as err:
+        load_matching(target, source, True, "--init-from f.pt")
+    assert "f.pt does not match this model (7 tensors differ: b, blocks.0.w, x0, x1, x2, x3)" in (
+        str(err.value)
+    )
+    loaded, skipped = load_matching(target, source, False, "--init-from f.pt")
+    assert skipped == ["b", "blocks.0.w", *(f"x{i} (unused)" for i in range(5))]
+    assert loaded["a"].tolist() == [1.0, 1.0] and loaded["b"].tolist() == [0.0] * 3
