@@ -311,11 +311,13 @@ def test_loss_scaled_optimizer_state_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_strict_loading_names_the_first_six_mismatched_tensors():
-    """Shape mismatches, missing and unused tensors are counted and the first six named."""
+    """Shape mismatches, missing and unused tensors are counted and the first six named;
+    loaded tensors take the target's dtype."""
     from yocto_fn.checkpoint import load_matching
     from yocto_fn.errors import UserError
 
-    target = {"a": torch.zeros(2), "b": torch.zeros(3), "blocks": [{"w": torch.zeros(1)}]}
+    target = {"a": torch.zeros(2, dtype=torch.float64), "b": torch.zeros(3),
+              "blocks": [{"w": torch.zeros(1)}]}  # fmt: skip
     source = {"a": torch.ones(2), "b": torch.ones(4)} | {f"x{i}": torch.ones(1) for i in range(5)}
     with pytest.raises(UserError) as err:
         load_matching(target, source, True, "--init-from f.pt")
@@ -324,4 +326,5 @@ def test_strict_loading_names_the_first_six_mismatched_tensors():
     )
     loaded, skipped = load_matching(target, source, False, "--init-from f.pt")
     assert skipped == ["b", "blocks.0.w", *(f"x{i} (unused)" for i in range(5))]
-    assert loaded["a"].tolist() == [1.0, 1.0] and loaded["b"].tolist() == [0.0] * 3
+    assert loaded["a"].tolist() == [1.0, 1.0] and loaded["a"].dtype == torch.float64
+    assert loaded["b"].tolist() == [0.0] * 3
