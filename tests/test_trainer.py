@@ -328,3 +328,28 @@ def test_strict_loading_names_the_first_six_mismatched_tensors():
     assert skipped == ["b", "blocks.0.w", *(f"x{i} (unused)" for i in range(5))]
     assert loaded["a"].tolist() == [1.0, 1.0] and loaded["a"].dtype == torch.float64
     assert loaded["b"].tolist() == [0.0] * 3
+
+
+def test_checkpoint_load_refuses_pickled_objects_and_quotes_the_reason(tmp_path):
+    """Only tensors and plain values load (weights_only); the one-line error quotes the first
+    120 characters of torch's reason, or the exception's name when it has no message."""
+    import datetime
+
+    from yocto_fn import checkpoint
+    from yocto_fn.errors import UserError
+
+    plain = {"format": 1, "arch": "gpt", "model_config": {}, "params": {}, "iter": 7,
+             "tokenizer": {}}  # fmt: skip
+    torch.save(plain, tmp_path / "ok.pt")
+    assert checkpoint.load(tmp_path / "ok.pt")["iter"] == 7
+    torch.save(plain | {"saved": datetime.date(2026, 1, 1)}, tmp_path / "unsafe.pt")
+    with pytest.raises(Exception) as torch_err:
+        torch.load(tmp_path / "unsafe.pt", weights_only=True)
+    reason = str(torch_err.value).splitlines()[0]
+    assert len(reason) > 120
+    with pytest.raises(UserError) as err:
+        checkpoint.load(tmp_path / "unsafe.pt")
+    assert f"is corrupt or truncated ({reason[:120]});" in str(err.value)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"corrupt or truncated \(EOFError\)"):
+        checkpoint.load(tmp_path / "empty.pt")
