@@ -1,5 +1,12 @@
-"""Shared helpers: the variant names and a tiny model shape that keeps the suite fast."""
+"""Shared helpers: the variant names, a tiny model shape that keeps the suite fast, and a
+prepared char-level data directory."""
 
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
 from yocto_fn.config import ModelConfig
 
 VARIANTS = ("gpt", "gpt-plus", "gpt-fast")
@@ -18,3 +25,18 @@ def real_text() -> str:
 
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "philosophy.txt"
     return shared.read_text(encoding="utf-8") if shared.is_file() else default_corpus_text()
+
+
+@pytest.fixture(scope="module")
+def char_dir(tmp_path_factory) -> Path:
+    """A char-level data directory prepared from 40k characters of real text."""
+    root = tmp_path_factory.mktemp("data")
+    corpus = root / "corpus.txt"
+    corpus.write_text(real_text()[:40_000], encoding="utf-8")
+    assert cli.main(["prepare-char", "--text-path", str(corpus), "--out-dir", str(root / "c")]) == 0
+    return root / "c"
+
+
+def ckpt(path: Path) -> dict:
+    """A checkpoint file as plain data."""
+    return torch.load(path, weights_only=True)

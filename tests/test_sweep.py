@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import real_text
+from conftest import ckpt
 
 import cli
 from yocto_fn import recommend
@@ -24,15 +24,6 @@ GRID = ("--lrs", "1e-3", "4e-3", "--seeds", "7", "--weight-decays", "0.05")
 
 
 @pytest.fixture(scope="module")
-def char_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    corpus = root / "corpus.txt"
-    corpus.write_text(real_text()[:40_000], encoding="utf-8")
-    assert cli.main(["prepare-char", "--text-path", str(corpus), "--out-dir", str(root / "c")]) == 0
-    return root / "c"
-
-
-@pytest.fixture(scope="module")
 def swept(char_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep") / "s"
     argv = ["sweep", "--data-dir", str(char_dir), "--out-dir", str(out), *SHARED, *GRID]
@@ -43,10 +34,6 @@ def swept(char_dir, tmp_path_factory) -> Path:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
-
-
-def ckpt(path: Path) -> dict:
-    return torch.load(path, weights_only=True)
 
 
 def test_sweep_writes_every_member_and_a_ranked_summary(swept):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import real_text
+from conftest import ckpt
 
 import cli
 from yocto_fn import checkpoint, models, runstate, trainer
@@ -19,22 +19,9 @@ TINY = ("--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16
 FAST = ("--batch-size", "4", "--eval-iters", "1", "--eval-interval", "100", "--device", "cpu")
 
 
-@pytest.fixture(scope="module")
-def char_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    corpus = root / "corpus.txt"
-    corpus.write_text(real_text()[:20_000], encoding="utf-8")
-    assert cli.main(["prepare-char", "--text-path", str(corpus), "--out-dir", str(root / "c")]) == 0
-    return root / "c"
-
-
 def train(data_dir: Path, ckpt_dir: Path, *flags: str) -> int:
     argv = ["train", "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir), *TINY, *FAST]
     return cli.main([*argv, *flags])
-
-
-def ckpt(path: Path) -> dict:
-    return torch.load(path, weights_only=True)
 
 
 def record_steps(monkeypatch) -> list[dict]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VARIANTS, real_text, tiny_config
+from conftest import VARIANTS, ckpt, tiny_config
 
 import cli
 from yocto_fn import layers, models, optim, rng
@@ -18,22 +18,9 @@ TINY = ("--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16
 FAST = ("--batch-size", "4", "--eval-iters", "2", "--eval-interval", "4", "--device", "cpu")
 
 
-@pytest.fixture(scope="module")
-def char_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    corpus = root / "corpus.txt"
-    corpus.write_text(real_text()[:40_000], encoding="utf-8")
-    assert cli.main(["prepare-char", "--text-path", str(corpus), "--out-dir", str(root / "c")]) == 0
-    return root / "c"
-
-
 def train(data_dir: Path, ckpt_dir: Path, *flags: str) -> int:
     argv = ["train", "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir), *TINY, *FAST]
     return cli.main([*argv, *flags])
-
-
-def ckpt(path: Path) -> dict:
-    return torch.load(path, weights_only=True)
 
 
 def rows(ckpt_dir: Path) -> list[dict[str, str]]:
