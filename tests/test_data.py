@@ -11,7 +11,8 @@ from conftest import real_text
 
 import cli
 from yocto_fn import data
-from yocto_fn.data import CorpusOptions, Dataset
+from yocto_fn.data import CorpusOptions, Dataset, char, split
+from yocto_fn.data import text as corpus_text
 from yocto_fn.tokenizer import CharTokenizer, HFTokenizer, load, train_bpe, train_word
 
 PARAGRAPHS = [
@@ -63,7 +64,7 @@ def test_char_tokenizer_round_trip_and_unknown_characters():
     text = "naïve café, 42!\n"
     tok = CharTokenizer(sorted(set(text)))
     assert tok.decode(tok.encode(text)) == text
-    vocab, local = data.chunk_codes(text)
+    vocab, local = char.chunk_codes(text)
     assert "".join(chr(c) for c in vocab) == "".join(tok.chars)
     assert tok.decode(local.tolist()) == text
     with pytest.raises(Exception, match="'Z'"):
@@ -217,9 +218,9 @@ def test_cli_process_exit_code_and_stderr(tmp_path):
 
 
 def test_pieces_cover_the_text_and_cut_long_paragraphs(monkeypatch):
-    monkeypatch.setattr(data, "MAX_CHUNK_CHARS", 50)
+    monkeypatch.setattr(split, "MAX_CHUNK_CHARS", 50)
     text = "short one\n\n" + "word " * 40 + "\n \n\n" + "x" * 120 + "\n\nend"
-    ps = data.pieces(text, offset=7)
+    ps = split.pieces(text, offset=7)
     assert "".join(text[a - 7 : b - 7] for a, b in zip(ps.start, ps.end, strict=True)) == text
     assert (ps.start[1:] == ps.end[:-1]).all()
     assert (ps.content_end - ps.start <= 50).all()
@@ -230,7 +231,7 @@ def test_pieces_cover_the_text_and_cut_long_paragraphs(monkeypatch):
 @pytest.mark.parametrize("random_split", [False, True])
 def test_many_small_chunks_still_cover_the_corpus(tmp_path, corpus, monkeypatch, random_split):
     """Streaming in tiny chunks (cut inside paragraphs too) loses and duplicates nothing."""
-    monkeypatch.setattr(data, "CHUNK_BYTES", 997)
+    monkeypatch.setattr(corpus_text, "CHUNK_BYTES", 997)
     flags = ["--random-split"] if random_split else []
     out = tmp_path / "char"
     assert run_cli("prepare-char", "--text-path", str(corpus), "--out-dir", str(out), *flags) == 0
@@ -250,7 +251,7 @@ def test_many_small_chunks_still_cover_the_corpus(tmp_path, corpus, monkeypatch,
     ids = np.concatenate([ds.splits["train"], ds.splits["val"]]).tolist()
     marks = [t for t in ids if t in (tok.bos_id, tok.eos_id)]
     assert marks == [tok.bos_id, tok.eos_id] * (len(marks) // 2)  # strictly alternating
-    paragraphs = len(data._PARAGRAPH_BREAK.findall(text.strip())) + 1
+    paragraphs = len(split._PARAGRAPH_BREAK.findall(text.strip())) + 1
     assert paragraphs <= len(marks) // 2 <= paragraphs + len(text.encode()) // 997 + 1
 
 
