@@ -25,7 +25,7 @@ from typing import Any
 
 import tyro
 
-from benchmarks.run import BenchConfig
+from benchmarks.presets import BenchConfig
 from yocto_fn import data
 from yocto_fn.config import (
     ChatConfig,

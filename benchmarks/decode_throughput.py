@@ -25,7 +25,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.run import PROMPT, Preset, decode_runners, interleaved  # noqa: E402
+from benchmarks.contenders import decode_runners  # noqa: E402
+from benchmarks.measure import interleaved  # noqa: E402
+from benchmarks.presets import PROMPT, Preset  # noqa: E402
 from yocto_fn import models  # noqa: E402
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks.presets import PRESETS
 from yocto_fn import fileio
 
 Record = dict[str, Any]
@@ -175,8 +176,6 @@ def chart(records: list[Record]) -> bytes:
 
 
 def write_report(out: Path, records: list[Record], cfg: Any) -> None:
-    from benchmarks.run import PRESETS
-
     p = PRESETS[cfg.preset]
     line = (f"{p.n_layer} layers / {p.n_head} heads / {p.n_embd} dim, block {p.block_size}, "
             f"batch {p.batch_size}, vocab 96")  # fmt: skip

@@ -1,10 +1,11 @@
 """Training throughput (tokens/s) of every variant against an nn.Module reference.
 
-Contenders: each functional variant eager and compiled (`make_train_step(compile=True)`),
-`gpt-fast` eager through `torch.func.grad_and_value` alone, and the nn.Module reference
-(`reference_module.py`) eager and compiled. All run in one process, interleaved round by
-round, so machine noise hits every contender alike; the median over rounds is reported
-with the min-max spread. Prints a table, then one JSON line per contender.
+A thin entry point over the suite's contenders (`contenders.train_runner`) for one shape of
+your choice: each functional variant eager and compiled, `gpt-fast` eager through
+`torch.func.grad_and_value` alone, and the nn.Module reference (`reference_module.py`) eager
+and compiled. All run in one process, interleaved round by round (`measure.interleaved`),
+so machine noise hits every contender alike; the median over rounds is reported with the
+min-max spread. Prints a table, then one JSON line per contender.
 
     python benchmarks/train_throughput.py            # 4 layers/4 heads/128 dim, block 128
     python benchmarks/train_throughput.py --rounds 3 --steps 2 --skip-compile
@@ -22,39 +23,19 @@ from pathlib import Path
 import orjson
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reference_module import ReferenceGPT, make_optimizer, train_step  # noqa: E402
-
-from yocto_fn import models, optim  # noqa: E402
+from benchmarks.contenders import train_runner  # noqa: E402
+from benchmarks.measure import interleaved  # noqa: E402
+from yocto_fn import models  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
-from yocto_fn.train import make_train_step  # noqa: E402
-
-LR, WEIGHT_DECAY, CLIP = 3e-4, 0.1, 1.0
 
 
-def functional_runner(name: str, cfg: ModelConfig, batch, **step_kw) -> Callable[[], None]:
-    model = models.get(name)
-    step = make_train_step(model, cfg, optim.AdamW(weight_decay=WEIGHT_DECAY), **step_kw)
-    state = {"params": model.init(cfg, 0)}
-    state["opt"] = optim.init(state["params"])
-
+def repeated(fn: Callable[[], object], steps: int) -> Callable[[], None]:
     def run() -> None:
-        state["params"], state["opt"], metrics = step(
-            state["params"], state["opt"], batch, LR, None
-        )
-        metrics["loss"].item()
-
-    return run
-
-
-def reference_runner(cfg: ModelConfig, batch, compile: bool) -> Callable[[], None]:
-    model = ReferenceGPT(cfg)
-    opt = make_optimizer(model, LR, WEIGHT_DECAY)
-    module = torch.compile(model) if compile else model
-
-    def run() -> None:
-        train_step(module, opt, *batch, CLIP).item()
+        for _ in range(steps):
+            fn()
 
     return run
 
@@ -76,39 +57,27 @@ def main() -> None:
         vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
         n_head=args.n_head, n_embd=args.n_embd, dropout=0.0,
     )  # fmt: skip
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randint(0, cfg.vocab_size, (args.batch_size, cfg.block_size + 1), generator=gen)
-    batch = (data[:, :-1].contiguous(), data[:, 1:].contiguous())
-
-    runners: dict[tuple[str, str], Callable[[], None]] = {}
-    for name in models.NAMES:
-        runners[(name, "eager")] = functional_runner(name, cfg, batch)
-    runners[("gpt-fast", "eager torch.func")] = functional_runner(
-        "gpt-fast", cfg, batch, eager_autograd=False
-    )
-    runners[("reference", "eager")] = reference_runner(cfg, batch, compile=False)
-    if not args.skip_compile:
-        for name in models.NAMES:
-            runners[(name, "compiled")] = functional_runner(name, cfg, batch, compile=True)
-        runners[("reference", "compiled")] = reference_runner(cfg, batch, compile=True)
-
+    cpu = torch.device("cpu")
+    modes = ["eager", *([] if args.skip_compile else ["compiled"])]
+    keys = [(v, m) for m in modes for v in (*models.NAMES, "reference")]
+    keys.insert(len(models.NAMES), ("gpt-fast", "eager torch.func"))
+    runners = {}
     warmup_s = {}
-    for key, run in runners.items():
+    for variant, mode in keys:
+        fn, _ = train_runner(variant, cfg, cpu, args.batch_size, mode)
         t0 = time.perf_counter()
-        run()
-        run()
-        warmup_s[key] = time.perf_counter() - t0
-        print(f"warm-up {key[0]:>10} {key[1]:<17} {warmup_s[key]:7.1f} s", file=sys.stderr)
+        fn()
+        fn()
+        warmup_s[(variant, mode)] = time.perf_counter() - t0
+        print(f"warm-up {variant:>10} {mode:<17} {warmup_s[(variant, mode)]:7.1f} s",
+              file=sys.stderr)  # fmt: skip
+        runners[(variant, mode)] = repeated(fn, args.steps)
 
     tokens = args.steps * args.batch_size * cfg.block_size
-    rates: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
-    for _ in range(args.rounds):
-        for key, run in runners.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                run()
-            rates[key].append(tokens / (time.perf_counter() - t0))
-
+    rates = {
+        key: [tokens / s for s in seconds]
+        for key, seconds in interleaved(runners, cpu, args.rounds).items()
+    }
     base = statistics.median(rates[("reference", "eager")])
     print(
         f"\n{'variant':<10} {'mode':<17} {'tokens/s':>9} {'min':>9} {'max':>9} {'vs ref eager':>12}"

@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_config
 
 import cli
+from benchmarks import contenders, measure, presets
 from benchmarks import run as bench
 from benchmarks.report import write_report
 from yocto_fn import models
@@ -18,20 +19,20 @@ def test_matmul_params_and_flops_match_a_hand_count():
     # qkv 8x24 + proj 8x8 + fc 8x32 + proj 32x8 + head 10x8; no biases, norms or tables.
     hand_n = 192 + 64 + 256 + 256 + 80
     for variant in ("gpt", "gpt-fast"):
-        n = bench.matmul_params(models.get(variant).init(cfg, 0), cfg)
+        n = measure.matmul_params(models.get(variant).init(cfg, 0), cfg)
         assert n == hand_n
         # 6N per token for the weights, 12 L C T for QK^T and AV forward and backward.
-        assert bench.train_flops_per_token(n, cfg) == 6 * 848 + 12 * 1 * 8 * 4 == 5472
-        assert bench.forward_flops_per_token(n, cfg, 3) == 2 * 848 + 4 * 1 * 8 * 3
+        assert measure.train_flops_per_token(n, cfg) == 6 * 848 + 12 * 1 * 8 * 4 == 5472
+        assert measure.forward_flops_per_token(n, cfg, 3) == 2 * 848 + 4 * 1 * 8 * 3
     tied = replace(cfg, tie_weights=True)
-    assert bench.matmul_params(models.get("gpt").init(tied, 0), tied) == hand_n
+    assert measure.matmul_params(models.get("gpt").init(tied, 0), tied) == hand_n
     # gpt-plus: SwiGLU hidden 8C/3 rounded up to 64 -> fc 8x(2*64), proj 64x8.
-    plus = bench.matmul_params(models.get("gpt-plus").init(cfg, 0), cfg)
+    plus = measure.matmul_params(models.get("gpt-plus").init(cfg, 0), cfg)
     assert plus == 192 + 64 + 8 * 128 + 64 * 8 + 80
 
 
-MICRO = bench.Preset(1, 2, 32, 16, 4, new_tokens=4, prompt_tokens=24)
-MICRO_CASE = bench.EnsembleCase(1, 2, 32, 16, 2, 2)
+MICRO = presets.Preset(1, 2, 32, 16, 4, new_tokens=4, prompt_tokens=24)
+MICRO_CASE = presets.EnsembleCase(1, 2, 32, 16, 2, 2)
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,14 @@ def records():
 
 def test_records_cover_every_variant_and_follow_the_schema(records):
     for r in records:
-        bench.validate(orjson.loads(orjson.dumps(r)))
+        measure.validate(orjson.loads(orjson.dumps(r)))
     train = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "train"}
-    assert train == {(v, m) for v in bench.VARIANTS for m in ("eager", "bf16")}
+    assert train == {(v, m) for v in contenders.VARIANTS for m in ("eager", "bf16")}
     decode = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "decode"}
     assert ("reference", "no cache") in decode and ("gpt-fast", "cache") in decode
-    assert {r["variant"] for r in records if r["benchmark"] == "prefill"} == set(bench.VARIANTS)
+    assert {r["variant"] for r in records if r["benchmark"] == "prefill"} == set(
+        contenders.VARIANTS
+    )
     ensemble = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "ensemble"}
     assert ensemble == {(v, m) for v in models.NAMES for m in ("eager ensemble", "eager loop")}
     per_example = {(r["variant"], r["mode"]) for r in records if r["benchmark"] == "per-example"}
@@ -78,11 +81,11 @@ def test_validate_rejects_malformed_records(records):
         good | {"surprise": 1},
     ):
         with pytest.raises(ValueError):
-            bench.validate(broken)
+            measure.validate(broken)
 
 
 def test_report_writes_jsonl_table_and_chart(records, tmp_path):
-    write_report(tmp_path, records, bench.BenchConfig())
+    write_report(tmp_path, records, presets.BenchConfig())
     lines = (tmp_path / "results.jsonl").read_bytes().splitlines()
     assert [orjson.loads(line) for line in lines] == records
     table = (tmp_path / "table.md").read_text()
@@ -98,5 +101,5 @@ def test_quick_run_end_to_end(tmp_path):
     assert cli.main(["bench", "--quick", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
     (out,) = tmp_path.iterdir()
     for line in (out / "results.jsonl").read_bytes().splitlines():
-        bench.validate(orjson.loads(line))
+        measure.validate(orjson.loads(line))
     assert (out / "table.md").is_file() and (out / "chart.png").is_file()

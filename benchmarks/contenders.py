@@ -1,0 +1,143 @@
+"""The contenders, defined once: zero-argument calls that each do one unit of timed work
+(a train step, a decode, an ensemble step, a per-example gradient) for a variant or the
+nn.Module reference. `run.py` and the stand-alone scripts time these same calls."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks.measure import matmul_params
+from benchmarks.presets import CLIP, LR, PROMPT, VOCAB, WEIGHT_DECAY, EnsembleCase, Preset
+from benchmarks.reference_module import ReferenceGPT, make_optimizer
+from benchmarks.reference_module import train_step as reference_step
+from yocto_fn import ensemble, models, optim, params
+from yocto_fn.config import ModelConfig
+from yocto_fn.device import autocast
+from yocto_fn.sample import decode_step, generate
+from yocto_fn.train import grad_and_value, loss_fn, make_train_step
+
+VARIANTS = (*models.NAMES, "reference")
+
+
+def random_tokens(shape: tuple[int, ...], device: torch.device, seed: int = 0) -> torch.Tensor:
+    return torch.randint(VOCAB, shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def train_runner(
+    variant: str, cfg: ModelConfig, device: torch.device, batch_size: int, mode: str
+) -> tuple[Callable[[], Any], int]:
+    """A zero-argument train step of `variant` in `mode`, and N. Modes: eager, compiled, bf16
+    (autocast), and for the functional variants "eager torch.func" (gradients through
+    `torch.func.grad_and_value` instead of the default eager autograd path)."""
+    data = random_tokens((batch_size, cfg.block_size + 1), device)
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    amp = torch.bfloat16 if mode == "bf16" else None
+    if variant == "reference":
+        module = ReferenceGPT(cfg).to(device)
+        opt = make_optimizer(module, LR, WEIGHT_DECAY)
+        fn = torch.compile(module) if mode == "compiled" else module
+        n = sum(p.numel() for k, p in module.named_parameters() if p.dim() >= 2 and "wte" not in k
+                and "wpe" not in k)  # fmt: skip
+
+        def ref_step() -> None:
+            with autocast(device.type, amp):
+                reference_step(fn, opt, x, y, CLIP)
+
+        return ref_step, n
+    model = models.get(variant)
+    state = {"p": params.to(model.init(cfg, 0), device)}
+    state["opt"] = optim.init(state["p"])
+    step = make_train_step(
+        model, cfg, optim.AdamW(weight_decay=WEIGHT_DECAY), grad_clip=CLIP, amp_dtype=amp,
+        compile=mode == "compiled", eager_autograd=mode != "eager torch.func",
+    )  # fmt: skip
+
+    def fn_step() -> None:
+        state["p"], state["opt"], _ = step(state["p"], state["opt"], (x, y), LR, None)
+
+    return fn_step, matmul_params(state["p"], cfg)
+
+
+@torch.no_grad()
+def no_cache_decode(logits_fn: Callable[[torch.Tensor], torch.Tensor], prompt, n: int) -> None:
+    """Greedy decoding with a full forward over the whole sequence per token."""
+    seq = prompt
+    for _ in range(n):
+        seq = torch.cat([seq, logits_fn(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+
+
+def decode_runners(
+    variant: str, cfg: ModelConfig, device: torch.device, preset: Preset, modes: list[str]
+) -> dict[str, Callable[[], Any]]:
+    """Decode (batch 1, 16-token prompt, `new_tokens`) and prefill (`prompt_tokens`) calls."""
+    prompt = random_tokens((1, PROMPT), device, 1)
+    long_prompt = random_tokens((1, preset.prompt_tokens), device, 2)
+    n = preset.new_tokens
+    if variant == "reference":
+        module = ReferenceGPT(cfg).to(device).eval()
+        return {
+            "no cache": lambda: no_cache_decode(module.logits, prompt, n),
+            "prefill": torch.no_grad()(lambda: module.logits(long_prompt)),
+        }
+    model = models.get(variant)
+    p = params.to(model.init(cfg, 0), device)
+    fwd = lambda seq: model.forward(p, seq, cfg)[0]  # noqa: E731
+    gen = lambda compile: generate(  # noqa: E731
+        model, p, cfg, prompt, max_new_tokens=n, temperature=0, compile=compile
+    )
+    cache = model.init_cache(cfg, 1, device=device)
+    prefill = torch.no_grad()(lambda: decode_step(model, False)(p, long_prompt, cfg, cache))
+    out = {"no cache": lambda: no_cache_decode(fwd, prompt, n), "cache": lambda: gen(False)}
+    if "compiled cache" in modes:
+        out["compiled cache"] = lambda: gen(True)
+    return out | {"prefill": prefill}
+
+
+def ensemble_runners(
+    variant: str, case: EnsembleCase, device: torch.device, compile: bool
+) -> dict[str, Callable[[], Any]]:
+    """One `make_ensemble_step` over E members against E `make_train_step` calls: the same
+    members, data rows and learning rates (one per member, as in a sweep)."""
+    model, cfg, E = models.get(variant), case.model_config(), case.members
+    hp = optim.AdamW(weight_decay=WEIGHT_DECAY)
+    data = random_tokens((E, case.batch_size, cfg.block_size + 1), device)
+    x, y = data[..., :-1].contiguous(), data[..., 1:].contiguous()
+    lrs = torch.linspace(LR, LR / 4, E, device=device)
+    ens = ensemble.make_ensemble_step(model, cfg, hp, grad_clip=CLIP, compile=compile)
+    one = make_train_step(model, cfg, hp, grad_clip=CLIP, compile=compile)
+    stacked = {"p": ensemble.ensemble_init(model, cfg, range(E), device)}
+    stacked["opt"] = ensemble.opt_init(stacked["p"])
+    members = [params.to(model.init(cfg, i), device) for i in range(E)]
+    states = [optim.init(p) for p in members]
+
+    def ensemble_step() -> None:
+        stacked["p"], stacked["opt"], _ = ens(stacked["p"], stacked["opt"], (x, y), lrs, None)
+
+    def loop() -> None:
+        for i in range(E):
+            members[i], states[i], _ = one(members[i], states[i], (x[i], y[i]), lrs[i], None)
+
+    mode = "compiled" if compile else "eager"
+    return {f"{mode} ensemble": ensemble_step, f"{mode} loop": loop}
+
+
+def per_example_runners(
+    variant: str, case: EnsembleCase, device: torch.device
+) -> dict[str, Callable[[], Any]]:
+    """Per-example gradients of a batch (`ensemble.per_example_grads`), a loop of one-row
+    gradients, and the single batch gradient (what per-example costs on top of training)."""
+    model, cfg = models.get(variant), case.model_config()
+    p = params.to(model.init(cfg, 0), device)
+    data = random_tokens((case.batch_size, cfg.block_size + 1), device)
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    per_example = ensemble.per_example_grads(model, cfg)
+    grad = grad_and_value(functools.partial(loss_fn, model=model, cfg=cfg, train=False))
+    return {
+        "per-example": lambda: per_example(p, (x, y)),
+        "loop": lambda: [grad(p, (x[b : b + 1], y[b : b + 1]), None) for b in range(len(x))],
+        "batch gradient": lambda: grad(p, (x, y), None),
+    }

@@ -1,0 +1,210 @@
+"""How the suite measures: FLOPs per token, matmul peaks, timing (interleaved rounds), peak
+memory, and the validated record each measurement becomes.
+
+FLOPs follow the PaLM / nanoGPT convention (biases, norms and softmax are not counted):
+    N = weights that multiply activations: every >= 2-D leaf except the `wte`/`wpe` lookup
+        tables, plus the V x C output head when it is tied to `wte`;
+    forward FLOPs per token at context t = 2 N + 4 L C t (QK^T and attention x V, the full
+    t x t product as the kernels compute it); a training token costs 3x the forward:
+    6 N + 12 L C T. MFU = FLOPs per token x tokens/s / peak FLOP/s, with the peak measured
+    in the same run by a large matmul in the same dtype (and, on CUDA, the datasheet peak).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as dt
+import functools
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from yocto_fn import params
+from yocto_fn.config import ModelConfig
+
+# Dense datasheet peaks (FLOP/s) by device-name fragment: (bf16 tensor core, fp32).
+DATASHEET = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
+             "L4": (121e12, 30e12), "A10G": (70e12, 31e12), "T4": (65e12, 8.1e12)}  # fmt: skip
+
+
+def matmul_params(p: params.Params, cfg: ModelConfig) -> int:
+    """N of the module docstring: weights that multiply activations."""
+    named = params.named_leaves(p)
+    n = sum(t.numel() for k, t in named.items() if t.dim() >= 2 and k not in ("wte", "wpe"))
+    return n + (cfg.vocab_size * cfg.n_embd if cfg.tie_weights else 0)
+
+
+def forward_flops_per_token(n: int, cfg: ModelConfig, context: int) -> int:
+    return 2 * n + 4 * cfg.n_layer * cfg.n_embd * context
+
+
+def train_flops_per_token(n: int, cfg: ModelConfig) -> int:
+    return 3 * forward_flops_per_token(n, cfg, cfg.block_size)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of `fn` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measured_peak(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    """FLOP/s of a large square matmul in `dtype` on `device` (median of repeats)."""
+    n = 1024 if quick else (2048 if device.type == "cpu" else 8192)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = statistics.median(timed(lambda: a @ b, device, 2, 5))
+    return 2 * n**3 / seconds
+
+
+def datasheet_peak(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, (bf16, fp32) in DATASHEET.items():
+        if fragment in name:
+            return bf16 if dtype == torch.bfloat16 else fp32
+    return None
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA max allocated, or on CPU the rise of the process's peak
+    resident set (VmHWM, whose mark Linux resets through /proc/self/clear_refs).
+
+    On CPU, glibc keeps freed blocks for reuse and raises its mmap threshold as it goes, so
+    a later contender would reuse an earlier one's memory and show no rise; a fixed 64 KiB
+    threshold (`mallopt`) makes every large tensor its own mapping, returned on free.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.mb = device, None
+        if device.type == "cpu":
+            _fix_mmap_threshold()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        elif self.device.type == "cpu" and _reset_rss_peak():
+            self.base = _status_kb("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        elif self.device.type == "cpu" and hasattr(self, "base"):
+            self.mb = max(0, _status_kb("VmHWM") * 1024 - self.base) / 2**20
+
+
+@functools.cache
+def _fix_mmap_threshold() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def interleaved(
+    fns: dict[Any, Callable[[], Any]], device: torch.device, repeats: int
+) -> dict[Any, list[float]]:
+    """Seconds per call, one call of each contender per round: machine noise (large on a
+    shared host) then hits every contender alike instead of whichever ran during a slow
+    spell."""
+    out: dict[Any, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            out[key] += timed(fn, device, 0, 1)
+    return out
+
+
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "benchmark": str, "variant": str, "device": str, "device_name": str, "dtype": str,
+    "mode": str, "preset": str, "metric": str, "value": float, "unit": str, "min": float,
+    "max": float, "repeats": int, "torch": str, "date": str,
+}  # fmt: skip
+OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "mfu": float, "mfu_datasheet": float, "peak_mem_mb": float, "flops_per_token": int,
+    "peak_flops": float, "tokens": int, "config": dict,
+}  # fmt: skip
+BENCHMARKS = {"train", "decode", "prefill", "ensemble", "per-example"}
+
+
+def validate(record: dict[str, Any]) -> None:
+    """Raise ValueError unless `record` follows the results.jsonl schema."""
+    for key, kind in REQUIRED.items():
+        if key not in record:
+            raise ValueError(f"record lacks {key!r}: {record}")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise ValueError(f"{key!r} should be {kind}, got {record[key]!r}")
+    for key, value in record.items():
+        if key not in REQUIRED and key not in OPTIONAL:
+            raise ValueError(f"unknown field {key!r}")
+        if key in OPTIONAL and value is not None and not isinstance(value, OPTIONAL[key]):
+            raise ValueError(f"{key!r} should be {OPTIONAL[key]}, got {value!r}")
+    if record["benchmark"] not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {record['benchmark']!r}")
+    if not record["min"] <= record["value"] <= record["max"]:
+        raise ValueError(f"value outside its spread: {record}")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), cpu)  # fmt: skip
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def record(
+    benchmark: str, variant: str, device: torch.device, mode: str, preset: str,
+    metric: str, values: list[float], unit: str, dtype: str = "float32", **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    rec = {
+        "benchmark": benchmark, "variant": variant, "device": device.type,
+        "device_name": device_name(device), "dtype": dtype, "mode": mode, "preset": preset,
+        "metric": metric, "value": float(statistics.median(values)), "unit": unit,
+        "min": float(min(values)), "max": float(max(values)), "repeats": len(values),
+        "torch": torch.__version__, "date": dt.date.today().isoformat(),
+    } | {k: v for k, v in extra.items() if v is not None}  # fmt: skip
+    validate(rec)
+    return rec
