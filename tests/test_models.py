@@ -279,3 +279,51 @@ def test_cached_decode_under_bf16_autocast_writes_into_an_fp32_cache():
         step, cache = m.forward(p, idx[:, -1:], cfg, cache=cache)
     assert cache.k.dtype == torch.float32
     torch.testing.assert_close(step[:, 0].float(), full[:, -1], atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_cached_decode_under_vmap_over_prompts_matches_each_prompts_forward(name):
+    """Under torch.func transforms the cache write takes its out-of-place path: a cache
+    made inside `vmap` (so not batched) takes batched keys, and a batched cache passed in
+    comes back in new buffers while the one passed in keeps its contents."""
+    cfg = tiny_config()
+    model = models.get(name)
+    p = model.init(cfg, 0)
+    prompts = torch.randint(cfg.vocab_size, (3, 1, 10), generator=torch.Generator().manual_seed(3))
+    want = torch.cat([model.forward(p, prompt, cfg)[0] for prompt in prompts])
+
+    def prefill_then_step(idx, cache):
+        first, cache = model.forward(p, idx[:, :7], cfg, cache=cache)
+        rest, cache = model.forward(p, idx[:, 7:], cfg, cache=cache)
+        return torch.cat([first, rest], dim=1), cache
+
+    inside = torch.func.vmap(lambda idx: prefill_then_step(idx, model.init_cache(cfg, 1))[0])
+    torch.testing.assert_close(inside(prompts).squeeze(1), want, atol=1e-5, rtol=1e-5)
+
+    empty = model.init_cache(cfg, 1)
+    passed = type(empty)(empty.k.expand(3, *empty.k.shape).clone(),
+                         empty.v.expand(3, *empty.v.shape).clone(), empty.pos)  # fmt: skip
+    dims = (0, type(empty)(0, 0, None))
+    logits, filled = torch.func.vmap(prefill_then_step, in_dims=dims)(prompts, passed)
+    torch.testing.assert_close(logits.squeeze(1), want, atol=1e-5, rtol=1e-5)
+    assert filled.pos.tolist() == [10, 10, 10] and filled.k.abs().sum() > 0
+    assert passed.k.abs().sum() == 0 and passed.v.abs().sum() == 0
+
+
+def test_a_cloned_cache_continues_independently():
+    """Eager writes are in place, so two continuations of one prompt need a `clone`: each
+    branch must then equal the uncached forward of its own tokens."""
+    from yocto_fn.cache import clone
+
+    cfg, model = tiny_config(), models.get("gpt-plus")
+    p = model.init(cfg, 0)
+    idx = torch.randint(cfg.vocab_size, (2, 8), generator=torch.Generator().manual_seed(4))
+    a, b, c = idx[:, 5:6], idx[:, 6:7], idx[:, 7:8]
+    _, cache = model.forward(p, idx[:, :5], cfg, cache=model.init_cache(cfg, 2))
+    other = clone(cache)
+    _, cache = model.forward(p, a, cfg, cache=cache)
+    _, other = model.forward(p, b, cfg, cache=other)
+    for branch, branch_cache in ((a, cache), (b, other)):
+        logits, _ = model.forward(p, c, cfg, cache=branch_cache)
+        full, _ = model.forward(p, torch.cat([idx[:, :5], branch, c], dim=1), cfg)
+        torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

@@ -2,9 +2,18 @@
 
 `KVCache(k, v, pos)` holds static, preallocated per-layer buffers [L, B, H, Tmax, Dh] and the
 number of filled positions as a 0-d int64 tensor. A forward call with a cache writes the new
-keys/values into the buffers at `pos` and returns the cache with `pos` advanced. Keeping `pos`
-a tensor (not a Python int) keeps shapes and guards static, so a compiled single-token step
-compiles once for every position.
+keys/values at `pos` and returns the cache with `pos` advanced. Keeping `pos` a tensor (not a
+Python int) keeps shapes and guards static, so a compiled single-token step compiles once
+for every position.
+
+The contract: a cache is consumed by the call that takes it; go on with the returned one.
+- In plain eager or compiled code the write is in place, into the buffers of the cache
+  passed in (as gpt-fast does; a copy per token would cost more than the step). The
+  returned cache shares those buffers, and the old value's `pos` no longer describes them.
+  To branch (two continuations of one prompt), `clone` the cache first.
+- Under torch.func transforms (`vmap` over prompts, `grad`), which forbid writing batched
+  values into a tensor they do not batch, the write is out of place: the returned cache
+  holds new buffers and the one passed in is left as it was.
 """
 
 from __future__ import annotations
@@ -48,9 +57,11 @@ def check_room(cache: KVCache, new_tokens: int) -> None:
     """Refuse a write past the buffers' end with a clear message.
 
     Reading `pos` costs a host sync on an accelerator, so the check runs in eager mode only; a
-    compiled decode loop tracks the position on the host and stays inside the buffers.
+    compiled decode loop tracks the position on the host and stays inside the buffers. Under
+    `vmap` with a position per prompt there is no one number to check; a write past the end
+    then fails in `index_copy`.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch._C._functorch.is_batchedtensor(cache.pos):
         return
     pos = int(cache.pos)
     if pos + new_tokens > cache.max_len:
@@ -75,6 +86,38 @@ def positions_and_mask(
     return positions, keys[None, :] <= positions[:, None]
 
 
+class Writes:
+    """The cache writes of one forward call, layer by layer (see the module's contract)."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor) -> None:
+        self.cache, self.positions = cache, positions
+        self.copies: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if torch._C._are_functorch_transforms_active():
+            self.copies = []
+
+    def __call__(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer `layer`'s new keys/values [B, H, T, D] at the positions; return the
+        layer's whole buffers [B, H, Tmax, D] (layers are written in order)."""
+        if self.copies is not None:
+            k_all, v_all = (
+                buf[layer].index_copy(2, self.positions, new.to(buf.dtype))
+                for buf, new in ((self.cache.k, k), (self.cache.v, v))
+            )
+            self.copies.append((k_all, v_all))
+            return k_all, v_all
+        return write(self.cache, layer, self.positions, k, v)
+
+    def result(self) -> KVCache:
+        """The cache to return: positions advanced past the new tokens."""
+        cache = advance(self.cache, len(self.positions))
+        if self.copies is None:
+            return cache
+        ks, vs = zip(*self.copies, strict=True)
+        return cache._replace(k=torch.stack(ks), v=torch.stack(vs))
+
+
 def write(
     cache: KVCache, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,3 +136,8 @@ def write(
 
 def advance(cache: KVCache, new_tokens: int) -> KVCache:
     return cache._replace(pos=cache.pos + new_tokens)
+
+
+def clone(cache: KVCache) -> KVCache:
+    """An independent copy, to continue one cache in two ways."""
+    return KVCache(cache.k.clone(), cache.v.clone(), cache.pos.clone())

@@ -17,7 +17,7 @@ import torch
 import torch.utils.checkpoint
 
 from .. import layers, rng
-from ..cache import KVCache, advance, check_room, positions_and_mask, write
+from ..cache import KVCache, Writes, check_room, positions_and_mask
 from ..cache import init_cache as _init_cache
 from ..config import ModelConfig
 from ..errors import UserError
@@ -175,9 +175,10 @@ def forward(
         return x + layers.dropout(mlp(norm(x, p["ln2"]), p["mlp"]), p_drop, k_mlp)
 
     remat = activation_checkpointing and cache is None and torch.is_grad_enabled()
+    writes = Writes(cache, positions) if cache is not None else None
     for i, p in enumerate(params["blocks"]):
         block_keys = keys[1 + 3 * i : 4 + 3 * i]
-        kv = partial(write, cache, i, positions) if cache is not None else None
+        kv = partial(writes, i) if writes is not None else None
         if remat:
             x = torch.utils.checkpoint.checkpoint(block, x, p, *block_keys, kv, use_reentrant=False)
         else:
@@ -185,7 +186,7 @@ def forward(
 
     x = norm(x, params["ln_f"])
     logits = layers.project(x, params.get("lm_head", params["wte"]))
-    return logits, (advance(cache, T) if cache is not None else None)
+    return logits, (writes.result() if writes is not None else None)
 
 
 class Model(NamedTuple):
