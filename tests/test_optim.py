@@ -50,6 +50,35 @@ def test_adamw_matches_torch_over_five_steps(lr_as_tensor):
     assert params.max_abs_diff(ours, theirs) < 1e-6
 
 
+def test_adamw_under_vmap_takes_the_leaf_path_and_matches_torch():
+    """`_foreach_*` kernels have no vmap rule, so under a transform `update` runs leaf by leaf:
+    two stacked members stepped three times (the second moment only matters from step two)
+    must each match torch.optim.AdamW."""
+    hp = optim.AdamW(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+    members = [models.get("gpt-fast").init(tiny_config(), seed) for seed in (0, 1)]
+    stacked = params.stack(members)
+    state = torch.func.vmap(optim.init)(stacked)
+    gen = torch.Generator().manual_seed(0)
+    refs = []
+    for member in members:
+        theirs = params.clone(member)
+        decay, no_decay = _decay_groups(theirs)
+        for t in decay + no_decay:
+            t.requires_grad_(True)
+        groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+        refs.append((theirs, torch.optim.AdamW(groups, lr=1e-2, betas=(hp.b1, hp.b2), eps=hp.eps)))
+    step = torch.func.vmap(lambda g, s, q: optim.update(g, s, q, 1e-2, hp))
+    for _ in range(3):
+        grads = params.tree_map(lambda q: torch.randn(q.shape, generator=gen), stacked)
+        for i, (theirs, opt) in enumerate(refs):
+            for t, g in zip(params.tree_leaves(theirs), params.tree_leaves(grads), strict=True):
+                t.grad = g[i].clone()
+            opt.step()
+        stacked, state = step(grads, state, stacked)
+    for i, (theirs, _) in enumerate(refs):
+        assert params.max_abs_diff(params.tree_map(lambda t, i=i: t[i], stacked), theirs) < 1e-6
+
+
 def test_update_is_pure():
     p = models.get("gpt-fast").init(tiny_config(), 0)
     state = optim.init(p)
@@ -76,12 +105,34 @@ def test_clip_by_global_norm_matches_torch():
     assert unclipped is grads
 
 
+@pytest.mark.parametrize("scale, max_norm", [(1e-3, 1e-4), (0.2, 1.0)])
+def test_clip_by_global_norm_matches_torch_at_small_norms_and_below_the_limit(scale, max_norm):
+    """A tiny norm shows the epsilon's sign (torch divides by norm + 1e-6); a norm below the
+    limit leaves the gradients exactly as they were."""
+    gen = torch.Generator().manual_seed(1)
+    grads = {"a": torch.randn(4, 5, generator=gen), "b": [torch.randn(7, generator=gen)]}
+    grads = params.tree_map(lambda g: g * scale / optim.global_norm(grads), grads)
+    clipped, _ = optim.clip_by_global_norm(grads, max_norm)
+    ref = [g.clone().requires_grad_() for g in params.tree_leaves(grads)]
+    for t, g in zip(ref, params.tree_leaves(grads), strict=True):
+        t.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    for t, c in zip(ref, params.tree_leaves(clipped), strict=True):
+        torch.testing.assert_close(c, t.grad, rtol=1e-7, atol=0)
+    if scale < max_norm:
+        assert params.max_abs_diff(clipped, grads) == 0.0
+
+
 def test_cosine_schedule_warms_up_then_decays_to_min():
     kw = dict(lr=1.0, warmup_iters=10, max_iters=110, min_lr=0.1)
     lrs = [optim.cosine_with_warmup(s, **kw) for s in range(120)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)  # the cosine starts at the peak
     assert all(a <= b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
     assert all(a >= b for a, b in zip(lrs[10:109], lrs[11:110], strict=True))
     assert lrs[60] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+    short = dict(kw, max_iters=11)  # a one-step decay: the peak, then min_lr
+    assert optim.cosine_with_warmup(10, **short) == pytest.approx(1.0)
+    assert optim.cosine_with_warmup(11, **short) == pytest.approx(0.1)
     assert optim.constant(5, lr=0.3) == 0.3
