@@ -92,10 +92,9 @@ def run(
     stdin = stdin or sys.stdin
     write = write or (lambda s: print(s, end="", flush=True))
     loaded = load_model(opts)
-    device = loaded.params["wte"].device
     reply_room = min(opts.max_new_tokens, loaded.cfg.block_size // 2)
     convo = Conversation(loaded, unescape(opts.system_prompt), reply_room)
-    kwargs = sampling_kwargs(opts, device)
+    kwargs = sampling_kwargs(opts, loaded)
     stops = stop_ids(loaded.tok)
     interactive = stdin is sys.stdin and sys.stdin.isatty()
     if interactive:

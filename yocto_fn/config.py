@@ -208,7 +208,7 @@ class InferenceOptions:
     seed: int = 1337
     """Seed of the sampling generator: the same seed gives the same text."""
     compile: bool = False
-    """torch.compile the one-token decode step (compiles once, then reused for every token)."""
+    """Compile the one-token decode step; on CPU/CUDA the package is kept beside the checkpoint."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """auto picks cuda > mps > cpu."""
     ema: bool = False
@@ -224,7 +224,7 @@ class SampleConfig(InferenceOptions):
     num_samples: int = 1
     """Independent samples, one after the other."""
     stats: bool = False
-    """Print prompt tokens, new tokens, prefill ms and decode tokens/s to stderr."""
+    """Print load/compile time, prefill ms, first step and steady decode tokens/s to stderr."""
     drop_unknown: bool = False
     """Char mode: drop prompt characters outside the vocabulary (warning) instead of failing."""
 

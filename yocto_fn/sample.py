@@ -28,6 +28,7 @@ from .models import Model
 from .params import Params, to
 
 Stream = Callable[[torch.Tensor], None]
+DecodeStep = Callable[..., tuple[torch.Tensor, KVCache]]
 
 
 def filter_logits(
@@ -65,7 +66,7 @@ def sample_next(
 
 
 @functools.cache
-def decode_step(model: Model, compiled: bool) -> Callable[..., tuple[torch.Tensor, KVCache]]:
+def decode_step(model: Model, compiled: bool) -> DecodeStep:
     """`step(params, tokens[B, T], cfg, cache) -> (last logits [B, V], cache)`.
 
     The compiled version is only ever called with one token and the same preallocated
@@ -100,13 +101,15 @@ def generate(
     eos_id: int | Collection[int] | None = None,
     stream: Stream | None = None,
     compile: bool = False,
+    step: DecodeStep | None = None,
 ) -> torch.Tensor:
     """Generate up to `max_new_tokens` tokens after `prompt_ids` ([T] or [B, T]).
 
     Returns the new tokens [B, N]. Generation ends early once every row has produced one
     of `eos_id` (an id or a set of ids); rows that stopped earlier are padded with the stop
     token they produced. `stream(tokens[B])` is called with each new token as it is chosen.
-    `compile=True` compiles the one-token step (prefills stay eager).
+    `compile=True` compiles the one-token step with torch.compile (prefills stay eager);
+    `step` replaces it with a ready one (e.g. the packaged step of `aot.decode_step`).
     """
     device = params["wte"].device
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
@@ -115,7 +118,7 @@ def generate(
         raise ValueError("generate needs at least one prompt token (e.g. <bos> or a newline)")
     B, window, keep = prompt.shape[0], cfg.block_size, max(1, cfg.block_size // 2)
     stops = _stop_tensor(eos_id, device)
-    one_token = decode_step(model, compile)
+    one_token = step or decode_step(model, compile)
     cache = model.init_cache(cfg, B, window, params["wte"].dtype, device)
     context = prompt[:, -window:]
     logits, cache = decode_step(model, False)(params, context, cfg, cache)
@@ -214,14 +217,28 @@ def check_sampling_flags(opts: InferenceOptions) -> None:
         raise UserError(f"--top-p must be in [0, 1] (got {opts.top_p})")
 
 
-def sampling_kwargs(opts: InferenceOptions, device: torch.device) -> dict[str, Any]:
+def sampling_kwargs(opts: InferenceOptions, loaded: Loaded, batch: int = 1) -> dict[str, Any]:
+    device = loaded.params["wte"].device
     return {
         "temperature": opts.temperature,
         "top_k": opts.top_k or None,
         "top_p": opts.top_p or None,
         "generator": torch.Generator(device).manual_seed(opts.seed),
-        "compile": opts.compile,
+        "step": compiled_step(loaded, opts, batch),
     }
+
+
+def compiled_step(loaded: Loaded, opts: InferenceOptions, batch: int) -> DecodeStep | None:
+    """--compile: on CPU and CUDA the packaged step of `aot.py`, built once per checkpoint
+    and loaded by later runs in milliseconds; on other devices torch.compile."""
+    if not opts.compile:
+        return None
+    if loaded.params["wte"].device.type not in ("cpu", "cuda"):
+        return decode_step(loaded.model, True)
+    from . import aot
+
+    model, params, cfg = loaded.model, loaded.params, loaded.cfg
+    return aot.decode_step(model, params, cfg, batch, cfg.block_size, opts.ckpt.parent / "compiled")
 
 
 def unescape(text: str) -> str:
@@ -255,11 +272,13 @@ def run(opts: SampleConfig) -> None:
     """`cli.py sample`: print the prompt, then stream each sample's continuation."""
     if opts.num_samples < 1:
         raise UserError("--num-samples must be at least 1")
+    t0 = time.perf_counter()
     loaded = load_model(opts)
-    device = loaded.params["wte"].device
+    t1 = time.perf_counter()
+    kwargs = sampling_kwargs(opts, loaded)
+    setup = {"load_s": t1 - t0, "compile_s": time.perf_counter() - t1 if opts.compile else None}
     prompt = unescape(opts.prompt)
     ids = encode_prompt(loaded, prompt, opts.drop_unknown)
-    kwargs = sampling_kwargs(opts, device)
     for i in range(opts.num_samples):
         if i:
             print("\n---")
@@ -278,16 +297,32 @@ def run(opts: SampleConfig) -> None:
         )  # fmt: skip
         print(flush=True)
         if opts.stats:
-            report_stats(len(ids), new.shape[1], start, times)
+            print(stats_line(len(ids), new.shape[1], start, times, **setup), file=sys.stderr)
+        setup = {"load_s": None, "compile_s": None}
 
 
-def report_stats(prompt_tokens: int, new_tokens: int, start: float, times: list[float]) -> None:
-    """Prefill time = until the first token is chosen; decode rate over the tokens after it."""
-    prefill_ms = (times[0] - start) * 1000
-    decode_s = times[-1] - times[0]
-    rate = (len(times) - 1) / decode_s if decode_s > 0 else float("nan")
-    print(
-        f"prompt tokens {prompt_tokens}, new tokens {new_tokens}, prefill {prefill_ms:.1f} ms, "
-        f"decode {rate:,.1f} tokens/s",
-        file=sys.stderr,
-    )
+def stats_line(
+    prompt_tokens: int,
+    new_tokens: int,
+    start: float,
+    times: list[float],
+    load_s: float | None = None,
+    compile_s: float | None = None,
+) -> str:
+    """One line of timings. Prefill = until the first token is chosen; the first decode
+    step is shown apart (it holds torch.compile's compilation when that path runs), and
+    the decode rate is the steady one over the steps after it."""
+    parts = []
+    if load_s is not None:
+        parts.append(f"load {load_s:.2f} s")
+    if compile_s is not None:
+        parts.append(f"compile {compile_s:.2f} s")
+    parts += [f"prompt tokens {prompt_tokens}", f"new tokens {new_tokens}",
+              f"prefill {(times[0] - start) * 1000:.1f} ms"]  # fmt: skip
+    if len(times) >= 2:
+        parts.append(f"first decode step {(times[1] - times[0]) * 1000:.1f} ms")
+    if len(times) >= 3:
+        rate = (len(times) - 2) / (times[-1] - times[1])
+        parts.append(f"decode {rate:,.1f} tokens/s")
+    parts.append(f"wall {times[-1] - start + (load_s or 0) + (compile_s or 0):.2f} s")
+    return ", ".join(parts)
