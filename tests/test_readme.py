@@ -97,7 +97,13 @@ def test_readme_python_blocks_run():
     assert namespace["norms"].shape == (4,) and namespace["clipped"]["wte"].shape == (96, 64)
 
 
-SCRIPTS = ["run.py", "train_throughput.py", "decode_throughput.py", "data_prep.py"]
+SCRIPTS = [
+    "run.py",
+    "train_throughput.py",
+    "decode_throughput.py",
+    "data_prep.py",
+    "compile_breakeven.py",
+]
 
 
 @pytest.mark.parametrize("script", [f"benchmarks/{name}" for name in SCRIPTS])
