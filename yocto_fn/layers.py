@@ -40,17 +40,32 @@ def embedding(weight: Tensor, idx: Tensor) -> Tensor:
     return F.embedding(idx + offsets, weight.flatten(0, 1))
 
 
-def project(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    """x @ w.T (+ b); with members (w [E, out, in]) one batched matmul over x [E, ..., in]."""
-    if w.dim() == 2:
+def project(x: Tensor, w: Tensor, b: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+    """x @ w.T (+ b); with members (w [E, out, in]) one batched matmul over x [E, ..., in].
+
+    Weights quantised to int8 (`quantize.quantize`) carry a per-output-row `scale`.
+    A single row under the compiler (decoding at batch 1) is written as a product and a
+    sum, which the compiler fuses into one pass over the weights at their stored width: on
+    CPU about 4x the library's matrix-vector product in fp32, and the only form in which
+    int8 or bf16 weights are read as such rather than widened to a temporary first.
+    """
+    if w.dim() == 3:
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        y = torch.bmm(flat, w.mT) if b is None else torch.baddbmm(b.unsqueeze(1), flat, w.mT)
+        return y.view(*x.shape[:-1], w.shape[1])
+    if torch.compiler.is_compiling() and x.shape[:-1].numel() == 1:
+        y = (x.unsqueeze(-2) * w.to(x.dtype)).sum(-1)
+    elif w.dtype == torch.int8:
+        y = F.linear(x, w.to(x.dtype))
+    else:
         return F.linear(x, w, b)
-    flat = x.reshape(x.shape[0], -1, x.shape[-1])
-    y = torch.bmm(flat, w.mT) if b is None else torch.baddbmm(b.unsqueeze(1), flat, w.mT)
-    return y.view(*x.shape[:-1], w.shape[1])
+    if scale is not None:
+        y = y * scale.to(y.dtype)
+    return y if b is None else y + b
 
 
 def linear(x: Tensor, p: dict[str, Tensor], name: str) -> Tensor:
-    return project(x, p[f"{name}_w"], p.get(f"{name}_b"))
+    return project(x, p[f"{name}_w"], p.get(f"{name}_b"), p.get(f"{name}_scale"))
 
 
 def layer_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-5) -> Tensor:

@@ -185,7 +185,9 @@ def forward(
             x = block(x, p, *block_keys, kv)
 
     x = norm(x, params["ln_f"])
-    logits = layers.project(x, params.get("lm_head", params["wte"]))
+    logits = layers.project(
+        x, params.get("lm_head", params["wte"]), scale=params.get("lm_head_scale")
+    )
     return logits, (writes.result() if writes is not None else None)
 
 
