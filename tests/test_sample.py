@@ -261,3 +261,26 @@ def test_chat_reply_ends_at_a_newline_or_eos(checkpoints, mode, stop, monkeypatc
     assert histories == ["ok"]
     reply_tokens = len(real_load(ChatConfig(ckpt=checkpoints[mode])).tok.encode("ok"))
     assert len(calls) == 1 + reply_tokens  # the prefill, then one step per token before the stop
+
+
+def test_sample_quantize_flag_decodes_with_the_quantised_weights(checkpoints, capsys, monkeypatch):
+    """--quantize reaches the weights generate sees: int8 leaves, or a bf16 tree."""
+    import yocto_fn.sample as sample_mod
+
+    seen = {}
+    real = sample_mod.generate
+
+    def spy(model, p, *args, **kwargs):
+        seen["qkv"] = p["blocks"][0]["attn"]["qkv_w"].dtype
+        seen["wte"] = p["wte"].dtype
+        return real(model, p, *args, **kwargs)
+
+    monkeypatch.setattr(sample_mod, "generate", spy)
+    for mode, qkv, wte in (("none", torch.float32, torch.float32),
+                           ("int8", torch.int8, torch.float32),
+                           ("bf16", torch.bfloat16, torch.bfloat16)):  # fmt: skip
+        argv = ["sample", "--ckpt", str(checkpoints["char"]), "--prompt", "The",
+                "--temperature", "0", "--max-new-tokens", "8", "--quantize", mode]  # fmt: skip
+        assert cli.main(argv) == 0
+        assert capsys.readouterr().out.startswith("The")
+        assert (seen["qkv"], seen["wte"]) == (qkv, wte)

@@ -213,6 +213,8 @@ class InferenceOptions:
     """auto picks cuda > mps > cpu."""
     ema: bool = False
     """Use the checkpoint's EMA weights (trained with --ema-decay) instead of the raw ones."""
+    quantize: Literal["none", "int8", "bf16"] = "none"
+    """Decode with int8 weights (per-row scales) or bf16 weights and cache."""
 
 
 @dataclass(frozen=True)

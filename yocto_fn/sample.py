@@ -26,6 +26,7 @@ from .device import resolve
 from .errors import UserError
 from .models import Model
 from .params import Params, to
+from .quantize import quantize
 
 Stream = Callable[[torch.Tensor], None]
 DecodeStep = Callable[..., tuple[torch.Tensor, KVCache]]
@@ -203,7 +204,8 @@ def load_model(opts: InferenceOptions) -> Loaded:
         if ckpt.get("ema") is None:
             raise UserError(f"{opts.ckpt} has no EMA weights (train with --ema-decay); drop --ema")
         weights = ckpt["ema"]
-    return Loaded(models.get(ckpt["arch"]), to(weights, device), cfg, tok, mode)
+    weights = quantize(to(weights, device), opts.quantize)
+    return Loaded(models.get(ckpt["arch"]), weights, cfg, tok, mode)
 
 
 def check_sampling_flags(opts: InferenceOptions) -> None:
