@@ -17,6 +17,7 @@ from benchmarks.reference_module import train_step as reference_step
 from yocto_fn import ensemble, models, optim, params
 from yocto_fn.config import ModelConfig
 from yocto_fn.device import autocast
+from yocto_fn.quantize import quantize
 from yocto_fn.sample import decode_step, generate
 from yocto_fn.train import grad_and_value, loss_fn, make_train_step
 
@@ -73,7 +74,8 @@ def no_cache_decode(logits_fn: Callable[[torch.Tensor], torch.Tensor], prompt, n
 def decode_runners(
     variant: str, cfg: ModelConfig, device: torch.device, preset: Preset, modes: list[str]
 ) -> dict[str, Callable[[], Any]]:
-    """Decode (batch 1, 16-token prompt, `new_tokens`) and prefill (`prompt_tokens`) calls."""
+    """Decode (batch 1, 16-token prompt, `new_tokens`) and prefill (`prompt_tokens`) calls;
+    "compiled cache int8" / "bf16" decode with `quantize`d weights."""
     prompt = random_tokens((1, PROMPT), device, 1)
     long_prompt = random_tokens((1, preset.prompt_tokens), device, 2)
     n = preset.new_tokens
@@ -94,6 +96,12 @@ def decode_runners(
     out = {"no cache": lambda: no_cache_decode(fwd, prompt, n), "cache": lambda: gen(False)}
     if "compiled cache" in modes:
         out["compiled cache"] = lambda: gen(True)
+    for mode in ("int8", "bf16"):
+        if f"compiled cache {mode}" in modes:
+            q = quantize(p, mode)
+            out[f"compiled cache {mode}"] = functools.partial(
+                generate, model, q, cfg, prompt, max_new_tokens=n, temperature=0, compile=True
+            )
     return out | {"prefill": prefill}
 
 

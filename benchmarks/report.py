@@ -44,7 +44,8 @@ def train_table(records: list[Record]) -> list[str]:
 
 
 def decode_table(records: list[Record]) -> list[str]:
-    modes = [m for m in ("no cache", "cache", "compiled cache")
+    order = ("no cache", "cache", "compiled cache", "compiled cache bf16", "compiled cache int8")
+    modes = [m for m in order
              if any(r["benchmark"] == "decode" and r["mode"] == m for r in records)]  # fmt: skip
     lines = [
         "| variant | " + " | ".join(f"{m} tokens/s" for m in modes) + " | prefill ms |",

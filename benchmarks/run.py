@@ -78,8 +78,9 @@ def bench_device(cfg: BenchConfig, device: torch.device, log: Callable[[str], No
         peaks = {t: measured_peak(device, t, cfg.quick) for t in (torch.float32, torch.bfloat16)}
         records += bench_train(device, ["eager", *compiled, "bf16"], peaks, ctx)
     if "decode" in parts:
-        records += bench_decode(device, ["no cache", "cache", *[f"{c} cache" for c in compiled]],
-                                ctx)  # fmt: skip
+        quantized = ["compiled cache int8", "compiled cache bf16"] if with_compile else []
+        modes = ["no cache", "cache", *[f"{c} cache" for c in compiled], *quantized]
+        records += bench_decode(device, modes, ctx)
     if "ensemble" in parts:
         cases = ENSEMBLE_CASES[:1] if cfg.quick else ENSEMBLE_CASES
         records += bench_ensemble(device, ["eager", *compiled], ctx, cases)
@@ -141,8 +142,9 @@ def bench_decode(device, modes, ctx) -> list[dict[str, Any]]:
                               tokens=preset.prompt_tokens))  # fmt: skip
         else:
             rates = [preset.new_tokens / s for s in seconds]
+            dtype = {"int8": "int8", "bf16": "bfloat16"}.get(mode.rsplit(" ", 1)[-1], "float32")
             out.append(record("decode", variant, device, mode, name, "throughput", rates,
-                              "tokens/s", tokens=preset.new_tokens))  # fmt: skip
+                              "tokens/s", dtype=dtype, tokens=preset.new_tokens))  # fmt: skip
     return out
 
 
