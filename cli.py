@@ -124,6 +124,9 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
 }
 
 
+AMP_CHOICES = ("auto", "on", "off")
+
+
 def _one_line(tyro_message: str) -> str:
     """Condense tyro's boxed error into one line (the box is drawn for humans at a TTY)."""
     lines = []
@@ -148,8 +151,21 @@ def parse(argv: list[str]) -> Any:
         raise UserError(f"{_one_line(captured.getvalue())} (see --help)") from None
 
 
+def amp_switches(argv: list[str]) -> list[str]:
+    """The switch forms of --amp keep working: a bare --amp is --amp on, --no-amp is off."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in ("--no-amp", "--no_amp"):
+            out += ["--amp", "off"]
+        elif arg == "--amp" and (i + 1 == len(argv) or argv[i + 1] not in AMP_CHOICES):
+            out += ["--amp", "on"]
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = amp_switches(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse(argv)
         status = next(fn for cls, fn in COMMANDS.values() if type(cfg) is cls)(cfg)

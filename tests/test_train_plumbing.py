@@ -12,6 +12,8 @@ import cli
 from yocto_fn import checkpoint, models, runstate, trainer
 from yocto_fn import tokenizer as tokenizers
 from yocto_fn.config import ModelConfig
+from yocto_fn.device import amp_dtype
+from yocto_fn.errors import UserError
 from yocto_fn.params import clone, max_abs_diff, tree_leaves
 from yocto_fn.trainer import Trainer
 
@@ -206,3 +208,32 @@ def test_auto_tie_weights_threshold(char_dir, tmp_path, monkeypatch, above, tied
     assert train(char_dir, tmp_path, "--max-iters", "0", "--auto-tie-weights") == 0
     c = ckpt(tmp_path / "latest.pt")
     assert c["model_config"]["tie_weights"] is tied and ("lm_head" not in c["params"]) is tied
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_picks_bf16_only_where_it_is_native(native, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", "fp16", cpu) == (torch.bfloat16 if native else None)
+    assert amp_dtype("on", "bf16", cpu) == torch.bfloat16 and amp_dtype("off", "bf16", cpu) is None
+    with pytest.raises(UserError, match="fp16 needs CUDA"):
+        amp_dtype("on", "fp16", cpu)
+
+
+def test_amp_switch_forms_still_parse():
+    assert cli.amp_switches(["train", "--amp"]) == ["train", "--amp", "on"]
+    assert cli.amp_switches(["--amp", "--compile"]) == ["--amp", "on", "--compile"]
+    assert cli.amp_switches(["--no-amp", "--amp", "auto"]) == ["--amp", "off", "--amp", "auto"]
+    assert cli.parse(cli.amp_switches(["train", "--amp"])).amp == "on"
+
+
+@pytest.mark.parametrize("amp, native, want", [("auto", True, "autocast bfloat16"),
+                                               ("auto", False, "float32"),
+                                               ("off", True, "float32")])  # fmt: skip
+def test_run_meta_records_the_amp_choice(char_dir, tmp_path, monkeypatch, amp, native, want):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert train(char_dir, tmp_path, "--max-iters", "1", "--amp", amp) == 0
+    meta = json.loads((tmp_path / "run_meta.json").read_text())
+    assert meta["dtype"] == want and meta["amp"].startswith(f"{amp} -> ")

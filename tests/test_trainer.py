@@ -75,8 +75,9 @@ def test_grad_accumulation_matches_full_batch():
 
 
 def test_grad_accum_flag_matches_full_batch_run(char_dir, tmp_path):
-    """The CLI draws the same rows for 2 x 2 as for 4 x 1, so the runs end equal."""
-    flags = ("--model", "gpt", "--max-iters", "4")
+    """The CLI draws the same rows for 2 x 2 as for 4 x 1, so the runs end equal (in fp32:
+    bf16 autocast rounds the two batch shapes differently)."""
+    flags = ("--model", "gpt", "--max-iters", "4", "--amp", "off")
     assert train(char_dir, tmp_path / "full", *flags) == 0
     assert (
         train(char_dir, tmp_path / "acc", *flags, "--batch-size", "2", "--grad-accum-steps", "2")

@@ -110,8 +110,9 @@ class TrainingOptions:
     """Evaluate, log and checkpoint every this many steps (and at the end)."""
     eval_iters: int = 20
     """Batches per split in each evaluation."""
-    amp: bool = False
-    """Mixed precision (autocast) for the forward pass."""
+    amp: Literal["auto", "on", "off"] = "auto"
+    """Autocast the forward: auto = bf16 on CUDA with bf16 and on CPUs with AVX512-BF16/AMX,
+    fp32 elsewhere; on = --amp-dtype; off = fp32. A bare --amp means on, --no-amp off."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
     compile: bool = False
@@ -169,7 +170,7 @@ class SweepConfig(TrainingOptions):
     and checkpoints (in --out-dir/member-XX/). Left out, because one ensemble step has no
     per-member control flow or extra state for them: --ema-decay, early stopping,
     --init-from, --save-strategy (every member writes latest.pt and best.pt),
-    --activation-checkpointing, --auto-microbatch and --amp-dtype fp16 (--amp is bf16).
+    --activation-checkpointing, --auto-microbatch and --amp-dtype fp16 (--amp on is bf16).
     """
 
     lrs: tuple[float, ...] = ()

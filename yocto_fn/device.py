@@ -25,6 +25,30 @@ def resolve(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether bf16 matrix work runs on native units here: a CUDA GPU with bf16 support, or
+    a CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    return False
+
+
+def amp_dtype(amp: str, dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `--amp auto|on|off` and `--amp-dtype`: auto is bf16 where
+    `bf16_is_native`, fp32 (None) elsewhere; on is `--amp-dtype`, which fp16 allows on CUDA
+    only."""
+    if amp == "off" or (amp == "auto" and not bf16_is_native(device)):
+        return None
+    if amp == "auto":
+        return torch.bfloat16
+    if dtype == "fp16" and device.type != "cuda":
+        raise UserError("--amp-dtype fp16 needs CUDA; use --amp-dtype bf16 on this device")
+    return AMP_DTYPES[dtype]
+
+
 def autocast(device_type: str, dtype: torch.dtype | None):
     """Autocast to `dtype` on `device_type`, or a no-op context when dtype is None."""
     if dtype is None:

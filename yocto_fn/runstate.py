@@ -277,12 +277,18 @@ class RunState:
         prog.rows.append(row)
         return row | {"improved": improved}
 
+    @property
+    def amp_name(self) -> str:
+        """The autocast dtype as run_meta.json and the log name it: bfloat16, float16, fp32."""
+        return "fp32" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch.")
+
     def write_run_meta(self) -> None:
         """Written with the first evaluation, so a run that fails early changes nothing."""
         meta = {
             "train_config": self.cfg.to_dict(), "model_config": self.mcfg.to_dict(),
             "arch": self.arch, "device": str(self.device),
-            "dtype": "float32" if self.amp_dtype is None else f"autocast {self.cfg.amp_dtype}",
+            "dtype": "float32" if self.amp_dtype is None else f"autocast {self.amp_name}",
+            "amp": f"{self.cfg.amp} -> {self.amp_name}",
             "parameters": count(self.params),
             "tokens_per_step": self.tokens_per_step,
             "torch": torch.__version__, "git_commit": git_commit(),

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from . import checkpoint, fileio, optim, recommend, rng
 from .config import ModelConfig, SweepConfig, TrainConfig, TrainingOptions
 from .data import Dataset
+from .device import amp_dtype as amp_dtype_of
 from .device import resolve
 from .ensemble import make_ensemble_step
 from .errors import UserError
@@ -232,7 +233,7 @@ class Sweep:
         for c in configs:
             check_flags(c)
         self.device = resolve(cfg.device)
-        amp_dtype = torch.bfloat16 if cfg.amp else None
+        amp_dtype = amp_dtype_of(cfg.amp, "bf16", self.device)
         ds = Dataset(cfg.data_dir)
         tok = load_tokenizer(cfg, ds)
         first = resume_checkpoint(configs[0])

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from . import checkpoint, metrics, optim, rng
 from .config import TrainConfig
 from .data import Dataset
-from .device import AMP_DTYPES, resolve
+from .device import amp_dtype as amp_dtype_of
+from .device import resolve
 from .errors import UserError
 from .params import clone, count, tree_leaves
 from .runstate import Interrupt, RunState, check_flags, load_tokenizer
@@ -34,9 +35,7 @@ class Trainer(RunState):
     def __init__(self, cfg: TrainConfig) -> None:
         check_flags(cfg)
         device = resolve(cfg.device)
-        amp_dtype = AMP_DTYPES[cfg.amp_dtype] if cfg.amp else None
-        if amp_dtype is torch.float16 and device.type != "cuda":
-            raise UserError("--amp-dtype fp16 needs CUDA; use --amp-dtype bf16 on this device")
+        amp_dtype = amp_dtype_of(cfg.amp, cfg.amp_dtype, device)
         loss_scale = optim.DynamicLossScale() if amp_dtype is torch.float16 else None
         if cfg.ckpt_dir.exists() and not cfg.ckpt_dir.is_dir():
             raise UserError(f"--ckpt-dir {cfg.ckpt_dir} is an existing file")
@@ -111,7 +110,7 @@ class Trainer(RunState):
         tokens_per_step = self.tokens_per_step
         say = print if sys.stdout.isatty() else (lambda *a, **k: None)
         say(
-            f"{self.arch}: {count(self.params):,} parameters on {self.device}, "
+            f"{self.arch}: {count(self.params):,} parameters on {self.device} ({self.amp_name}), "
             f"steps {start}->{end}, {tokens_per_step:,} tokens/step"
         )
         bar = tqdm(total=end, initial=start, unit="step", disable=not sys.stdout.isatty(),
