@@ -32,15 +32,17 @@ def train_runner(
     variant: str, cfg: ModelConfig, device: torch.device, batch_size: int, mode: str
 ) -> tuple[Callable[[], Any], int]:
     """A zero-argument train step of `variant` in `mode`, and N. Modes: eager, compiled, bf16
-    (autocast), and for the functional variants "eager torch.func" (gradients through
-    `torch.func.grad_and_value` instead of the default eager autograd path)."""
+    (autocast), compiled bf16; for the functional variants also "eager torch.func"
+    (gradients through `torch.func.grad_and_value` instead of the default eager autograd
+    path) and "... checkpointed" (with activation checkpointing)."""
     data = random_tokens((batch_size, cfg.block_size + 1), device)
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-    amp = torch.bfloat16 if mode == "bf16" else None
+    amp = torch.bfloat16 if "bf16" in mode else None
+    compiled, remat = mode.startswith("compiled"), "checkpointed" in mode
     if variant == "reference":
         module = ReferenceGPT(cfg).to(device)
         opt = make_optimizer(module, LR, WEIGHT_DECAY)
-        fn = torch.compile(module) if mode == "compiled" else module
+        fn = torch.compile(module) if compiled else module
         n = sum(p.numel() for k, p in module.named_parameters() if p.dim() >= 2 and "wte" not in k
                 and "wpe" not in k)  # fmt: skip
 
@@ -54,7 +56,8 @@ def train_runner(
     state["opt"] = optim.init(state["p"])
     step = make_train_step(
         model, cfg, optim.AdamW(weight_decay=WEIGHT_DECAY), grad_clip=CLIP, amp_dtype=amp,
-        compile=mode == "compiled", eager_autograd=mode != "eager torch.func",
+        compile=compiled, eager_autograd=mode != "eager torch.func",
+        activation_checkpointing=remat,
     )  # fmt: skip
 
     def fn_step() -> None:

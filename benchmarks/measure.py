@@ -13,9 +13,7 @@ FLOPs follow the PaLM / nanoGPT convention (biases, norms and softmax are not co
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as dt
-import functools
 import os
 import platform
 import statistics
@@ -86,58 +84,6 @@ def datasheet_peak(device: torch.device, dtype: torch.dtype) -> float | None:
         if fragment in name:
             return bf16 if dtype == torch.bfloat16 else fp32
     return None
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA max allocated, or on CPU the rise of the process's peak
-    resident set (VmHWM, whose mark Linux resets through /proc/self/clear_refs).
-
-    On CPU, glibc keeps freed blocks for reuse and raises its mmap threshold as it goes, so
-    a later contender would reuse an earlier one's memory and show no rise; a fixed 64 KiB
-    threshold (`mallopt`) makes every large tensor its own mapping, returned on free.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.mb = device, None
-        if device.type == "cpu":
-            _fix_mmap_threshold()
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        elif self.device.type == "cpu" and _reset_rss_peak():
-            self.base = _status_kb("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
-        elif self.device.type == "cpu" and hasattr(self, "base"):
-            self.mb = max(0, _status_kb("VmHWM") * 1024 - self.base) / 2**20
-
-
-@functools.cache
-def _fix_mmap_threshold() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-
-
-def _reset_rss_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def interleaved(

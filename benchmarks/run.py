@@ -44,13 +44,13 @@ from benchmarks.contenders import (  # noqa: E402
     train_runner,
 )
 from benchmarks.measure import (  # noqa: E402
-    PeakMemory,
     datasheet_peak,
     interleaved,
     measured_peak,
     record,
     train_flops_per_token,
 )
+from benchmarks.memory import peak_mb  # noqa: E402
 from benchmarks.presets import (  # noqa: E402
     ENSEMBLE_CASES,
     PARTS,
@@ -64,7 +64,11 @@ from yocto_fn import models  # noqa: E402
 
 
 def bench_device(cfg: BenchConfig, device: torch.device, log: Callable[[str], None]):
-    """Every measurement of the suite (or of `cfg.only`) on one device, as validated records."""
+    """Every measurement of the suite (or of `cfg.only`) on one device, as validated records.
+
+    Every contender compiles the same step function anew; the compiler's per-function limit
+    of recompilations (8) would otherwise turn the later ones silently eager."""
+    torch._dynamo.config.recompile_limit = 64
     preset = PRESETS[cfg.preset]
     if cfg.quick:
         preset = replace(preset, new_tokens=32, prompt_tokens=128, batch_size=8)
@@ -76,7 +80,8 @@ def bench_device(cfg: BenchConfig, device: torch.device, log: Callable[[str], No
     records = []
     if "train" in parts:
         peaks = {t: measured_peak(device, t, cfg.quick) for t in (torch.float32, torch.bfloat16)}
-        records += bench_train(device, ["eager", *compiled, "bf16"], peaks, ctx)
+        bf16 = ["bf16", *[f"{c} bf16" for c in compiled]]
+        records += bench_train(device, ["eager", *compiled, *bf16], peaks, ctx, not cfg.quick)
     if "decode" in parts:
         quantized = ["compiled cache int8", "compiled cache bf16"] if with_compile else []
         modes = ["no cache", "cache", *[f"{c} cache" for c in compiled], *quantized]
@@ -95,7 +100,9 @@ def _first_call(fn: Callable[[], Any], log: Callable[[str], None], what: str) ->
     log(f"{what}: first call {time.perf_counter() - t0:.1f} s")
 
 
-def bench_train(device, modes, peaks, ctx) -> list[dict[str, Any]]:
+def bench_train(device, modes, peaks, ctx, memory_probe: bool = True) -> list[dict[str, Any]]:
+    """Train tokens/s and MFU per variant and mode; peak memory (`memory.peak_mb`, each
+    contender in its own process) unless `memory_probe` is off."""
     name, preset, repeats, log = ctx
     mcfg, out = preset.model_config(), []
     tokens = preset.batch_size * mcfg.block_size
@@ -106,12 +113,15 @@ def bench_train(device, modes, peaks, ctx) -> list[dict[str, Any]]:
                 variant, mcfg, device, preset.batch_size, mode
             )
             _first_call(fn, log, f"{device.type} train {variant} {mode}")
-            with PeakMemory(device) as mem:
-                fn()
-            runners[(variant, mode)], memory[(variant, mode)] = fn, mem.mb
+            runners[(variant, mode)] = fn
+            memory[(variant, mode)] = (
+                peak_mb(variant, mcfg.to_dict(), preset.batch_size, mode, str(device))
+                if memory_probe
+                else None
+            )
     for (variant, mode), seconds in interleaved(runners, device, repeats).items():
         rates = [tokens / s for s in seconds]
-        dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+        dtype = torch.bfloat16 if mode.endswith("bf16") else torch.float32
         fpt = train_flops_per_token(sizes[(variant, mode)], mcfg)
         sheet, achieved = datasheet_peak(device, dtype), fpt * statistics.median(rates)
         out.append(record(

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config
 
 import cli
-from benchmarks import contenders, measure, presets
+from benchmarks import contenders, measure, memory, presets
 from benchmarks import run as bench
 from benchmarks.report import write_report
 from yocto_fn import models
@@ -41,7 +41,7 @@ def records():
     ctx = ("tiny", MICRO, 2, lambda msg: None)
     peaks = {torch.float32: 1e11, torch.bfloat16: 1e11}
     return [
-        *bench.bench_train(cpu, ["eager", "bf16"], peaks, ctx),
+        *bench.bench_train(cpu, ["eager", "bf16"], peaks, ctx, memory_probe=False),
         *bench.bench_decode(cpu, ["no cache", "cache"], ctx),
         *bench.bench_ensemble(cpu, ["eager"], ctx, [MICRO_CASE]),
         *bench.bench_per_example(cpu, ctx, MICRO_CASE),
@@ -103,3 +103,14 @@ def test_quick_run_end_to_end(tmp_path):
     for line in (out / "results.jsonl").read_bytes().splitlines():
         measure.validate(orjson.loads(line))
     assert (out / "table.md").is_file() and (out / "chart.png").is_file()
+
+
+def test_peak_memory_per_contender_orders_as_the_activations_do():
+    """Each figure comes from a fresh process, so no contender hides in another's freed
+    memory: gpt keeps its T x T attention probabilities for the backward pass (gpt-fast's
+    fused attention does not), and four times the batch holds four times the activations."""
+    shape = dict(vocab_size=96, block_size=128, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
+    gpt = memory.peak_mb("gpt", shape, 32, "eager", "cpu")
+    fast = memory.peak_mb("gpt-fast", shape, 32, "eager", "cpu")
+    small = memory.peak_mb("gpt-fast", shape, 8, "eager", "cpu")
+    assert gpt >= fast > small > 0

@@ -103,6 +103,7 @@ SCRIPTS = [
     "decode_throughput.py",
     "data_prep.py",
     "compile_breakeven.py",
+    "checkpointing.py",
 ]
 
 

@@ -224,7 +224,6 @@ def test_bad_inputs_exit_2_with_one_line(char_dir, tmp_path, capsys):
         (lambda: train(char_dir, run, "--resume", latest, "--model", "gpt-plus"), "architecture"),
         (lambda: train(char_dir, run, "--resume", latest, "--n-layer", "3"), "architecture"),
         (lambda: train(char_dir, run, "--batch-size", "0"), "--batch-size"),
-        (lambda: train(char_dir, run, "--activation-checkpointing", "--compile"), "--compile"),
         (lambda: train(char_dir, run, "--model", "gpt-huge"), "gpt-huge"),
         (lambda: train(char_dir, run, "--resume", str(tmp_path / "none.pt")), "not found"),
     ]

@@ -99,8 +99,8 @@ class PackagedStep:
 
 
 def _load(path: Path, device: torch.device) -> Any:
-    """The package's runner. torch's C++ loader needs no compiler import (~1.2 s saved);
-    the public loader is the fallback where that entry point is missing."""
+    """The package's runner: torch's C++ loader, which needs no compiler import (~1.2 s
+    saved); the public `aoti_load_package` where that entry point is missing."""
     index = device.index if device.index is not None else (0 if device.type == "cuda" else -1)
     loader = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
     if loader is not None:

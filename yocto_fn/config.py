@@ -150,7 +150,8 @@ class TrainConfig(TrainingOptions):
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
     """Autocast dtype of --amp: bf16 (CPU, CUDA, MPS) or fp16 with dynamic loss scaling (CUDA)."""
     activation_checkpointing: bool = False
-    """Recompute each block in the backward pass to save activation memory (eager only)."""
+    """Recompute each block in the backward pass to save activation memory (with --compile
+    too: the forward is then compiled apart from the optimizer)."""
     auto_microbatch: bool = False
     """On CUDA out-of-memory, halve the micro-batch and double accumulation."""
     save_strategy: Literal["both", "best", "latest", "none"] = "both"

@@ -112,7 +112,7 @@ def make_ensemble_step(
         )
         return params, opt_state, {"loss": value, "grad_norm": norm}
 
-    inner = torch.compile(pure_step) if compile else pure_step
+    inner = torch.compile(pure_step, dynamic=False) if compile else pure_step
 
     def step(params, opt_state, batch, lr, key, weight_decay=None):
         step_count = opt_state.step

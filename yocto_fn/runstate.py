@@ -39,11 +39,6 @@ def check_flags(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise UserError(f"--ema-decay must be in [0, 1) (got {cfg.ema_decay})")
-    if cfg.activation_checkpointing and cfg.compile:
-        raise UserError(
-            "--activation-checkpointing does not combine with --compile yet (torch.func's "
-            "grad under the compiler cannot recompute blocks); drop one of them"
-        )
     if cfg.resume and cfg.init_from:
         raise UserError("use either --resume (continue a run) or --init-from (warm start)")
 

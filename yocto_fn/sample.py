@@ -231,11 +231,12 @@ def sampling_kwargs(opts: InferenceOptions, loaded: Loaded, batch: int = 1) -> d
 
 
 def compiled_step(loaded: Loaded, opts: InferenceOptions, batch: int) -> DecodeStep | None:
-    """--compile: on CPU and CUDA the packaged step of `aot.py`, built once per checkpoint
-    and loaded by later runs in milliseconds; on other devices torch.compile."""
+    """--compile: on CPU the packaged step of `aot.py`, built once per checkpoint and loaded
+    by later runs in milliseconds; elsewhere torch.compile in the process (on CUDA the
+    package is not used yet: loading it crashed under the torch build it was tried with)."""
     if not opts.compile:
         return None
-    if loaded.params["wte"].device.type not in ("cpu", "cuda"):
+    if loaded.params["wte"].device.type != "cpu":
         return decode_step(loaded.model, True)
     from . import aot
 

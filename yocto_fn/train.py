@@ -143,6 +143,12 @@ def make_train_step(
         loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
         activation_checkpointing=activation_checkpointing,
     )  # fmt: skip
+    # Checkpointing needs autograd's saved-tensor hooks, which torch.func's grad turns off:
+    # compiled, the forward is compiled on its own (the compiler derives its backward and
+    # recomputes the checkpointed blocks there) and the optimizer apart from it.
+    split = compile and activation_checkpointing
+    if split:
+        loss = torch.compile(loss, dynamic=False)
     grad_and_loss = grad_and_value(loss, eager_autograd)
     grad_and_scaled_loss = grad_and_value(lambda p, b, k, s: loss(p, b, k) * s, eager_autograd)
 
@@ -157,14 +163,13 @@ def make_train_step(
             return grads_of(params, batch, key, scale)
         return accumulate_grads(lambda micro, k: grads_of(params, micro, k, scale), batch, key)
 
-    def pure_step(params, opt_state, batch, lr, key):
+    def apply(grads, value, params, opt_state, lr):
+        """Clip and update (and with fp16, skip a step whose gradients overflowed)."""
         if loss_scale is None:
-            grads, value = accumulate(params, batch, key, None)
             grads, norm = optim.clip_by_global_norm(grads, grad_clip)
             params, opt_state = optim.update(grads, opt_state, params, lr, hp)
             return params, opt_state, {"loss": value.detach(), "grad_norm": norm}
         inner, scaler = opt_state
-        grads, value = accumulate(params, batch, key, scaler.scale)
         grads, norm = optim.clip_by_global_norm(grads, grad_clip)
         new_params, new_inner = optim.update(grads, inner, params, lr, hp)
         finite = torch.isfinite(norm)
@@ -175,7 +180,22 @@ def make_train_step(
             "loss": value.detach(), "grad_norm": norm,
         }  # fmt: skip
 
-    inner = torch.compile(pure_step) if compile else pure_step
+    def scale_of(opt_state):
+        return None if loss_scale is None else opt_state.loss_scale.scale
+
+    def pure_step(params, opt_state, batch, lr, key):
+        grads, value = accumulate(params, batch, key, scale_of(opt_state))
+        return apply(grads, value, params, opt_state, lr)
+
+    if split:
+        compiled_apply = torch.compile(apply, dynamic=False)
+
+        def inner(params, opt_state, batch, lr, key):
+            grads, value = accumulate(params, batch, key, scale_of(opt_state))
+            return compiled_apply(grads, value, params, opt_state, lr)
+
+    else:
+        inner = torch.compile(pure_step, dynamic=False) if compile else pure_step
 
     def step(params, opt_state, batch, lr, key):
         lr = torch.as_tensor(lr, dtype=torch.float32, device=tree_leaves(opt_state)[0].device)
