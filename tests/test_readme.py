@@ -104,6 +104,7 @@ SCRIPTS = [
     "data_prep.py",
     "compile_breakeven.py",
     "checkpointing.py",
+    "quality.py",
 ]
 
 
