@@ -51,6 +51,7 @@ def test_a_package_is_built_once_then_loaded(tmp_path, monkeypatch):
     key = orjson.loads(key_file.read_bytes())
     assert key["variant"] == "gpt-fast" and key["torch"] == torch.__version__
     assert key["weights_sha256"] == aot.weights_digest(p)
+    assert key["code_sha256"] == aot.code_digest()
 
 
 def test_other_weights_dtype_or_shape_get_their_own_package(tmp_path, monkeypatch):
@@ -66,15 +67,19 @@ def test_other_weights_dtype_or_shape_get_their_own_package(tmp_path, monkeypatc
     assert fake.builds == 4 and len(list(tmp_path.glob("decode-*.json"))) == 4
 
 
-@pytest.mark.parametrize("damage", ["foreign key", "unreadable key", "unloadable package"])
+@pytest.mark.parametrize(
+    "damage", ["foreign key", "older code", "unreadable key", "unloadable package"]
+)
 def test_a_stale_or_broken_package_is_rebuilt_not_trusted(tmp_path, monkeypatch, damage):
     fake = FakePackages(monkeypatch)
     p = models.get("gpt-fast").init(tiny_config(), 0)
     _step(p, tmp_path)
     (key_file,) = tmp_path.glob("decode-*.json")
+    key = orjson.loads(key_file.read_bytes())
     if damage == "foreign key":  # e.g. copied over from another checkpoint's folder
-        key = orjson.loads(key_file.read_bytes())
         key_file.write_bytes(orjson.dumps(key | {"weights_sha256": "0" * 64}))
+    elif damage == "older code":  # built before the forward pass changed
+        key_file.write_bytes(orjson.dumps(key | {"code_sha256": "0" * 64}))
     elif damage == "unreadable key":
         key_file.write_bytes(b"{trunc")
     else:  # a truncated .pt2

@@ -7,10 +7,11 @@ AOTInductor) into a package beside the checkpoint; a later run loads it in milli
 without importing the compiler at all.
 
 The package bakes in the weights and is specialised to one shape, dtype and device, so its
-key covers everything it depends on: the weights' bytes, the variant and model config, the
-batch, the cache length, the dtype, the device (and GPU model) and the torch version. The
-key is written beside the package; a package whose key file is missing, unreadable or
-different, or that fails to load, is never trusted: it is rebuilt.
+key covers everything it depends on: the weights' bytes, the source of the forward pass,
+the variant and model config, the batch, the cache length, the dtype, the device (and GPU
+model) and the torch version. The key is written beside the package; a package whose key
+file is missing, unreadable or different, or that fails to load, is never trusted: it is
+rebuilt.
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ def weights_digest(params: Params) -> str:
     return digest.hexdigest()
 
 
+def code_digest() -> str:
+    """sha256 of the source the exported step runs (models, layers, cache, rng), so a package
+    built by other code is never taken for this code's."""
+    here = Path(__file__).parent
+    files = sorted(
+        [*here.glob("models/*.py"), here / "layers.py", here / "cache.py", here / "rng.py"]
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b":" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def package_key(
     model: Model, params: Params, cfg: ModelConfig, batch: int, max_len: int, device: torch.device
 ) -> dict[str, Any]:
@@ -59,7 +73,7 @@ def package_key(
         "format": FORMAT, "torch": torch.__version__, "variant": model.name,
         "model_config": cfg.to_dict(), "batch": batch, "max_len": max_len,
         "dtype": str(dtype).removeprefix("torch."), "device": where,
-        "weights_sha256": weights_digest(params),
+        "weights_sha256": weights_digest(params), "code_sha256": code_digest(),
     }  # fmt: skip
 
 
