@@ -61,7 +61,7 @@ def _train(cfg: TrainConfig) -> None:
     from yocto_fn.trainer import train
 
     result = train(cfg)
-    if result["stopped"] != "interrupted":
+    if result["stopped"] != "interrupted" and result["main"]:
         print(
             f"done: {result['iter']} steps, best val loss {result['best_val_loss']:.4f}; "
             f"checkpoints and metrics in {cfg.ckpt_dir}"

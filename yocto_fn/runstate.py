@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, fileio, metrics, models, optim, rng
+from . import checkpoint, distributed, fileio, metrics, models, optim, rng
 from . import tokenizer as tokenizers
 from .config import DEFAULT_MODEL, DEFAULT_SHAPE, ModelConfig, TrainConfig, TrainingOptions
 from .data import Dataset
@@ -147,9 +147,9 @@ class RunState:
     def __init__(
         self, cfg: TrainConfig, ds: Dataset, tok: tokenizers.TextTokenizer, device: torch.device,
         amp_dtype: torch.dtype | None = None, loss_scale: optim.DynamicLossScale | None = None,
-        ckpt: dict[str, Any] | None = None,
+        ckpt: dict[str, Any] | None = None, world: distributed.World = distributed.SINGLE,
     ) -> None:  # fmt: skip
-        self.cfg, self.ds, self.tok, self.device = cfg, ds, tok, device
+        self.cfg, self.ds, self.tok, self.device, self.world = cfg, ds, tok, device, world
         self.amp_dtype, self.loss_scale = amp_dtype, loss_scale
         self.arch, self.mcfg = model_setup(cfg, ds, ckpt)
         ds.check_block_size(self.mcfg.block_size)
@@ -184,7 +184,9 @@ class RunState:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum_steps * self.mcfg.block_size
+        """Over all data-parallel ranks."""
+        c = self.cfg
+        return c.batch_size * c.grad_accum_steps * self.world.size * self.mcfg.block_size
 
     def checkpoint_dict(self) -> dict[str, Any]:
         prog = self.progress
@@ -205,9 +207,11 @@ class RunState:
         }
 
     def save(self, name: str) -> Path:
+        """Written by rank 0 alone (every rank holds the same state)."""
         path = self.cfg.ckpt_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save(path, self.checkpoint_dict())
+        if self.world.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.save(path, self.checkpoint_dict())
         return path
 
     def lr(self, it: int, end: int) -> float:
@@ -220,12 +224,7 @@ class RunState:
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step's rows; with accumulation shaped [A, B, T]."""
-        parts = [
-            self.ds.get_batch(
-                "train", self.micro_batch, self.mcfg.block_size, self.gen, self.device
-            )
-            for _ in range(self.accum)
-        ]
+        parts = [self._rows("train", self.gen) for _ in range(self.accum)]
         if self.accum == 1:
             return parts[0]
         return torch.stack([x for x, _ in parts]), torch.stack([y for _, y in parts])
@@ -237,14 +236,19 @@ class RunState:
         gen = torch.Generator().manual_seed(self.cfg.seed + (1 if split == "train" else 2))
         total = 0.0
         for _ in range(self.cfg.eval_iters):
-            batch = self.ds.get_batch(
-                split, self.micro_batch, self.mcfg.block_size, gen, self.device
-            )
             total += loss_fn(
-                params, batch, None, model=self.model, cfg=self.mcfg,
+                params, self._rows(split, gen), None, model=self.model, cfg=self.mcfg,
                 amp_dtype=self.amp_dtype, train=False,
             ).item()  # fmt: skip
-        return total / self.cfg.eval_iters
+        return distributed.mean(total / self.cfg.eval_iters, self.world, self.device)
+
+    def _rows(self, split: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's micro-batch of a global one drawn from `gen` (the whole of it alone)."""
+        world, B = self.world, self.micro_batch
+        rows = world.rows(B) if world.size > 1 else None
+        return self.ds.get_batch(
+            split, B * world.size, self.mcfg.block_size, gen, self.device, rows=rows
+        )
 
     def evaluate(
         self, last: dict[str, float], lr: float, interval: tuple[float, int]
@@ -289,6 +293,8 @@ class RunState:
             "torch": torch.__version__, "git_commit": git_commit(),
             "data": {k: self.ds.meta.get(k) for k in ("corpus", "train_tokens", "val_tokens")},
             "resumed_from": str(self.cfg.resume) if self.cfg.resume else None,
+            "world_size": self.world.size,
+            "global_batch": self.cfg.batch_size * self.cfg.grad_accum_steps * self.world.size,
             "start_iter": self.progress.iter,
         }  # fmt: skip
         fileio.atomic_write_bytes(self.cfg.ckpt_dir / "run_meta.json", fileio.json_bytes(meta))
@@ -297,6 +303,8 @@ class RunState:
         """Metrics first, then checkpoints: a crash in between leaves rows past the last
         checkpoint, which a resume drops, never a checkpoint whose rows are missing."""
         cfg = self.cfg
+        if not self.world.main:
+            return
         if not self.meta_written:
             cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
             self.write_run_meta()

@@ -123,6 +123,7 @@ def make_train_step(
     eager_autograd: bool = True,
     activation_checkpointing: bool = False,
     loss_scale: optim.DynamicLossScale | None = None,
+    grad_sync: Callable[[Params, torch.Tensor], tuple[Params, torch.Tensor]] | None = None,
 ) -> TrainStep:
     """Build `step(params, opt_state, batch, lr, key) -> (params, opt_state, metrics)`.
 
@@ -133,6 +134,9 @@ def make_train_step(
     Gradient accumulation: give `batch` a leading micro-batch axis, (x, y) of [A, B, T]; the
     step averages the A micro-batch gradients (micro-batch i uses key fold_in(key, i)), which
     equals one batch of A*B rows. `eager_autograd` is passed to `grad_and_value`.
+
+    Data parallelism: `grad_sync(grads, loss) -> (grads, loss)` runs once per step on the
+    accumulated gradients, before clipping (e.g. `distributed.average`, one all-reduce).
 
     fp16: pass `loss_scale` here and `optim.init(params, loss_scale)` (a `ScaledState`) as
     the state. The loss
@@ -160,8 +164,11 @@ def make_train_step(
 
     def accumulate(params, batch, key, scale):
         if batch[0].dim() == 2:
-            return grads_of(params, batch, key, scale)
-        return accumulate_grads(lambda micro, k: grads_of(params, micro, k, scale), batch, key)
+            grads, value = grads_of(params, batch, key, scale)
+        else:
+            micro = lambda b, k: grads_of(params, b, k, scale)  # noqa: E731
+            grads, value = accumulate_grads(micro, batch, key)
+        return (grads, value) if grad_sync is None else grad_sync(grads, value)
 
     def apply(grads, value, params, opt_state, lr):
         """Clip and update (and with fp16, skip a step whose gradients overflowed)."""

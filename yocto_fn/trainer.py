@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, metrics, optim, rng
+from . import checkpoint, distributed, metrics, optim, rng
 from .config import TrainConfig
 from .data import Dataset
 from .device import amp_dtype as amp_dtype_of
@@ -32,9 +33,14 @@ from .train import make_train_step
 class Trainer(RunState):
     """One run driven by the single-model step (`train.make_train_step`)."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        world: distributed.World = distributed.SINGLE,
+        device: torch.device | None = None,
+    ) -> None:
         check_flags(cfg)
-        device = resolve(cfg.device)
+        device = device or resolve(cfg.device)
         amp_dtype = amp_dtype_of(cfg.amp, cfg.amp_dtype, device)
         loss_scale = optim.DynamicLossScale() if amp_dtype is torch.float16 else None
         if cfg.ckpt_dir.exists() and not cfg.ckpt_dir.is_dir():
@@ -42,7 +48,7 @@ class Trainer(RunState):
         ds = Dataset(cfg.data_dir)
         tok = load_tokenizer(cfg, ds)
         ckpt = checkpoint.load(cfg.resume) if cfg.resume else None
-        super().__init__(cfg, ds, tok, device, amp_dtype, loss_scale, ckpt)
+        super().__init__(cfg, ds, tok, device, amp_dtype, loss_scale, ckpt, world)
         if ckpt is None and cfg.init_from:
             self._warm_start(cfg.init_from)
         if cfg.ema_decay and self.ema is None:
@@ -60,15 +66,19 @@ class Trainer(RunState):
             print(f"  skipped: {', '.join(skipped)}", file=sys.stderr)
 
     def _build_step(self) -> None:
+        sync = partial(distributed.average, world=self.world) if self.world.launched else None
         self.step = make_train_step(
             self.model, self.mcfg, optim.AdamW(weight_decay=self.cfg.weight_decay),
             label_smoothing=self.cfg.label_smoothing, grad_clip=self.cfg.grad_clip,
             amp_dtype=self.amp_dtype, compile=self.cfg.compile,
             activation_checkpointing=self.cfg.activation_checkpointing, loss_scale=self.loss_scale,
+            grad_sync=sync,
         )  # fmt: skip
 
     def train_step(self, it: int, end: int) -> dict[str, float]:
         batch, key = self.batch(), rng.fold_in(self.base_key, it)
+        if self.world.size > 1:  # each rank's rows get their own dropout masks
+            key = rng.fold_in(key, self.world.rank)
         while True:
             try:
                 self.params, self.opt_state, m = self.step(
@@ -108,12 +118,13 @@ class Trainer(RunState):
         cfg, prog = self.cfg, self.progress
         start, end = prog.iter, prog.iter + cfg.max_iters
         tokens_per_step = self.tokens_per_step
-        say = print if sys.stdout.isatty() else (lambda *a, **k: None)
+        shown = sys.stdout.isatty() and self.world.main
+        say = print if shown else (lambda *a, **k: None)
         say(
             f"{self.arch}: {count(self.params):,} parameters on {self.device} ({self.amp_name}), "
             f"steps {start}->{end}, {tokens_per_step:,} tokens/step"
         )
-        bar = tqdm(total=end, initial=start, unit="step", disable=not sys.stdout.isatty(),
+        bar = tqdm(total=end, initial=start, unit="step", disable=not shown,
                    dynamic_ncols=True)  # fmt: skip
         stopped, interval_t, interval_tok = None, 0.0, 0
         last = {"loss": math.nan, "grad_norm": math.nan}
@@ -141,18 +152,20 @@ class Trainer(RunState):
             if start == end:
                 self._after_eval(self.evaluate(last, self.lr(start, end), (0.0, 0)), bar)
         bar.close()
-        if stopped == "interrupted":
+        if stopped == "interrupted" and self.world.main:
             path = self.save("latest.pt")
             print(f"interrupted at step {prog.iter}; saved {path}")
             print(f"resume with: python cli.py train --mode {cfg.mode} --data-dir {cfg.data_dir} "
                   f"--ckpt-dir {cfg.ckpt_dir} --resume {path}")  # fmt: skip
-        elif stopped:
+        elif stopped and self.world.main:
             print(stopped)
         return {"iter": prog.iter, "best_val_loss": prog.best_val_loss, "last_loss": last["loss"],
-                "stopped": stopped}  # fmt: skip
+                "stopped": stopped, "main": self.world.main}  # fmt: skip
 
     def _after_eval(self, row: metrics.Row, bar: tqdm) -> None:
         self.record(row)
+        if not self.world.main:
+            return
         msg = (
             f"step {row['iter']}: train {row['train_loss']:.4f}, val {row['val_loss']:.4f}"
             f" (best {row['best_val_loss']:.4f}), lr {row['lr']:.2e}"
@@ -164,4 +177,9 @@ class Trainer(RunState):
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    return Trainer(cfg).run()
+    """One run; under torchrun one rank of a data-parallel run (see `distributed`)."""
+    world = distributed.from_env()
+    try:
+        return Trainer(cfg, world, distributed.start(world, cfg.device)).run()
+    finally:
+        distributed.stop(world)

@@ -46,17 +46,21 @@ class Dataset:
         block_size: int,
         generator: torch.Generator,
         device: torch.device | str = "cpu",
+        rows: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) int64 [B, T] windows at random offsets, y shifted by one.
 
         Offsets come from `generator` alone (a CPU generator), so a run resumed with the
         saved generator state sees exactly the batches an uninterrupted run would. Only the
-        B windows are read from the memmap.
+        B windows are read from the memmap; with `rows` only those of the B drawn (a data-
+        parallel rank's share of the global batch).
         """
         data = self.splits[split]
         if len(data) <= block_size:
             self.check_block_size(block_size)
         starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+        if rows is not None:
+            starts = starts[rows]
         rows = starts.numpy()[:, None] + np.arange(block_size + 1)
         window = torch.from_numpy(data[rows].astype(np.int64))
         device = torch.device(device)

@@ -1,0 +1,106 @@
+"""Data parallelism under torchrun (gloo, 2 CPU processes): the same rows and result as one
+process with the global batch, with accumulation too, resume on one process, and a failing
+rank that ends the whole job quickly."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ckpt, tiny_config
+
+import cli
+from yocto_fn.data import Dataset
+from yocto_fn.distributed import World
+from yocto_fn.params import max_abs_diff
+from yocto_fn.runstate import RunState
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
+        "--eval-iters", "2", "--amp", "off", "--device", "cpu"]  # fmt: skip
+
+
+def torchrun(script: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", str(script), *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def train_args(data: Path, out: Path, *flags: str) -> list[str]:
+    return ["train", "--data-dir", str(data), "--ckpt-dir", str(out), *TINY, *flags]
+
+
+def rows(out: Path) -> list[dict]:
+    lines = (out / "metrics.csv").read_text().splitlines()
+    return [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_two_ranks_equal_one_process_with_the_global_batch(char_dir, tmp_path, accum):
+    flags = ("--max-iters", "3", "--eval-interval", "1", "--grad-accum-steps", str(accum))
+    run = torchrun(ROOT / "cli.py", *train_args(char_dir, tmp_path / "dp", "--batch-size", "2",
+                                                *flags))  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert cli.main(train_args(char_dir, tmp_path / "one", "--batch-size", "4", *flags)) == 0
+    dp, one = ckpt(tmp_path / "dp" / "latest.pt"), ckpt(tmp_path / "one" / "latest.pt")
+    assert max_abs_diff(dp["params"], one["params"]) < 1e-5
+    for a, b in zip(rows(tmp_path / "dp"), rows(tmp_path / "one"), strict=True):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
+        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-5)
+        assert a["tokens_seen"] == b["tokens_seen"]
+    meta = json.loads((tmp_path / "dp" / "run_meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["global_batch"] == 4 * accum
+    if accum == 1:  # rank 0 alone writes: one line per evaluation
+        assert run.stdout.count("done: 3 steps") == 1
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_process(char_dir, tmp_path):
+    out = tmp_path / "dp"
+    first = train_args(
+        char_dir, out, "--batch-size", "2", "--max-iters", "2", "--eval-interval", "2"
+    )
+    run = torchrun(ROOT / "cli.py", *first)
+    assert run.returncode == 0, run.stderr[-2000:]
+    resume = ["--batch-size", "4", "--max-iters", "2", "--resume", str(out / "latest.pt")]
+    assert cli.main(train_args(char_dir, out, *resume)) == 0
+    assert ckpt(out / "latest.pt")["iter"] == 4
+    assert int(rows(out)[-1]["tokens_seen"]) == 4 * 4 * 32
+
+
+def test_a_failing_rank_ends_the_job_with_its_message(char_dir, tmp_path):
+    t0 = time.perf_counter()
+    run = torchrun(Path(__file__).with_name("dp_failing_rank.py"),
+                   *train_args(char_dir, tmp_path / "dp", "--batch-size", "2", "--max-iters",
+                               "20", "--eval-interval", "20"), timeout=90)  # fmt: skip
+    assert run.returncode != 0
+    assert "rank 1 gave up on purpose" in run.stderr
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "dp" / "latest.pt").exists()
+
+
+def test_each_rank_reads_only_its_rows_of_the_global_batch(char_dir):
+    ds = Dataset(char_dir)
+    x_all, y_all = ds.get_batch("train", 6, 16, torch.Generator().manual_seed(0))
+    for rank in range(3):
+        state = object.__new__(RunState)  # only what drawing a batch needs
+        state.world, state.micro_batch = World(rank, 3, rank, True), 2
+        state.ds, state.device, state.mcfg = ds, torch.device("cpu"), tiny_config(block_size=16)
+        x, y = state._rows("train", torch.Generator().manual_seed(0))
+        assert x.shape == (2, 16)
+        assert torch.equal(x, x_all[2 * rank : 2 * rank + 2])
+        assert torch.equal(y, y_all[2 * rank : 2 * rank + 2])
+
+
+@pytest.mark.slow
+def test_two_compiled_ranks_equal_one_eager_process(char_dir, tmp_path):
+    """The all-reduce is a functional collective, so it stays inside the compiled step."""
+    flags = ("--max-iters", "3", "--eval-interval", "3")
+    dp = train_args(char_dir, tmp_path / "dp", "--batch-size", "2", "--compile", *flags)
+    run = torchrun(ROOT / "cli.py", *dp, timeout=400)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert cli.main(train_args(char_dir, tmp_path / "one", "--batch-size", "4", *flags)) == 0
+    dp_ckpt, one = ckpt(tmp_path / "dp" / "latest.pt"), ckpt(tmp_path / "one" / "latest.pt")
+    assert max_abs_diff(dp_ckpt["params"], one["params"]) < 1e-5
