@@ -104,3 +104,12 @@ def test_two_compiled_ranks_equal_one_eager_process(char_dir, tmp_path):
     assert cli.main(train_args(char_dir, tmp_path / "one", "--batch-size", "4", *flags)) == 0
     dp_ckpt, one = ckpt(tmp_path / "dp" / "latest.pt"), ckpt(tmp_path / "one" / "latest.pt")
     assert max_abs_diff(dp_ckpt["params"], one["params"]) < 1e-5
+
+
+def test_sweep_refuses_torchrun(char_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["sweep", "--data-dir", str(char_dir), "--out-dir", str(tmp_path / "s"), "--lrs", "1e-3"]
+    assert cli.main(argv) == 2
+    assert "without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

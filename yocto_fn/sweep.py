@@ -27,7 +27,7 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, fileio, optim, recommend, rng
+from . import checkpoint, distributed, fileio, optim, recommend, rng
 from .config import ModelConfig, SweepConfig, TrainConfig, TrainingOptions
 from .data import Dataset
 from .device import amp_dtype as amp_dtype_of
@@ -227,6 +227,8 @@ class Sweep:
     """The members' `RunState`s around one stacked ensemble and its step."""
 
     def __init__(self, cfg: SweepConfig) -> None:
+        if distributed.from_env().launched:
+            raise UserError("sweep runs in one process; start it without torchrun")
         cfg, grid = sweep_plan(cfg)
         self.cfg, self.grid = cfg, grid
         configs = [member_config(cfg, i, point) for i, point in enumerate(grid)]
