@@ -317,7 +317,7 @@ def test_strict_loading_names_the_first_six_mismatched_tensors():
     assert loaded["b"].tolist() == [0.0] * 3
 
 
-def test_checkpoint_load_refuses_pickled_objects_and_quotes_the_reason(tmp_path):
+def test_checkpoint_load_refuses_pickled_objects_and_quotes_the_reason(tmp_path, monkeypatch):
     """Only tensors and plain values load (weights_only); the one-line error quotes the first
     120 characters of torch's reason, or the exception's name when it has no message."""
     import datetime
@@ -338,5 +338,8 @@ def test_checkpoint_load_refuses_pickled_objects_and_quotes_the_reason(tmp_path)
         checkpoint.load(tmp_path / "unsafe.pt")
     assert f"is corrupt or truncated ({reason[:120]});" in str(err.value)
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(UserError, match=r"corrupt or truncated \(EOFError\)"):
+    with pytest.raises(UserError, match=r"empty.pt is not a checkpoint \(torch.save writes a zip"):
         checkpoint.load(tmp_path / "empty.pt")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(EOFError()))
+    with pytest.raises(UserError, match=r"corrupt or truncated \(EOFError\)"):
+        checkpoint.load(tmp_path / "ok.pt")

@@ -44,7 +44,7 @@ def weights_digest(params: Params) -> str:
     digest = hashlib.sha256()
     for name, t in named_leaves(params).items():
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -2,11 +2,13 @@
 
 Layout (format 1): {"format", "arch", "mode", "model_config", "train_config", "params",
 "opt_state": {"step", "mu", "nu", "loss_scale"}, "ema" (or None), "iter", "best_val_loss", "rng",
-"tokenizer", "progress"}. Everything loads with `torch.load(weights_only=True)`.
+"tokenizer", "progress", "payload_sha256"}. Everything loads with
+`torch.load(weights_only=True)`; the digest of the tensors is checked on load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -23,9 +25,32 @@ FORMAT = 1
 REQUIRED = ("format", "arch", "model_config", "params", "iter", "tokenizer")
 
 
+def payload_digest(ckpt: dict[str, Any]) -> str:
+    """sha256 over every tensor of the checkpoint (name, dtype, shape and bytes), in key
+    order: torch's zip format keeps no checksum a loader verifies, so a flipped bit in a
+    tensor would otherwise load as silently wrong weights."""
+    digest = hashlib.sha256()
+
+    def walk(name: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                walk(f"{name}.{key}", value[key])
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{name}.{i}", item)
+
+    walk("", {k: v for k, v in ckpt.items() if k != "payload_sha256"})
+    return digest.hexdigest()
+
+
 def save(path: Path, ckpt: dict[str, Any]) -> None:
-    """Write `ckpt` to `path` via a temporary file, fsync and rename: a crash mid-write
-    leaves the previous checkpoint intact."""
+    """Write `ckpt` (with the digest of its tensors) to `path` via a temporary file, fsync
+    and rename: a crash mid-write leaves the previous checkpoint intact."""
+    ckpt = ckpt | {"payload_sha256": payload_digest(ckpt)}
     fileio.write_files({path: lambda f: torch.save(ckpt, f)})
 
 
@@ -34,6 +59,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path} is not a checkpoint (torch.save writes a zip archive); pass the latest.pt "
+            "or best.pt of a training run"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
@@ -47,6 +77,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise UserError(f"{path} is not a yocto_fn checkpoint (missing {', '.join(missing)})")
     if ckpt["format"] != FORMAT:
         raise UserError(f"{path} has checkpoint format {ckpt['format']}, expected {FORMAT}")
+    if "payload_sha256" in ckpt and payload_digest(ckpt) != ckpt["payload_sha256"]:
+        others = [p.name for p in (path.with_name("best.pt"), path.with_name("latest.pt"))
+                  if p.is_file() and p != path]  # fmt: skip
+        instead = f"use {' or '.join(others)} beside it" if others else "start afresh"
+        raise UserError(
+            f"checkpoint {path} is damaged (its tensors fail their checksum); {instead}"
+        )
     return ckpt
 
 

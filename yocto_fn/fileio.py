@@ -6,14 +6,19 @@ and only then moved over the destination with `os.replace` (atomic on POSIX and 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
 import orjson
+
+from .errors import UserError
 
 Writer = Callable[[BinaryIO], None]
 
@@ -63,13 +68,30 @@ def discard(pending: dict[Path, Path]) -> None:
 def write_files(outputs: dict[Path, Writer]) -> None:
     """Write several files all-or-nothing: none is replaced until all are fully written."""
     pending: dict[Path, Path] = {}
+    dest = None
     try:
         for dest, write in outputs.items():
             pending[dest] = write_temp(dest, write)
+    except OSError as e:
+        discard(pending)
+        if e.errno != errno.ENOSPC or dest is None:
+            raise
+        raise UserError(disk_full_message(dest)) from None
     except BaseException:
         discard(pending)
         raise
     commit(pending)
+
+
+def disk_full_message(dest: Path) -> str:
+    """One line for ENOSPC: the file, the space left and, where an earlier version of the
+    file exists, the space it needs (about that version's size)."""
+    free = shutil.disk_usage(dest.parent).free / 2**20
+    need = f"about {dest.stat().st_size / 2**20:.1f} MB" if dest.is_file() else "more"
+    return (
+        f"no space left on the device while writing {dest} ({free:.1f} MB free, it needs "
+        f"{need}); the previous version is intact: free some space and run again"
+    )
 
 
 def atomic_write_bytes(dest: Path, data: bytes) -> None:
@@ -78,3 +100,29 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
 
 def json_bytes(obj: object) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+@contextmanager
+def exclusive(directory: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `directory` (a `.lock` file holding our pid).
+
+    The OS drops the lock when the process ends, however it ends (SIGKILL included), so a
+    crash never leaves a stale lock; a second holder is refused with the first one's pid.
+    Readers (sampling from a run's checkpoints) take no lock.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"{directory} is in use by another {what} (pid {pid}); wait for it, stop it, "
+                "or choose another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -122,22 +122,26 @@ class Progress:
 
 
 class Interrupt:
-    """Ctrl-C finishes the current step instead of killing the run mid-write."""
+    """Ctrl-C or SIGTERM (what schedulers, `timeout` and container stops send) finishes the
+    current step, after which the loop saves and stops; a second signal ends it at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested: str | None = None
 
     def __enter__(self) -> Interrupt:
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
-    def _handle(self, *_: object) -> None:
+    def _handle(self, signum: int, _frame: object) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested = signal.Signals(signum).name
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class RunState:

@@ -158,6 +158,12 @@ def load(path: str | Path) -> TextTokenizer:
         data = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); re-run the prepare command") from None
-    if isinstance(data, list):
+    if isinstance(data, list) and all(isinstance(c, str) for c in data):
         return CharTokenizer(data)
-    return HFTokenizer(Tokenizer.from_str(orjson.dumps(data).decode()))
+    try:
+        return HFTokenizer(Tokenizer.from_str(orjson.dumps(data).decode()))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
+        raise UserError(
+            f"{path} is not a vocabulary or tokenizer file ({str(e).splitlines()[0][:80]}); "
+            "re-run the prepare command"
+        ) from None

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, metrics, optim, rng
+from . import checkpoint, distributed, fileio, metrics, optim, rng
 from .config import TrainConfig
 from .data import Dataset
 from .device import amp_dtype as amp_dtype_of
@@ -139,7 +139,7 @@ class Trainer(RunState):
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
                 if interrupt.requested:
-                    stopped = "interrupted"
+                    stopped, self.signal = "interrupted", interrupt.requested
                     break
                 if prog.iter % cfg.eval_interval and prog.iter != end:
                     continue
@@ -154,7 +154,7 @@ class Trainer(RunState):
         bar.close()
         if stopped == "interrupted" and self.world.main:
             path = self.save("latest.pt")
-            print(f"interrupted at step {prog.iter}; saved {path}")
+            print(f"interrupted ({self.signal}) at step {prog.iter}; saved {path}")
             print(f"resume with: python cli.py train --mode {cfg.mode} --data-dir {cfg.data_dir} "
                   f"--ckpt-dir {cfg.ckpt_dir} --resume {path}")  # fmt: skip
         elif stopped and self.world.main:
@@ -180,6 +180,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """One run; under torchrun one rank of a data-parallel run (see `distributed`)."""
     world = distributed.from_env()
     try:
-        return Trainer(cfg, world, distributed.start(world, cfg.device)).run()
+        trainer = Trainer(cfg, world, distributed.start(world, cfg.device))
+        if not world.main:
+            return trainer.run()
+        with fileio.exclusive(cfg.ckpt_dir, "training run"):
+            return trainer.run()
     finally:
         distributed.stop(world)

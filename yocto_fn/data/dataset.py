@@ -22,8 +22,14 @@ class Dataset:
                 f"no prepared data in {self.dir} (meta.json missing); "
                 "run `python cli.py prepare-char` or `prepare-tokenizer` first"
             )
-        self.meta = orjson.loads(meta_path.read_bytes())
-        dtype = np.dtype(self.meta["dtype"])
+        try:
+            self.meta = orjson.loads(meta_path.read_bytes())
+            dtype = np.dtype(self.meta["dtype"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(
+                f"{meta_path} is damaged ({type(e).__name__}: {str(e)[:80]}); "
+                "re-run the prepare command"
+            ) from None
         self.splits: dict[str, np.memmap] = {}
         for split in ("train", "val"):
             path = self.dir / f"{split}.bin"
