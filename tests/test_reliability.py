@@ -1,6 +1,7 @@
 """Runs that survive: SIGTERM saves, a locked run directory, a full disk, damaged files."""
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -132,3 +133,30 @@ def test_a_bit_flipped_checkpoint_is_refused_and_a_sibling_named(char_dir, tmp_p
     assert cli.main(["sample", "--ckpt", str(out / "latest.pt"), "--max-new-tokens", "4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "latest.pt is damaged" in err and "use best.pt" in err
+
+
+def _other_symbols(char_dir: Path, tmp_path: Path) -> Path:
+    """The same data with two symbols of its vocabulary swapped: same size, other meaning."""
+    data = tmp_path / "other"
+    shutil.copytree(char_dir, data)
+    chars = json.loads((data / "vocab.json").read_text())
+    chars[0], chars[1] = chars[1], chars[0]
+    (data / "vocab.json").write_text(json.dumps(chars))
+    return data
+
+
+def test_resume_or_init_from_across_tokenizers(char_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(train_argv(char_dir, out, "--max-iters", "1")) == 0
+    other = _other_symbols(char_dir, tmp_path)
+    capsys.readouterr()
+    resume = train_argv(other, out, "--max-iters", "1", "--resume", str(out / "latest.pt"))
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trained with another tokenizer" in err
+    warm = train_argv(other, tmp_path / "warm", "--max-iters", "1",
+                      "--init-from", str(out / "latest.pt"))  # fmt: skip
+    assert cli.main(warm) == 2
+    assert "--no-strict-init" in capsys.readouterr().err
+    assert cli.main([*warm, "--no-strict-init"]) == 0
+    assert "skipped: wte (other vocabulary)" in capsys.readouterr().err

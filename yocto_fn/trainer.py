@@ -48,6 +48,11 @@ class Trainer(RunState):
         ds = Dataset(cfg.data_dir)
         tok = load_tokenizer(cfg, ds)
         ckpt = checkpoint.load(cfg.resume) if cfg.resume else None
+        if ckpt is not None and ckpt["tokenizer"] != tok.to_dict():
+            raise UserError(
+                f"--resume {cfg.resume} was trained with another tokenizer than the one of "
+                f"{cfg.data_dir} (same size, other symbols); resume on the data it was trained on"
+            )
         super().__init__(cfg, ds, tok, device, amp_dtype, loss_scale, ckpt, world)
         if ckpt is None and cfg.init_from:
             self._warm_start(cfg.init_from)
@@ -56,10 +61,24 @@ class Trainer(RunState):
         self._build_step()
 
     def _warm_start(self, path: Path) -> None:
+        """Weights of another run. Across vocabularies (same size, other symbols) only with
+        --no-strict-init, and then without the embedding and output head, whose rows mean
+        other symbols."""
         src = checkpoint.load(path)
+        weights, other_vocab = src["params"], src["tokenizer"] != self.tok.to_dict()
+        if other_vocab and self.cfg.strict_init:
+            raise UserError(
+                f"--init-from {path} was trained with another vocabulary than {self.cfg.data_dir}"
+                "; pass --no-strict-init to load all but the embedding and output head"
+            )
+        if other_vocab:
+            weights = {k: v for k, v in weights.items() if k not in ("wte", "lm_head")}
         self.params, skipped = checkpoint.load_matching(
-            self.params, src["params"], self.cfg.strict_init, f"--init-from {path}"
+            self.params, weights, self.cfg.strict_init, f"--init-from {path}"
         )
+        if other_vocab:
+            head = [f"{k} (other vocabulary)" for k in ("wte", "lm_head") if k in self.params]
+            skipped = head + [s for s in skipped if s.split(" ")[0] not in ("wte", "lm_head")]
         loaded = len(tree_leaves(self.params)) - len([s for s in skipped if "(unused)" not in s])
         print(f"init-from {path}: loaded {loaded} tensors", file=sys.stderr)
         if skipped:
