@@ -327,3 +327,25 @@ def test_a_cloned_cache_continues_independently():
         logits, _ = model.forward(p, c, cfg, cache=branch_cache)
         full, _ = model.forward(p, torch.cat([idx[:, :5], branch, c], dim=1), cfg)
         torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_rope_rotates_each_pair_by_position_times_its_frequency():
+    """Against the formula by hand (float64): pair i of a head of size d turns by
+    pos * theta^(-2i/d); the first and second halves of the features form the pairs."""
+    import math
+
+    d, theta, positions = 8, 10_000.0, torch.tensor([0, 3, 17])
+    cos, sin = layers.rope_angles(positions, d, theta, torch.float32)
+    for row, pos in enumerate(positions.tolist()):
+        for i in range(d // 2):
+            angle = pos * theta ** (-2 * i / d)
+            assert cos[row, i].item() == pytest.approx(math.cos(angle), abs=1e-6)
+            assert sin[row, i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    x = torch.arange(1.0, 1.0 + 3 * d).view(1, 1, 3, d)
+    out = layers.apply_rope(x, cos, sin)
+    a, b = x[0, 0, 1, 1].item(), x[0, 0, 1, 1 + d // 2].item()  # pair 1 at position 3
+    angle = 3 * theta ** (-2 / d)
+    assert out[0, 0, 1, 1].item() == pytest.approx(a * math.cos(angle) - b * math.sin(angle))
+    assert out[0, 0, 1, 1 + d // 2].item() == pytest.approx(
+        a * math.sin(angle) + b * math.cos(angle)
+    )
