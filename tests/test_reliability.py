@@ -160,3 +160,13 @@ def test_resume_or_init_from_across_tokenizers(char_dir, tmp_path, capsys):
     assert "--no-strict-init" in capsys.readouterr().err
     assert cli.main([*warm, "--no-strict-init"]) == 0
     assert "skipped: wte (other vocabulary)" in capsys.readouterr().err
+
+
+def test_a_sweep_directory_is_locked_too(char_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--data-dir", str(char_dir), "--out-dir", str(out), "--lrs", "1e-3",
+            "--max-iters", "1", *TINY[:-4], "--device", "cpu"]  # fmt: skip
+    with fileio.exclusive(out, "sweep"):
+        assert cli.main(argv) == 2
+    assert f"in use by another sweep (pid {os.getpid()})" in capsys.readouterr().err
+    assert cli.main(argv) == 0

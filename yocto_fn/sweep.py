@@ -367,4 +367,7 @@ class Sweep:
 
 
 def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
-    return Sweep(cfg).run()
+    """One sweep; its directory is locked while it runs, as `train` locks --ckpt-dir."""
+    run = Sweep(cfg)
+    with fileio.exclusive(run.cfg.out_dir, "sweep"):
+        return run.run()
