@@ -349,3 +349,22 @@ def test_rope_rotates_each_pair_by_position_times_its_frequency():
     assert out[0, 0, 1, 1 + d // 2].item() == pytest.approx(
         a * math.sin(angle) + b * math.cos(angle)
     )
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_member_norms_equal_each_members_own_norm(with_bias):
+    """Stacked norm weights [E, C] (random, not the ones of a fresh init): member e's rows
+    are normalised with its own weight (and bias), as F.layer_norm / F.rms_norm would."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(5)
+    E, C = 3, 8
+    x = torch.randn(E, 2, 4, C, generator=gen)
+    p = {"w": torch.randn(E, C, generator=gen)}
+    if with_bias:
+        p["b"] = torch.randn(E, C, generator=gen)
+    ln, rms = layers.layer_norm(x, p), layers.rms_norm(x, {"w": p["w"]})
+    for e in range(E):
+        want = F.layer_norm(x[e], (C,), p["w"][e], p.get("b", [None] * E)[e], 1e-5)
+        torch.testing.assert_close(ln[e], want)
+        torch.testing.assert_close(rms[e], F.rms_norm(x[e], (C,), p["w"][e], 1e-6))
