@@ -198,6 +198,8 @@ def test_label_smoothing_matches_a_hand_computed_loss():
         torch.testing.assert_close(got, per_token.mean(), atol=1e-6, rtol=0)
         members = layers.cross_entropy(logits, targets, s, members=True)
         torch.testing.assert_close(members, per_token.mean(1), atol=1e-6, rtol=0)
+    plain = layers.cross_entropy(logits, targets)  # no smoothing unless asked for
+    torch.testing.assert_close(plain, nll.mean(), atol=1e-6, rtol=0)
 
 
 def test_manual_attention_drops_probabilities_with_its_key():
