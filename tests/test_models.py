@@ -343,6 +343,9 @@ def test_rope_rotates_each_pair_by_position_times_its_frequency():
             angle = pos * theta ** (-2 * i / d)
             assert cos[row, i].item() == pytest.approx(math.cos(angle), abs=1e-6)
             assert sin[row, i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    cos16, sin16 = layers.rope_angles(positions, d, theta, torch.bfloat16)  # bf16 weights
+    assert cos16.dtype == sin16.dtype == torch.bfloat16
+    torch.testing.assert_close(cos16.float(), cos, atol=1e-2, rtol=0)
     x = torch.arange(1.0, 1.0 + 3 * d).view(1, 1, 3, d)
     out = layers.apply_rope(x, cos, sin)
     a, b = x[0, 0, 1, 1].item(), x[0, 0, 1, 1 + d // 2].item()  # pair 1 at position 3
