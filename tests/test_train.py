@@ -239,3 +239,18 @@ def test_amp_dtype_reaches_the_forward(amp, monkeypatch):
     p = m.init(cfg, 0)
     make_train_step(m, cfg, amp_dtype=amp)(p, optim.init(p), _batch(cfg), 1e-3, None)
     assert seen == [amp or torch.float32]
+
+
+def test_make_train_step_passes_activation_checkpointing_to_the_forward(monkeypatch):
+    """With checkpointing each block's attention runs again in the backward pass."""
+    cfg, m = tiny_config(), models.get("gpt")
+    p = m.init(cfg, 0)
+    calls, real = [], layers.causal_self_attention
+    monkeypatch.setattr(
+        layers, "causal_self_attention", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    for remat, per_step in ((False, cfg.n_layer), (True, 2 * cfg.n_layer)):
+        calls.clear()
+        step = make_train_step(m, cfg, optim.AdamW(), activation_checkpointing=remat)
+        step(p, optim.init(p), _batch(cfg, seed=0), 1e-3, None)
+        assert len(calls) == per_step
