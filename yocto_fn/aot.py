@@ -29,23 +29,19 @@ from typing import Any
 import orjson
 import torch
 
-from . import fileio
+from . import checkpoint, fileio
 from .cache import KVCache
 from .config import ModelConfig
 from .errors import UserError
 from .models import Model
-from .params import Params, named_leaves, tree_leaves, tree_unflatten_like
+from .params import Params, tree_leaves, tree_unflatten_like
 
 FORMAT = 1  # bump when the exported step's inputs or outputs change
 
 
 def weights_digest(params: Params) -> str:
-    """sha256 over every leaf's name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for name, t in named_leaves(params).items():
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """sha256 over every leaf's name, dtype, shape and bytes (the checkpoint's digest)."""
+    return checkpoint.payload_digest(params)
 
 
 def code_digest() -> str:
