@@ -82,7 +82,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(
 ):
     out = tmp_path / "run"
     assert cli.main(train_argv(char_dir, out, "--max-iters", "2", "--eval-interval", "2")) == 0
-    before = (out / "latest.pt").read_bytes()
+    before = (out / "latest.pt").read_bytes(), (out / "metrics.csv").read_bytes()
     capsys.readouterr()
 
     def no_space(obj, f, *args, **kwargs):
@@ -95,7 +95,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left on the device while writing" in err
     assert "latest.pt" in err and "MB free" in err and "Traceback" not in err
-    assert (out / "latest.pt").read_bytes() == before
+    assert ((out / "latest.pt").read_bytes(), (out / "metrics.csv").read_bytes()) == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -47,11 +47,17 @@ def payload_digest(ckpt: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def save(path: Path, ckpt: dict[str, Any]) -> None:
-    """Write `ckpt` (with the digest of its tensors) to `path` via a temporary file, fsync
-    and rename: a crash mid-write leaves the previous checkpoint intact."""
+def writer(ckpt: dict[str, Any]) -> fileio.Writer:
+    """A `fileio` writer of `ckpt` with the digest of its tensors, so a checkpoint can be
+    written in one all-or-nothing batch with other files (metrics.csv)."""
     ckpt = ckpt | {"payload_sha256": payload_digest(ckpt)}
-    fileio.write_files({path: lambda f: torch.save(ckpt, f)})
+    return lambda f: torch.save(ckpt, f)
+
+
+def save(path: Path, ckpt: dict[str, Any]) -> None:
+    """Write `ckpt` to `path` via a temporary file, fsync and rename: a crash mid-write
+    leaves the previous checkpoint intact."""
+    fileio.write_files({path: writer(ckpt)})
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

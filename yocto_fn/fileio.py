@@ -2,6 +2,11 @@
 
 Each file is written to a temporary name in its destination directory, flushed and fsynced,
 and only then moved over the destination with `os.replace` (atomic on POSIX and Windows).
+A process killed mid-write leaves only its temporary file, which the next holder of the
+directory's lock removes.
+
+`YOCTO_FN_TEST_WRITE_DELAY` (seconds, tests only) pauses after each temporary file is written,
+so a kill test can land inside a checkpoint write.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -20,7 +27,8 @@ import orjson
 
 from .errors import UserError
 
-Writer = Callable[[BinaryIO], None]
+Writer = Callable[[BinaryIO], object]
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def _default_mode() -> int:
@@ -39,6 +47,7 @@ def write_temp(dest: Path, write: Writer) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        time.sleep(float(os.environ.get("YOCTO_FN_TEST_WRITE_DELAY", 0)))
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -123,6 +132,16 @@ def exclusive(directory: Path, what: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temps(directory)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def remove_stale_temps(directory: Path) -> None:
+    """Delete the temporary files (`write_temp`'s names) a killed writer left in `directory`;
+    only the lock holder calls this, so no live write is touched."""
+    for path in directory.iterdir():
+        if TEMP_NAME.fullmatch(path.name) and path.is_file():
+            with suppress(FileNotFoundError):
+                path.unlink()

@@ -38,12 +38,16 @@ def read(path: Path, up_to_iter: int | None = None) -> list[Row]:
 
 
 def write(path: Path, rows: list[Row]) -> None:
+    fileio.atomic_write_bytes(path, csv_bytes(rows))
+
+
+def csv_bytes(rows: list[Row]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
-    fileio.atomic_write_bytes(path, buf.getvalue().encode())
+    return buf.getvalue().encode()
 
 
 def _fmt(v: float | int | None) -> str:

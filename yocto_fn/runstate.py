@@ -304,8 +304,9 @@ class RunState:
         fileio.atomic_write_bytes(self.cfg.ckpt_dir / "run_meta.json", fileio.json_bytes(meta))
 
     def record(self, row: metrics.Row) -> None:
-        """Metrics first, then checkpoints: a crash in between leaves rows past the last
-        checkpoint, which a resume drops, never a checkpoint whose rows are missing."""
+        """metrics.csv and the checkpoints of this evaluation in one all-or-nothing write: a
+        full disk replaces none of them, so no row outlives the last good checkpoint (a kill
+        between the renames leaves rows past it, which a resume drops)."""
         cfg = self.cfg
         if not self.world.main:
             return
@@ -313,9 +314,12 @@ class RunState:
             cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
             self.write_run_meta()
             self.meta_written = True
-        metrics.write(cfg.ckpt_dir / "metrics.csv", self.progress.rows)
+        rows = metrics.csv_bytes(self.progress.rows)
+        outputs: dict[Path, fileio.Writer] = {cfg.ckpt_dir / "metrics.csv": lambda f: f.write(rows)}
+        saved = checkpoint.writer(self.checkpoint_dict())
         if cfg.save_strategy in ("both", "latest"):
-            self.save("latest.pt")
+            outputs[cfg.ckpt_dir / "latest.pt"] = saved
         if row["improved"] and cfg.save_strategy in ("both", "best"):
-            self.save("best.pt")
+            outputs[cfg.ckpt_dir / "best.pt"] = saved
+        fileio.write_files(outputs)
         metrics.plot(cfg.ckpt_dir / "loss.png", self.progress.rows)
