@@ -128,14 +128,23 @@ AMP_CHOICES = ("auto", "on", "off")
 
 
 def _one_line(tyro_message: str) -> str:
-    """Condense tyro's boxed error into one line (the box is drawn for humans at a TTY)."""
-    lines = []
-    for line in tyro_message.splitlines():
-        line = line.strip().strip("│╭╮╰╯─ ").strip()
-        if line and not line.startswith("For full helptext") and not set(line) <= {"─", " "}:
-            lines.append(line)
-    text = re.sub(r"\s+", " ", " ".join(lines)).strip()
-    return text or "invalid arguments"
+    """Condense tyro's boxed error (Unicode or ASCII box) into one line: the body, without
+    the box's title, the argument's helptext or the pointer to --help."""
+    lines = [line.strip().strip("│╭╮╰╯─ ").strip() for line in tyro_message.splitlines()]
+    lines = [line for line in lines if line and not set(line) <= set("─-+| ")]
+    body = []
+    for line in lines[1:]:
+        if line.startswith(("Argument helptext", "For full helptext")):
+            break
+        body.append(line)
+    text = re.sub(r"\s+", " ", " ".join(body)).strip()
+    return re.sub(r"Expected one of \((.*?)\)", _choices, text) or "invalid arguments"
+
+
+def _choices(match: re.Match) -> str:
+    """tyro lists a flag's choices in set order, with 'None' and the underscore aliases."""
+    names = {n.strip(" '").replace("_", "-") for n in match.group(1).split(",")}
+    return "expected one of " + ", ".join(sorted(names - {"None"}))
 
 
 def parse(argv: list[str]) -> Any:

@@ -185,7 +185,7 @@ def test_sample_bad_inputs(checkpoints, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     cases = [
-        (["--ckpt", str(bad)], "is not a checkpoint"),
+        (["--ckpt", str(bad)], "is truncated or not a checkpoint"),
         (["--ckpt", str(tmp_path / "missing.pt")], "not found"),
         (["--ckpt", str(checkpoints["char"]), "--mode", "token"], "char-level"),
         (["--ckpt", str(checkpoints["char"]), "--top-p", "1.5"], "--top-p"),

@@ -63,16 +63,25 @@ def save(path: Path, ckpt: dict[str, Any]) -> None:
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and sanity-check a checkpoint; a missing, corrupt or foreign file is a UserError."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; pass the latest.pt or best.pt inside it")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
         raise UserError(
-            f"{path} is not a checkpoint (torch.save writes a zip archive); pass the latest.pt "
-            "or best.pt of a training run"
+            f"{path} is truncated or not a checkpoint (not a whole zip archive, which torch.save "
+            "writes); pass the latest.pt or best.pt of a training run"
         )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise UserError(f"checkpoint {path} is corrupt ({e}); use another checkpoint") from None
+        raise UserError(
+            f"{path} holds Python objects besides tensors and plain values, so it is not a "
+            "yocto_fn checkpoint and is not unpickled (that could run code)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise UserError(
             f"checkpoint {path} is corrupt or truncated ({reason}); use another checkpoint "

@@ -35,6 +35,13 @@ class Dataset:
             path = self.dir / f"{split}.bin"
             if not path.is_file() or path.stat().st_size == 0:
                 raise UserError(f"{path} is missing or empty; re-run the prepare command")
+            expected = self.meta.get(f"{split}_tokens")
+            if expected is not None and path.stat().st_size != expected * dtype.itemsize:
+                raise UserError(
+                    f"{path} holds {path.stat().st_size / dtype.itemsize:,g} tokens but meta.json "
+                    f"says {expected:,} (truncated, or from another preparation); re-run the "
+                    "prepare command"
+                )
             self.splits[split] = np.memmap(path, dtype=dtype, mode="r")
 
     def check_block_size(self, block_size: int) -> None:

@@ -70,6 +70,11 @@ def source_files(opts: CorpusOptions) -> tuple[list[Path], str]:
             raise UserError(f"no .txt files in {opts.text_dir}; add some or pass --text-path")
         return files, f"{len(files)} .txt file(s) in {opts.text_dir}"
     if opts.text_path is not None:
+        if opts.text_path.is_dir():
+            raise UserError(
+                f"--text-path {opts.text_path} is a directory; pass a file, or "
+                f"--text-dir {opts.text_path} --all-txt-in-dir"
+            )
         if not opts.text_path.is_file():
             raise UserError(f"text file not found: {opts.text_path}")
         return [opts.text_path], str(opts.text_path)
