@@ -158,8 +158,59 @@ def test_sample_needs_only_the_checkpoint(checkpoints, mode, capsys):
             "--prompt", "The\\nmodule", "--stats", "--num-samples", "2"]  # fmt: skip
     assert cli.main(argv) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("The\nmodule") and out.count("The\nmodule") == 2 and "---" in out
+    assert out.startswith("The\nmodule") and out.count("The\nmodule") == 2
+    assert out.count("\n---\nThe\nmodule") == 1
     assert "prompt tokens" in err and "tokens/s" in err
+    load = [float(line.split("load ")[1].split(" s")[0]) for line in err.splitlines()
+            if line.startswith("load ")]  # fmt: skip
+    assert len(load) == 1 and 0 < load[0] < 60  # the first sample's line shows the load
+
+
+def test_stats_line_reports_each_phase():
+    """Prefill until the first token, the first decode step apart, the steady rate after
+    it, and a wall time that includes loading and compiling."""
+    from yocto_fn.sample import stats_line
+
+    assert stats_line(5, 4, 10.0, [10.1, 10.3, 10.4, 10.5], load_s=0.5, compile_s=1.25) == (
+        "load 0.50 s, compile 1.25 s, prompt tokens 5, new tokens 4, prefill 100.0 ms, "
+        "first decode step 200.0 ms, decode 10.0 tokens/s, wall 2.25 s"
+    )
+    assert stats_line(3, 2, 0.0, [0.25, 0.5]) == (
+        "prompt tokens 3, new tokens 2, prefill 250.0 ms, first decode step 250.0 ms, wall 0.50 s"
+    )
+    assert (
+        stats_line(3, 1, 0.0, [0.25])
+        == "prompt tokens 3, new tokens 1, prefill 250.0 ms, wall 0.25 s"
+    )
+
+
+def test_text_stream_holds_back_a_character_split_across_tokens():
+    """Byte-level BPE splits an unseen character into byte tokens; the stream shows it only
+    once whole, never a replacement character."""
+    from yocto_fn.sample import TextStream
+    from yocto_fn.tokenizer import train_bpe
+
+    tok = train_bpe(["plain ascii text only, nothing else"], 300)
+    ids = tok.encode("a☃b")
+    assert len(ids) >= 5  # a, three bytes of the snowman, b
+    pieces: list[str] = []
+    stream = TextStream(tok.decode, pieces.append)
+    for i in ids:
+        stream(torch.tensor([i]))
+    assert "".join(pieces) == "a☃b" and "☃" in pieces
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_the_dropped_characters_warning_names_the_first_ten(capsys):
+    from yocto_fn.sample import drop_unknown_chars
+    from yocto_fn.tokenizer import CharTokenizer
+
+    greek = [chr(0x3B1 + i) for i in range(11)]
+    assert drop_unknown_chars(CharTokenizer(list("ab ")), "a " + "".join(greek) + "b") == "a b"
+    shown = " ".join(repr(c) for c in greek[:10])
+    assert (
+        capsys.readouterr().err == f"warning: dropped characters not in the vocabulary: {shown}\n"
+    )
 
 
 def test_sample_same_seed_same_text(checkpoints, capsys):
