@@ -21,7 +21,11 @@ class ModelConfig:
     """Shape of a model; shared by all three variants.
 
     `bias` is honoured by `gpt` only: `gpt-plus` and `gpt-fast` are biasless by definition.
-    `rope_theta` is used by `gpt-plus` only.
+    `rope_theta` is used by `gpt-plus` only. `gelu` picks the GELU of `gpt` and `gpt-fast`:
+    "exact" (erf, this project's) or "tanh" (the approximation GPT-2 was trained with).
+    `norm_eps` and `mlp_hidden` left at None take the variant's own values (LayerNorm 1e-5,
+    RMSNorm 1e-6; MLP width 4C, SwiGLU `swiglu_hidden(C)`); imported models set them to
+    theirs. Checkpoints written before a field existed lack it and load with its default.
     """
 
     vocab_size: int = 96
@@ -33,6 +37,9 @@ class ModelConfig:
     tie_weights: bool = False
     bias: bool = True
     rope_theta: float = 10000.0
+    gelu: Literal["exact", "tanh"] = "exact"
+    norm_eps: float | None = None
+    mlp_hidden: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
@@ -46,6 +53,12 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.gelu not in ("exact", "tanh"):
+            raise UserError(f"gelu must be 'exact' or 'tanh' (got {self.gelu!r})")
+        if self.norm_eps is not None and self.norm_eps <= 0:
+            raise UserError(f"norm_eps must be positive (got {self.norm_eps})")
+        if self.mlp_hidden is not None and self.mlp_hidden <= 0:
+            raise UserError(f"mlp_hidden must be positive (got {self.mlp_hidden})")
 
     @property
     def head_dim(self) -> int:

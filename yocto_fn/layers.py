@@ -22,6 +22,8 @@ from einops import rearrange
 from . import rng
 
 Tensor = torch.Tensor
+LAYER_NORM_EPS = 1e-5
+RMS_NORM_EPS = 1e-6
 Attend = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
 
 
@@ -68,7 +70,7 @@ def linear(x: Tensor, p: dict[str, Tensor], name: str) -> Tensor:
     return project(x, p[f"{name}_w"], p.get(f"{name}_b"), p.get(f"{name}_scale"))
 
 
-def layer_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-5) -> Tensor:
+def layer_norm(x: Tensor, p: dict[str, Tensor], eps: float = LAYER_NORM_EPS) -> Tensor:
     w, b = p["w"], p.get("b")
     if w.dim() == 1:
         return F.layer_norm(x, (x.shape[-1],), w, b, eps)
@@ -80,7 +82,7 @@ def layer_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-5) -> Tensor:
     )
 
 
-def rms_norm(x: Tensor, p: dict[str, Tensor], eps: float = 1e-6) -> Tensor:
+def rms_norm(x: Tensor, p: dict[str, Tensor], eps: float = RMS_NORM_EPS) -> Tensor:
     w = p["w"]
     if w.dim() == 1:
         return F.rms_norm(x, (x.shape[-1],), w, eps)
@@ -182,8 +184,9 @@ def causal_self_attention(
     return linear(rearrange(y, "... h t d -> ... t (h d)"), p, "proj")
 
 
-def mlp_gelu(x: Tensor, p: dict[str, Tensor]) -> Tensor:
-    return linear(F.gelu(linear(x, p, "fc")), p, "proj")
+def mlp_gelu(x: Tensor, p: dict[str, Tensor], approximate: str = "none") -> Tensor:
+    """GELU MLP; approximate="tanh" is the tanh form GPT-2 was trained with (its `gelu_new`)."""
+    return linear(F.gelu(linear(x, p, "fc"), approximate=approximate), p, "proj")
 
 
 def swiglu(x: Tensor, p: dict[str, Tensor]) -> Tensor:

@@ -75,13 +75,20 @@ class CharTokenizer:
 
 
 class HFTokenizer:
-    """A `tokenizers.Tokenizer` (BPE or WordLevel) with the specials of `SPECIALS`."""
+    """A `tokenizers.Tokenizer` (BPE or WordLevel) with the specials of `SPECIALS`.
 
-    def __init__(self, tok: Tokenizer) -> None:
+    `bos` / `eos` name other start and end tokens (an imported GPT-2 has `<|endoftext|>`,
+    a Llama `<s>` and `</s>`); None means the tokenizer has none.
+    """
+
+    def __init__(
+        self, tok: Tokenizer, bos: str | None = "<bos>", eos: str | None = "<eos>"
+    ) -> None:
         self.tok = tok
         self.vocab_size = tok.get_vocab_size()
-        self.bos_id = tok.token_to_id("<bos>")
-        self.eos_id = tok.token_to_id("<eos>")
+        self.bos, self.eos = bos, eos
+        self.bos_id = None if bos is None else tok.token_to_id(bos)
+        self.eos_id = None if eos is None else tok.token_to_id(eos)
         self.unk_id = tok.token_to_id("<unk>")
 
     def encode(self, text: str) -> list[int]:
@@ -96,7 +103,10 @@ class HFTokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "hf", "json": self.tok.to_str()}
+        """Start/end names only where they are not `<bos>`/`<eos>`, so that the dict of a
+        prepared tokenizer stays what earlier checkpoints hold (resume compares them)."""
+        d = {"kind": "hf", "json": self.tok.to_str()}
+        return d | {k: v for k, v in (("bos", self.bos), ("eos", self.eos)) if v != f"<{k}>"}
 
     def save(self, path: Path) -> None:
         path.write_text(self.tok.to_str(), encoding="utf-8")
@@ -145,7 +155,9 @@ def from_dict(d: dict[str, Any]) -> TextTokenizer:
     if d.get("kind") == "char":
         return CharTokenizer(d["chars"])
     if d.get("kind") == "hf":
-        return HFTokenizer(Tokenizer.from_str(d["json"]))
+        return HFTokenizer(
+            Tokenizer.from_str(d["json"]), d.get("bos", "<bos>"), d.get("eos", "<eos>")
+        )
     raise UserError(f"unknown tokenizer kind {d.get('kind')!r} in checkpoint")
 
 

@@ -74,7 +74,7 @@ def init(cfg: ModelConfig, seed_or_generator: int | torch.Generator, recipe: Rec
     gen = as_generator(seed_or_generator)
     C, bias = cfg.n_embd, _uses_bias(recipe, cfg)
     resid_std = INIT_STD / math.sqrt(2 * cfg.n_layer) if recipe.scaled_residual_init else INIT_STD
-    hidden = swiglu_hidden(C) if recipe.mlp == "swiglu" else 4 * C
+    hidden = cfg.mlp_hidden or (swiglu_hidden(C) if recipe.mlp == "swiglu" else 4 * C)
     fc_out = 2 * hidden if recipe.mlp == "swiglu" else hidden
 
     params: Params = {"wte": normal((cfg.vocab_size, C), INIT_STD, gen)}
@@ -159,7 +159,13 @@ def forward(
     x = layers.dropout(x, p_drop, keys[0])
 
     norm = layers.layer_norm if recipe.norm == "layer" else layers.rms_norm
-    mlp = layers.mlp_gelu if recipe.mlp == "gelu" else layers.swiglu
+    if cfg.norm_eps is not None:
+        norm = partial(norm, eps=cfg.norm_eps)
+    mlp = (
+        partial(layers.mlp_gelu, approximate="tanh" if cfg.gelu == "tanh" else "none")
+        if recipe.mlp == "gelu"
+        else layers.swiglu
+    )
 
     def block(x, p, k_probs, k_attn, k_mlp, kv):
         attend = (
