@@ -7,6 +7,8 @@
     python cli.py sample --ckpt checkpoints/run/best.pt [--prompt "Hello"] ...
     python cli.py chat --ckpt checkpoints/run/best.pt [--system-prompt "..."] ...
     python cli.py recommend [--data-dir data/char] [--priority speed|quality] ...
+    python cli.py export --ckpt checkpoints/run/best.pt --out exported --format safetensors|hf
+    python cli.py import --hf-dir DIR --out checkpoints/imported.pt
     python cli.py smoke-cpu | smoke-train      (end with PASS or FAIL; exit 1 on FAIL)
     python cli.py bench [--preset tiny|small] [--quick] [--device cpu cuda] ...
 
@@ -29,6 +31,8 @@ from benchmarks.presets import BenchConfig
 from yocto_fn import data
 from yocto_fn.config import (
     ChatConfig,
+    ExportConfig,
+    ImportConfig,
     RecommendConfig,
     SampleConfig,
     SmokeCpuConfig,
@@ -92,6 +96,18 @@ def _recommend(cfg: RecommendConfig) -> None:
     recommend(cfg)
 
 
+def _export(cfg: ExportConfig) -> None:
+    from yocto_fn import interop
+
+    interop.export(cfg)
+
+
+def _import(cfg: ImportConfig) -> None:
+    from yocto_fn import interop
+
+    interop.import_hf(cfg)
+
+
 def _smoke_cpu(cfg: SmokeCpuConfig) -> int:
     from yocto_fn.smoke import smoke_cpu
 
@@ -118,6 +134,8 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
     "sample": (SampleConfig, _sample),
     "chat": (ChatConfig, _chat),
     "recommend": (RecommendConfig, _recommend),
+    "export": (ExportConfig, _export),
+    "import": (ImportConfig, _import),
     "smoke-cpu": (SmokeCpuConfig, _smoke_cpu),
     "smoke-train": (SmokeTrainConfig, _smoke_train),
     "bench": (BenchConfig, _bench),

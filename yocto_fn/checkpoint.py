@@ -61,10 +61,18 @@ def save(path: Path, ckpt: dict[str, Any]) -> None:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and sanity-check a checkpoint; a missing, corrupt or foreign file is a UserError."""
+    """Load and sanity-check a checkpoint (or an exported safetensors directory, as a
+    weights-only checkpoint); a missing, corrupt or foreign file is a UserError."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a directory; pass the latest.pt or best.pt inside it")
+        if (path / "config.json").is_file():  # an exported (or a Hugging Face) directory
+            from .interop import load_dir
+
+            return load_dir(path)
+        raise UserError(
+            f"{path} is a directory; pass the latest.pt or best.pt inside it (or a directory "
+            "written by `cli.py export --format safetensors`)"
+        )
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):

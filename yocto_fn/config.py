@@ -310,3 +310,30 @@ class SmokeTrainConfig:
     """Seed of initialisation, batches and dropout."""
     out_dir: Path | None = None
     """Keep the data and checkpoints here (default: a temporary directory, removed after)."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export a checkpoint: safetensors (this project's names; `sample --ckpt` and `train
+    --init-from` read the directory) or hf (a directory `transformers` loads: GPT-2 layout
+    for gpt and gpt-fast, Llama for gpt-plus)."""
+
+    ckpt: Path
+    """Checkpoint (latest.pt / best.pt) or an exported safetensors directory."""
+    out: Path
+    """Directory to write (created; files of the same names are replaced)."""
+    format: Literal["safetensors", "hf"]
+    """safetensors or hf."""
+    ema: bool = False
+    """Export the checkpoint's EMA weights (trained with --ema-decay) instead of the raw ones."""
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """Turn a local Hugging Face GPT-2 (-> gpt) or Llama (-> gpt-plus) directory into a
+    checkpoint that samples and warm-starts; nothing is downloaded."""
+
+    hf_dir: Path
+    """Directory with config.json, model.safetensors or pytorch_model.bin, tokenizer.json."""
+    out: Path
+    """Checkpoint file to write (e.g. checkpoints/gpt2.pt)."""

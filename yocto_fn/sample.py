@@ -241,7 +241,8 @@ def compiled_step(loaded: Loaded, opts: InferenceOptions, batch: int) -> DecodeS
     from . import aot
 
     model, params, cfg = loaded.model, loaded.params, loaded.cfg
-    return aot.decode_step(model, params, cfg, batch, cfg.block_size, opts.ckpt.parent / "compiled")
+    beside = opts.ckpt if opts.ckpt.is_dir() else opts.ckpt.parent  # an exported directory
+    return aot.decode_step(model, params, cfg, batch, cfg.block_size, beside / "compiled")
 
 
 def unescape(text: str) -> str:

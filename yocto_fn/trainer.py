@@ -48,6 +48,11 @@ class Trainer(RunState):
         ds = Dataset(cfg.data_dir)
         tok = load_tokenizer(cfg, ds)
         ckpt = checkpoint.load(cfg.resume) if cfg.resume else None
+        if ckpt is not None and ckpt.get("opt_state") is None:
+            raise UserError(
+                f"--resume {cfg.resume} holds weights only (an export or an import), no "
+                f"optimizer state; start from it with --init-from {cfg.resume}"
+            )
         if ckpt is not None and ckpt["tokenizer"] != tok.to_dict():
             raise UserError(
                 f"--resume {cfg.resume} was trained with another tokenizer than the one of "
