@@ -77,7 +77,9 @@ def test_hf_export_loads_in_transformers_with_equal_logits_and_greedy_text(
     ckpt = save_ckpt(tmp_path / "m.pt", arch, cfg, params, tokenizers.CharTokenizer(CHARS))
     out = tmp_path / "hf"
     assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(out), "--format", "hf"]) == 0
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info  # every tensor given (zero biases too), none unused
+    hf.eval()
     expected = "LlamaForCausalLM" if arch == "gpt-plus" else "GPT2LMHeadModel"
     assert type(hf).__name__ == expected
     stored = load_file(out / "model.safetensors")
