@@ -106,11 +106,12 @@ def rope_angles(
     """cos/sin tables [T, head_dim/2] for the given absolute positions.
 
     Computed from positions rather than read from a fixed table, so a cached decode at any
-    offset (or a rolled cache) needs no maximum length.
+    offset (or a rolled cache) needs no maximum length. The frequencies are rounded as
+    transformers' Llama rounds them (1 / theta^(2i/d) in fp32): theta^(-2i/d) differs in the
+    last bit, which far positions turn into logit differences near 1e-4 against an export.
     """
-    inv_freq = theta ** (
-        -torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    )
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
+    inv_freq = 1.0 / theta ** (exponents / head_dim)
     angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
