@@ -6,6 +6,7 @@ paths have their own tests). `make` targets and the GPU script are checked for e
 and syntax; the long benchmarks are parsed (and run by the slow quick-bench test).
 """
 
+import importlib.util
 import io
 import re
 import shlex
@@ -34,6 +35,11 @@ PARSE_ONLY = {"bench"}
 
 def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def uses_transformers(code: str) -> bool:
+    """The snippets that load an export in transformers: they need the commands' outputs."""
+    return "from transformers" in code
 
 
 def commands() -> list[list[str]]:
@@ -85,13 +91,21 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
         assert status == 0, f"{shlex.join(words)} exited {status}: {err[-500:]}"
         ran.add(sub)
     assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sweep", "sample", "chat",
-                   "recommend", "smoke-cpu", "smoke-train"}  # fmt: skip
+                   "recommend", "smoke-cpu", "smoke-train", "export", "import"}  # fmt: skip
+    snippets = [code for code in blocks("python") if uses_transformers(code)]
+    assert snippets
+    if importlib.util.find_spec("transformers") is not None:  # the `interop` extra
+        for code in snippets:
+            exec(compile(code, "README.md", "exec"), {})
+        assert "Q: What is a list?" in capsys.readouterr().out
 
 
 def test_readme_python_blocks_run():
     """The python blocks run in order, in one namespace, as a reader would paste them."""
     namespace: dict = {}
     for code in blocks("python"):
+        if uses_transformers(code):
+            continue
         exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["logits"].shape == (4, 64, 96)
     assert namespace["member_logits"].shape == (2, 4, 64, 96)

@@ -314,9 +314,9 @@ class SmokeTrainConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Export a checkpoint: safetensors (this project's names; `sample --ckpt` and `train
-    --init-from` read the directory) or hf (a directory `transformers` loads: GPT-2 layout
-    for gpt and gpt-fast, Llama for gpt-plus)."""
+    """Export a checkpoint: safetensors (this project's names; sample --ckpt and
+    train --init-from read the directory) or hf (a directory transformers loads: GPT-2
+    layout for gpt and gpt-fast, Llama for gpt-plus)."""
 
     ckpt: Path
     """Checkpoint (latest.pt / best.pt) or an exported safetensors directory."""
