@@ -42,8 +42,10 @@ bench: $(STAMP)
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml; not part of CI).
 # `make mutate MODULE=optim` runs one module (about 10-30 min on 2 cores); plain
 # `make mutate` runs all seven (hours). `.venv/bin/mutmut results` lists the survivors.
+# One torch thread per worker: mutmut runs a worker per core, and more threads than cores
+# makes OpenMP spin (several times slower).
 mutate: $(STAMP)
-	$(VENV)/bin/mutmut run $(if $(MODULE),"yocto_fn.$(MODULE).*")
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(if $(MODULE),"yocto_fn.$(MODULE).*")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

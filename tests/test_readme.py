@@ -123,6 +123,8 @@ SCRIPTS = [
     "checkpointing.py",
     "quality.py",
     "data_parallel.py",
+    "recommend_grid.py",
+    "recommend_goal.py",
 ]
 
 

@@ -280,6 +280,9 @@ class RecommendConfig:
     """Memory budget in GiB (default: the device's total; system RAM on CPU, 8 on MPS)."""
     ckpt_dir: Path = Path("checkpoints/run")
     """Checkpoint directory of the suggested run."""
+    time_budget: str | None = None
+    """Wall-clock budget of the training run (90s, 5m, 1h, 1h30m): plan the lowest
+    validation loss this device reaches in it (times a few candidate shapes, once)."""
 
 
 @dataclass(frozen=True)

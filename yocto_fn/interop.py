@@ -577,6 +577,9 @@ def import_hf(opts: ImportConfig) -> None:
                         "by save_pretrained (import downloads nothing)")  # fmt: skip
     if opts.out.is_dir():
         raise UserError(f"--out {opts.out} is a directory; pass a file path such as model.pt")
+    if not (src / CONFIG).is_file():
+        raise UserError(f"{src} has no {CONFIG}, so it is not a Hugging Face model directory; "
+                        "pass one written by save_pretrained")  # fmt: skip
     config = read_json(src / CONFIG)
     kind = config.get("model_type")
     if kind not in ("gpt2", "llama"):

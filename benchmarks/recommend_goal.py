@@ -1,0 +1,113 @@
+"""The goal of `recommend --time-budget`: its plan, run exactly as printed, against the folk
+CPU recipe (gpt 4/4/128, block 64, batch 12, lr 1e-3 cosine, no dropout, fp32: the
+character-level recipe small-GPT READMEs give for CPUs) run for the same wall time. Both
+final checkpoints are scored on the same 200 validation batches.
+
+    python benchmarks/recommend_goal.py --budget 2m --corpus default
+    python benchmarks/recommend_goal.py --budget 10m --corpus ../shared/data/philosophy.txt
+
+Appends one JSON row per run to benchmarks/results/recommend-goal/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from yocto_fn import checkpoint, models, probe, recommend  # noqa: E402
+from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.data import Dataset  # noqa: E402
+from yocto_fn.train import loss_fn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks/results/recommend-goal/results.jsonl"
+FOLK = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "lr": 1e-3}
+
+
+def cli(*args: str) -> tuple[str, float]:
+    """Run `cli.py args`; (stdout, wall seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=4 * 3600)  # fmt: skip
+    if proc.returncode:
+        raise SystemExit(f"cli.py {' '.join(args[:2])} failed:\n{proc.stderr}")
+    return proc.stdout, time.perf_counter() - start
+
+
+@torch.no_grad()
+def score(path: Path, ds: Dataset, batches: int = 200) -> float:
+    """Mean val loss over fixed batches of 16 x 64 tokens."""
+    ckpt = checkpoint.load(path)
+    cfg, model = ModelConfig.from_dict(ckpt["model_config"]), models.get(ckpt["arch"])
+    gen = torch.Generator().manual_seed(0)
+    total = sum(loss_fn(ckpt["params"], ds.get_batch("val", 16, 64, gen), None, model=model,
+                        cfg=cfg, train=False).item() for _ in range(batches))  # fmt: skip
+    return total / batches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", default="2m")
+    ap.add_argument("--corpus", default="default", help="'default' or a text file")
+    args = ap.parse_args()
+    seconds = recommend.parse_budget(args.budget)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        source = (
+            [] if args.corpus == "default" else ["--text-path", str(Path(args.corpus).resolve())]
+        )
+        cli("prepare-char", *source, "--out-dir", str(data))
+        ds = Dataset(data)
+
+        out, _ = cli("recommend", "--data-dir", str(data), "--device", "cpu", "--time-budget",
+                     args.budget, "--ckpt-dir", str(Path(tmp) / "plan"))  # fmt: skip
+        lines = out.splitlines()
+        command = shlex.split(lines[lines.index("train:") + 1])
+        predicted = float(out.split("expected: val loss ")[1].split()[0])
+        _, plan_wall = cli(*command[2:])
+        plan_loss = score(Path(tmp) / "plan" / "latest.pt", ds)
+
+        folk_cfg = ModelConfig(vocab_size=ds.meta["vocab_size"], block_size=64, n_layer=4,
+                               n_head=4, n_embd=128, dropout=0.0)  # fmt: skip
+        step = probe.step_seconds("gpt", folk_cfg, FOLK["batch_size"], torch.device("cpu"))
+        evals = recommend.EVALS * 2 * recommend.EVAL_ITERS * step / 3
+        steps = int((seconds - recommend.STARTUP_SECONDS - evals) / step)
+        folk = ["train", "--data-dir", str(data), "--ckpt-dir", str(Path(tmp) / "folk"),
+                "--model", "gpt", "--device", "cpu", "--amp", "off", "--max-iters", str(steps),
+                "--cosine-lr", "--warmup-iters", "100", "--min-lr", "1e-4",
+                "--eval-interval", str(max(1, steps // recommend.EVALS)),
+                "--eval-iters", str(recommend.EVAL_ITERS),
+                *(f"--{k.replace('_', '-')}={v}" for k, v in FOLK.items())]  # fmt: skip
+        _, folk_wall = cli(*folk)
+        folk_loss = score(Path(tmp) / "folk" / "latest.pt", ds)
+
+    shown = ("model", "n-layer", "n-head", "n-embd", "max-iters", "dropout", "lr")
+    plan_flags = {k: command[command.index(f"--{k}") + 1] for k in shown}
+    row = {
+        "corpus": args.corpus, "budget_s": seconds, "plan": plan_flags,
+        "plan_wall_s": round(plan_wall, 1), "plan_val_loss": round(plan_loss, 4),
+        "predicted_val_loss": predicted, "folk_steps": steps, "folk_wall_s": round(folk_wall, 1),
+        "folk_val_loss": round(folk_loss, 4), "threads": torch.get_num_threads(),
+        "cpu": probe.device_name(torch.device("cpu")), "torch": torch.__version__,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }  # fmt: skip
+    print(orjson.dumps(row).decode())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("ab") as f:
+        f.write(orjson.dumps(row) + b"\n")
+
+
+if __name__ == "__main__":
+    main()
