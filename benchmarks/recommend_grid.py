@@ -149,8 +149,10 @@ def corpus_stats(names: list[str]) -> dict[str, dict]:
     stats = orjson.loads(CORPORA.read_bytes()) if CORPORA.is_file() else {}
     for name in names:
         if name not in stats:
-            train = Dataset(corpus_dir(name)).splits["train"]
-            stats[name] = {"unique": len(train), "hardness": round(law.corpus_hardness(train), 4)}
+            ds = Dataset(corpus_dir(name))
+            train, val, vocab = ds.splits["train"], ds.splits["val"], ds.meta["vocab_size"]
+            hardness = round(law.corpus_hardness(train, val, vocab), 4)
+            stats[name] = {"unique": len(train), "hardness": hardness}
             fileio.atomic_write_bytes(CORPORA, fileio.json_bytes(stats))
     return stats
 

@@ -78,7 +78,8 @@ def test_the_plan_fills_the_budget_by_the_probe_and_prints_runnable_commands(dat
     # the expected loss is the committed law at this model's parameters and tokens seen
     n = count(models.get(t.model).init(shape, 0))
     ds = Dataset(data_dir)
-    train_tokens, h = len(ds.splits["train"]), law.corpus_hardness(ds.splits["train"])
+    train_tokens = len(ds.splits["train"])
+    h = law.corpus_hardness(ds.splits["train"], ds.splits["val"], ds.meta["vocab_size"])
     want = law.load().predict(n, t.max_iters * t.batch_size * t.block_size, train_tokens, h)
     assert f"expected: val loss {want:.2f} in about" in out
 

@@ -335,3 +335,18 @@ def test_sample_quantize_flag_decodes_with_the_quantised_weights(checkpoints, ca
         assert cli.main(argv) == 0
         assert capsys.readouterr().out.startswith("The")
         assert (seen["qkv"], seen["wte"]) == (qkv, wte)
+
+
+def test_sampling_flags_reach_generate(checkpoints):
+    """--top-k/--top-p 0 mean off (None); other values, the temperature and the seed pass
+    through as given; the step is eager unless --compile."""
+    from yocto_fn.config import SampleConfig
+    from yocto_fn.sample import sampling_kwargs
+
+    loaded = load_model(SampleConfig(ckpt=checkpoints["char"]))
+    on = sampling_kwargs(SampleConfig(ckpt=checkpoints["char"], top_k=5, top_p=0.9,
+                                      temperature=0.7, seed=11), loaded)  # fmt: skip
+    assert (on["top_k"], on["top_p"], on["temperature"], on["step"]) == (5, 0.9, 0.7, None)
+    assert on["generator"].initial_seed() == 11
+    off = sampling_kwargs(SampleConfig(ckpt=checkpoints["char"]), loaded)
+    assert (off["top_k"], off["top_p"], off["temperature"]) == (None, None, 1.0)

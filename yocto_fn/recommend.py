@@ -289,7 +289,8 @@ def recommend(cfg: RecommendConfig, step_time: StepTime | None = None) -> tuple[
     device = resolve(cfg.device)
     mem = cfg.device_mem_gb or device_memory_gb(device)
     train_tokens, val_tokens = len(ds.splits["train"]), len(ds.splits["val"])
-    vocab, hardness = ds.meta["vocab_size"], laws.corpus_hardness(ds.splits["train"])
+    vocab = ds.meta["vocab_size"]
+    hardness = laws.corpus_hardness(ds.splits["train"], ds.splits["val"], vocab)
     if seconds is None:
         p = plan(train_tokens, val_tokens, vocab, cfg.priority, device.type, mem, hardness)
     else:
@@ -300,7 +301,7 @@ def recommend(cfg: RecommendConfig, step_time: StepTime | None = None) -> tuple[
     cmd = train_command(cfg, p, mode, device.type)
     resume = cmd + " " + shlex.join(["--resume", str(cfg.ckpt_dir / "latest.pt")])
     print(f"corpus: {cfg.data_dir} ({mode}), vocab {vocab:,}, {train_tokens:,} train / "
-          f"{val_tokens:,} val tokens, hardness {hardness:.2f} nats/token (lzma)")  # fmt: skip
+          f"{val_tokens:,} val tokens, hardness {hardness:.2f} nats/token (trigram)")  # fmt: skip
     print(
         f"plan: {p.model} {p.n_layer}/{p.n_head}/{p.n_embd}, {p.params:,} parameters, "
         f"{p.tokens_seen:,} tokens = {p.tokens_seen / train_tokens:.1f} passes "
