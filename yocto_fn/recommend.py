@@ -56,6 +56,11 @@ BUDGET_BLOCK, BUDGET_BATCH = 64, 16
 STARTUP_SECONDS = 8.0  # interpreter, torch, data, the first plot: measured 6-8 s on 2 cores
 EVALS, EVAL_ITERS = 5, 20
 MIN_STEPS = 500
+# The grid's reach: its largest model had 4.4 parameters per unique training token. A 4/4/192
+# at 8.3 per token and 36 passes overfit badly (val 2.11, where 4/4/128 at 12 passes had
+# 1.46), so budget plans stay inside it, and repeat the corpus at most 1 + r times, where
+# the law's own effective data stops growing.
+MAX_PARAMS_PER_TOKEN = 4.5
 DROPOUT = 0.0  # dropout 0.1 lost in every pair of the calibration grid (up to 7 passes)
 
 StepTime = Callable[[str, ModelConfig, int], float]
@@ -197,15 +202,17 @@ def parse_budget(text: str) -> float:
 def budget_candidate(model: str, shape: tuple[int, int, int], seconds: float, vocab: int,
                      train_tokens: int, hardness: float, step: float,
                      law: laws.Law) -> Plan | None:  # fmt: skip
-    """One shape's run filling `seconds` at `step` seconds per step, or None if it cannot
-    take MIN_STEPS steps."""
+    """One shape's run filling `seconds` at `step` seconds per step (or fewer steps, once
+    more passes stop paying), or None if it cannot take MIN_STEPS steps or is too large
+    for the corpus."""
     n_layer, n_head, n_embd = shape
     block, batch = BUDGET_BLOCK, BUDGET_BATCH
+    n = estimate_params(model, n_layer, n_embd, vocab, block, False)
     eval_seconds = EVALS * 2 * EVAL_ITERS * step / 3  # two splits, forward only
     iters = int((seconds - STARTUP_SECONDS - eval_seconds) / step)
-    if iters < MIN_STEPS:
+    iters = min(iters, math.ceil(train_tokens * (1 + law.r) / (batch * block)))
+    if iters < MIN_STEPS or n > MAX_PARAMS_PER_TOKEN * train_tokens:
         return None
-    n = estimate_params(model, n_layer, n_embd, vocab, block, False)
     seen = iters * batch * block
     return Plan(
         model=model, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block,
@@ -312,6 +319,9 @@ def recommend(cfg: RecommendConfig, step_time: StepTime | None = None) -> tuple[
         f"expected: val loss {p.expected_loss:.2f}{when} (the law fitted by "
         "benchmarks/recommend_grid.py)"
     )
+    if seconds is not None and p.expected_seconds < 0.8 * seconds:
+        print(f"  (shorter than the budget: {cfg.data_dir} is too small for more passes or a "
+              "larger model to pay)")  # fmt: skip
     print(
         f"memory estimate: {p.memory_bytes / 2**30:.2f} GiB of {mem:.1f} GiB on "
         f"{device.type} (weights, grads, AdamW{', EMA' if p.ema_decay else ''}, activations)"
