@@ -126,6 +126,8 @@ CASES = [
     ("train --mode token --data-dir W/tok --ckpt-dir W/out --init-from W/run/latest.pt",
      "was trained with another vocabulary"),
     (f"train {CKPT} --resume W/run/latest.pt --n-layer 3", "has another architecture"),
+    (f"train {CKPT} --init-from W/run/latest.pt --n-layer 2",
+     "--init-from W/run/latest.pt does not match this model"),
     # sample and chat
     ("sample --ckpt W/missing.pt", "checkpoint not found"),
     ("sample --ckpt W/ckpts/notckpt.pt", "is truncated or not a checkpoint"),

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -190,14 +191,66 @@ def test_auto_microbatch_halves_the_micro_batch_on_oom(char_dir, tmp_path, monke
     assert max_abs_diff(ref["params"], auto["params"]) < 1e-5
 
 
+@pytest.mark.parametrize(("batch", "after"), [(8, "4 x 2"), (2, "1 x 2")])
+def test_auto_microbatch_halves_any_batch_down_to_one(char_dir, tmp_path, monkeypatch, capsys,
+                                                      batch, after):  # fmt: skip
+    oom_once(monkeypatch)
+    capsys.readouterr()
+    argv = ("--max-iters", "1", "--auto-microbatch", "--batch-size", str(batch))
+    assert train(char_dir, tmp_path, *argv) == 0
+    assert f"out of memory: micro-batch {after}\n" in capsys.readouterr().err
+
+
 def test_oom_without_auto_microbatch_is_a_one_line_error(char_dir, tmp_path, monkeypatch, capsys):
     """Without --auto-microbatch an OOM is a one-line error (exit 2) and nothing is saved."""
     oom_once(monkeypatch)
     capsys.readouterr()
     assert train(char_dir, tmp_path, "--max-iters", "3") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: out of memory at micro-batch 4") and "\n" not in err
+    assert err == (
+        "error: out of memory at micro-batch 4; lower --batch-size, raise --grad-accum-steps, "
+        "or use --auto-microbatch / --activation-checkpointing"
+    )
     assert not tmp_path.joinpath("latest.pt").exists()
+
+
+def test_each_evaluation_prints_its_losses_and_lr(char_dir, tmp_path, capsys):
+    capsys.readouterr()
+    assert train(char_dir, tmp_path, "--max-iters", "4", "--eval-interval", "2") == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2", "step 4"]
+    for line in lines:
+        assert re.fullmatch(r"step \d: train \d\.\d{4}, val \d\.\d{4} \(best \d\.\d{4}\), "
+                            r"lr \d\.\d\de[-+]\d\d", line), line  # fmt: skip
+
+
+def test_init_from_across_tokenizers_leaves_the_embedding_and_head_fresh(char_dir, tmp_path,
+                                                                         capsys):  # fmt: skip
+    """--no-strict-init across vocabularies loads every tensor but wte and lm_head, which
+    keep this run's initialisation (their rows would mean other symbols)."""
+    assert train(char_dir, tmp_path / "src", "--max-iters", "2") == 0
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(char_dir, other)
+    chars = json.loads((other / "vocab.json").read_text())
+    (other / "vocab.json").write_text(json.dumps([chars[1], chars[0], *chars[2:]]))
+    capsys.readouterr()
+    warm = ("--max-iters", "0", "--init-from", str(tmp_path / "src" / "latest.pt"))
+    assert train(other, tmp_path / "warm", *warm, "--no-strict-init") == 0
+    err = capsys.readouterr().err
+    assert "  skipped: wte (other vocabulary), lm_head (other vocabulary)\n" in err
+    assert train(other, tmp_path / "fresh", "--max-iters", "0") == 0
+    src, got, fresh = (ckpt(tmp_path / d / "latest.pt")["params"] for d in ("src", "warm", "fresh"))
+    for name in ("wte", "lm_head"):
+        assert torch.equal(got[name], fresh[name]) and not torch.equal(got[name], src[name])
+    assert torch.equal(got["blocks"][0]["attn"]["qkv_w"], src["blocks"][0]["attn"]["qkv_w"])
+    assert train(other, tmp_path / "strict", *warm) == 2
+    assert (
+        "was trained with another vocabulary than "
+        f"{other}; pass --no-strict-init to load all but the embedding and output head\n"
+    ) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("above, tied", [(1, True), (0, False)])
