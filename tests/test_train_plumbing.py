@@ -103,6 +103,22 @@ def test_step_flags_reach_the_train_step(char_dir, tmp_path, monkeypatch):
     assert steps == [1]
 
 
+def test_the_jit_flag_reaches_the_train_step(char_dir, tmp_path, monkeypatch):
+    """--compile is passed on as compile=True (named so that mutation runs, which leave out
+    tests named for compiling, keep it; the step itself is then built eagerly here:
+    the compiled step has its own tests, which compile)."""
+    seen = {}
+    real = trainer.make_train_step
+
+    def build(model, cfg, hp, **kwargs):
+        seen.update(kwargs)
+        return real(model, cfg, hp, **(kwargs | {"compile": False}))
+
+    monkeypatch.setattr(trainer, "make_train_step", build)
+    assert train(char_dir, tmp_path, "--max-iters", "1", "--compile") == 0
+    assert seen["compile"] is True and seen["loss_scale"] is None
+
+
 def hand_cosine(step: int, lr: float, warmup: int, end: int, min_lr: float) -> float:
     """Linear warmup to `lr`, then cosine from `lr` to `min_lr` at step `end`."""
     if step < warmup:
