@@ -350,3 +350,43 @@ def test_sampling_flags_reach_generate(checkpoints):
     assert on["generator"].initial_seed() == 11
     off = sampling_kwargs(SampleConfig(ckpt=checkpoints["char"]), loaded)
     assert (off["top_k"], off["top_p"], off["temperature"]) == (None, None, 1.0)
+
+
+def test_sample_next_draws_from_the_tempered_filtered_softmax(monkeypatch):
+    """Logits are divided by the temperature, then top-p keeps the smallest set reaching p;
+    the draw is from the softmax of what is left, one token per row."""
+    from yocto_fn.sample import sample_next
+
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5], [3.0, 0.5, 1.0, 2.0]])
+    seen: list[torch.Tensor] = []
+    real = torch.multinomial
+
+    def multinomial(p, n, generator=None):
+        seen.append(p)
+        return real(p, n, generator=generator)
+
+    monkeypatch.setattr(torch, "multinomial", multinomial)
+    out = sample_next(
+        logits, temperature=0.5, top_p=0.95, generator=torch.Generator().manual_seed(0)
+    )
+    # softmax([6, 4, 2, 1]) = 0.862, 0.117, ...: the two largest reach 0.95
+    top2 = torch.softmax(torch.tensor([6.0, 4.0]), dim=0)
+    want = torch.tensor([[0.0, top2[1], top2[0], 0.0], [top2[0], 0.0, 0.0, top2[1]]])
+    torch.testing.assert_close(seen[0], want)
+    assert out.shape == (2,) and all(want[i, t] > 0 for i, t in enumerate(out.tolist()))
+    assert sample_next(logits, temperature=0.0).tolist() == [2, 0]
+    assert torch.equal(filter_logits(logits, None, 0.0), logits)  # top-p 0 means off
+
+
+def test_a_terminal_sees_the_header_and_each_evaluation(checkpoints, tmp_path, monkeypatch, capsys):
+    """At a terminal the run prints its header, a progress bar and each evaluation's line."""
+    data = checkpoints["char"].parents[1] / "char"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    argv = ["train", "--data-dir", str(data), "--ckpt-dir", str(tmp_path), "--n-layer", "1",
+            "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "2",
+            "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1", "--device", "cpu",
+            "--model", "gpt-fast", "--amp", "off"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpt-fast: ") and "parameters on cpu (fp32), steps 0->2" in out
+    assert "step 2: train " in out
