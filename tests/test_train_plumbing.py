@@ -207,12 +207,14 @@ def test_auto_microbatch_halves_the_micro_batch_on_oom(char_dir, tmp_path, monke
     assert max_abs_diff(ref["params"], auto["params"]) < 1e-5
 
 
-@pytest.mark.parametrize(("batch", "after"), [(8, "4 x 2"), (2, "1 x 2")])
+@pytest.mark.parametrize(("batch", "accum", "after"), [(8, 1, "4 x 2"), (2, 1, "1 x 2"),
+                                                      (4, 2, "2 x 4")])  # fmt: skip
 def test_auto_microbatch_halves_any_batch_down_to_one(char_dir, tmp_path, monkeypatch, capsys,
-                                                      batch, after):  # fmt: skip
+                                                      batch, accum, after):  # fmt: skip
     oom_once(monkeypatch)
     capsys.readouterr()
-    argv = ("--max-iters", "1", "--auto-microbatch", "--batch-size", str(batch))
+    argv = ("--max-iters", "1", "--auto-microbatch", "--batch-size", str(batch),
+            "--grad-accum-steps", str(accum))  # fmt: skip
     assert train(char_dir, tmp_path, *argv) == 0
     assert f"out of memory: micro-batch {after}\n" in capsys.readouterr().err
 

@@ -83,7 +83,7 @@ class Trainer(RunState):
         )
         if other_vocab:
             head = [f"{k} (other vocabulary)" for k in ("wte", "lm_head") if k in self.params]
-            skipped = head + [s for s in skipped if s.split(" ")[0] not in ("wte", "lm_head")]
+            skipped = head + [s for s in skipped if s not in ("wte", "lm_head")]
         loaded = len(tree_leaves(self.params)) - len([s for s in skipped if "(unused)" not in s])
         print(f"init-from {path}: loaded {loaded} tensors", file=sys.stderr)
         if skipped:
