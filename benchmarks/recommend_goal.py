@@ -5,8 +5,12 @@ final checkpoints are scored on the same 200 validation batches.
 
     python benchmarks/recommend_goal.py --budget 2m --corpus default
     python benchmarks/recommend_goal.py --budget 10m --corpus ../shared/data/philosophy.txt
+    python benchmarks/recommend_goal.py --budget 10m --reuse-folk   # only the plan runs
 
 Appends one JSON row per run to benchmarks/results/recommend-goal/results.jsonl.
+`--reuse-folk` takes the recipe's figures from the last row for the same corpus, budget,
+CPU, torch and thread count instead of training it again: the recipe does not depend on
+the law, so after a refit only the plan needs running.
 """
 
 from __future__ import annotations
@@ -57,12 +61,45 @@ def score(path: Path, ds: Dataset, batches: int = 200) -> float:
     return total / batches
 
 
+def run_folk(data: Path, ds: Dataset, seconds: float, ckpt_dir: Path) -> dict:
+    """The recipe, with as many steps as the budget allows at its measured step time."""
+    folk_cfg = ModelConfig(vocab_size=ds.meta["vocab_size"], block_size=64, n_layer=4,
+                           n_head=4, n_embd=128, dropout=0.0)  # fmt: skip
+    step = probe.step_seconds("gpt", folk_cfg, FOLK["batch_size"], torch.device("cpu"))
+    evals = recommend.EVALS * 2 * recommend.EVAL_ITERS * step / 3
+    steps = int((seconds - recommend.STARTUP_SECONDS - evals) / step)
+    args = ["train", "--data-dir", str(data), "--ckpt-dir", str(ckpt_dir), "--model", "gpt",
+            "--device", "cpu", "--amp", "off", "--max-iters", str(steps), "--cosine-lr",
+            "--warmup-iters", "100", "--min-lr", "1e-4",
+            "--eval-interval", str(max(1, steps // recommend.EVALS)),
+            "--eval-iters", str(recommend.EVAL_ITERS),
+            *(f"--{k.replace('_', '-')}={v}" for k, v in FOLK.items())]  # fmt: skip
+    _, wall = cli(*args)
+    return {"folk_steps": steps, "folk_wall_s": round(wall, 1),
+            "folk_val_loss": round(score(ckpt_dir / "latest.pt", ds), 4)}  # fmt: skip
+
+
+def earlier_folk(corpus: str, seconds: float) -> dict:
+    """The recipe's figures from the last recorded row like this one, on this machine."""
+    here = (corpus, seconds, probe.device_name(torch.device("cpu")), torch.__version__,
+            torch.get_num_threads())  # fmt: skip
+    rows = [orjson.loads(line) for line in RESULTS.read_bytes().splitlines() if line.strip()]
+    for row in reversed(rows):
+        if (row["corpus"], row["budget_s"], row["cpu"], row["torch"], row["threads"]) == here:
+            return {k: row[k] for k in ("folk_steps", "folk_wall_s", "folk_val_loss")}
+    raise SystemExit(f"no recorded folk run for {corpus} at {seconds:g} s here; run without "
+                     "--reuse-folk")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="2m")
     ap.add_argument("--corpus", default="default", help="'default' or a text file")
+    ap.add_argument("--reuse-folk", action="store_true", help="the recipe's figures from an "
+                    "earlier row instead of a new run")  # fmt: skip
     args = ap.parse_args()
     seconds = recommend.parse_budget(args.budget)
+    folk = earlier_folk(args.corpus, seconds) if args.reuse_folk else None
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         source = (
@@ -79,27 +116,16 @@ def main() -> None:
         _, plan_wall = cli(*command[2:])
         plan_loss = score(Path(tmp) / "plan" / "latest.pt", ds)
 
-        folk_cfg = ModelConfig(vocab_size=ds.meta["vocab_size"], block_size=64, n_layer=4,
-                               n_head=4, n_embd=128, dropout=0.0)  # fmt: skip
-        step = probe.step_seconds("gpt", folk_cfg, FOLK["batch_size"], torch.device("cpu"))
-        evals = recommend.EVALS * 2 * recommend.EVAL_ITERS * step / 3
-        steps = int((seconds - recommend.STARTUP_SECONDS - evals) / step)
-        folk = ["train", "--data-dir", str(data), "--ckpt-dir", str(Path(tmp) / "folk"),
-                "--model", "gpt", "--device", "cpu", "--amp", "off", "--max-iters", str(steps),
-                "--cosine-lr", "--warmup-iters", "100", "--min-lr", "1e-4",
-                "--eval-interval", str(max(1, steps // recommend.EVALS)),
-                "--eval-iters", str(recommend.EVAL_ITERS),
-                *(f"--{k.replace('_', '-')}={v}" for k, v in FOLK.items())]  # fmt: skip
-        _, folk_wall = cli(*folk)
-        folk_loss = score(Path(tmp) / "folk" / "latest.pt", ds)
+        if folk is None:
+            folk = run_folk(data, ds, seconds, Path(tmp) / "folk")
 
     shown = ("model", "n-layer", "n-head", "n-embd", "max-iters", "dropout", "lr")
     plan_flags = {k: command[command.index(f"--{k}") + 1] for k in shown}
     row = {
         "corpus": args.corpus, "budget_s": seconds, "plan": plan_flags,
         "plan_wall_s": round(plan_wall, 1), "plan_val_loss": round(plan_loss, 4),
-        "predicted_val_loss": predicted, "folk_steps": steps, "folk_wall_s": round(folk_wall, 1),
-        "folk_val_loss": round(folk_loss, 4), "threads": torch.get_num_threads(),
+        "predicted_val_loss": predicted, **folk, "folk_reused": args.reuse_folk,
+        "threads": torch.get_num_threads(),
         "cpu": probe.device_name(torch.device("cpu")), "torch": torch.__version__,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }  # fmt: skip

@@ -73,19 +73,23 @@ def test_the_plan_fills_the_budget_by_the_probe_and_prints_runnable_commands(dat
     evals = recommend.EVALS * 2 * recommend.EVAL_ITERS * step / 3
     expected = recommend.STARTUP_SECONDS + t.max_iters * step + evals
     assert f"in about {expected:.0f} s here" in out
-    # this corpus is small: the run stops where the law's passes stop paying, early
-    train_tokens = int(out.split(" train / ")[0].split()[-1].replace(",", ""))
-    tokens = train_tokens * (1 + law.load().r)
-    assert t.max_iters == -(-tokens // (t.batch_size * t.block_size)) and expected < 300
-    assert "shorter than the budget" in out
     assert t.eval_interval * recommend.EVALS >= t.max_iters and t.eval_iters == recommend.EVAL_ITERS
     # the expected loss is the committed law at this model's parameters and tokens seen
     n = count(models.get(t.model).init(shape, 0))
     ds = Dataset(data_dir)
     train_tokens = len(ds.splits["train"])
     h = law.corpus_hardness(ds.splits["train"], ds.splits["val"], ds.meta["vocab_size"])
-    want = law.load().predict(n, t.max_iters * t.batch_size * t.block_size, train_tokens, h)
-    assert f"expected: val loss {want:.2f} in about" in out
+
+    def expect(iters: int) -> float:
+        return law.load().predict(n, iters * t.batch_size * t.block_size, train_tokens, h)
+
+    assert f"expected: val loss {expect(t.max_iters):.2f} in about" in out
+    # this corpus is small (54k tokens): the law expects the model to overfit before the
+    # budget's end, so the run stops at the steps it expects to do best, and says so
+    most = int((300 - recommend.STARTUP_SECONDS - evals) / step)
+    assert t.max_iters < 0.8 * most and "shorter than the budget" in out
+    for other in (most, int(t.max_iters * 1.1), int(t.max_iters / 1.1)):
+        assert expect(t.max_iters) <= expect(other)
 
 
 def test_on_a_large_corpus_the_plan_fills_the_budget():
@@ -133,11 +137,12 @@ def test_the_committed_grid_reproduces_the_committed_law():
 
     stats = recommend_grid.corpus_stats([])
     rows = recommend_grid.fit_rows(recommend_grid.load_rows(), stats)
-    assert len(rows) >= 12 and {r["corpus"] for r in rows} == {"default", "stdlib-docs"}
+    corpora = {"default", "stdlib-docs", "default-200k", "stdlib-docs-200k"}
+    assert len(rows) >= 28 and {r["corpus"] for r in rows} == corpora
     committed = law.load()
     refit = law.fit(rows)
     for name, value in vars(committed).items():
         assert getattr(refit, name) == pytest.approx(value, rel=1e-3), name
     worst = max(abs(committed.predict(r["params"], r["tokens"], r["unique"], r["hardness"])
                     - r["val_loss"]) for r in rows)  # fmt: skip
-    assert worst < 0.1
+    assert worst < 0.12

@@ -4,9 +4,10 @@ With `--time-budget`, the plan is the one with the lowest expected validation lo
 device reaches in that wall time:
 1. Each candidate shape of `BUDGET_SHAPES` (gpt-fast or gpt-plus, block 64, batch 16: the
    setting the law was calibrated in) is timed here (`probe`, cached), largest last.
-2. Its steps are what the budget leaves after start-up and the evaluations; its expected
-   loss is the calibrated law (`law.py`) at its parameters and tokens seen, given the
-   corpus's unique tokens and hardness. The shape with the lowest expected loss wins.
+2. Its steps: of those the budget leaves after start-up and the evaluations, the number
+   the calibrated law (`law.py`) expects to reach the lowest loss at its parameters, given
+   the corpus's unique tokens and hardness (on a small corpus, all of them would overfit).
+   The shape with the lowest expected loss wins.
 3. Dropout and learning rate follow the calibration grid: no dropout (it lost in every
    pair of the grid), and a lower lr for larger models.
 
@@ -56,11 +57,9 @@ BUDGET_BLOCK, BUDGET_BATCH = 64, 16
 STARTUP_SECONDS = 8.0  # interpreter, torch, data, the first plot: measured 6-8 s on 2 cores
 EVALS, EVAL_ITERS = 5, 20
 MIN_STEPS = 500
-# The grid's reach: its largest model had 4.4 parameters per unique training token. A 4/4/192
-# at 8.3 per token and 36 passes overfit badly (val 2.11, where 4/4/128 at 12 passes had
-# 1.46), so budget plans stay inside it, and repeat the corpus at most 1 + r times, where
-# the law's own effective data stops growing.
-MAX_PARAMS_PER_TOKEN = 4.5
+# The grid's reach: its largest model had 10.2 parameters per unique training token; budget
+# plans stay inside it rather than trust the law's overfitting term beyond.
+MAX_PARAMS_PER_TOKEN = 10.5
 DROPOUT = 0.0  # dropout 0.1 lost in every pair of the calibration grid (up to 7 passes)
 
 StepTime = Callable[[str, ModelConfig, int], float]
@@ -202,17 +201,21 @@ def parse_budget(text: str) -> float:
 def budget_candidate(model: str, shape: tuple[int, int, int], seconds: float, vocab: int,
                      train_tokens: int, hardness: float, step: float,
                      law: laws.Law) -> Plan | None:  # fmt: skip
-    """One shape's run filling `seconds` at `step` seconds per step (or fewer steps, once
-    more passes stop paying), or None if it cannot take MIN_STEPS steps or is too large
-    for the corpus."""
+    """One shape's run at `step` seconds per step: the number of steps, up to what
+    `seconds` allows, that the law expects to reach the lowest loss (on a small corpus,
+    more passes end up overfitting), or None if it cannot take MIN_STEPS steps or is too
+    large for the corpus."""
     n_layer, n_head, n_embd = shape
     block, batch = BUDGET_BLOCK, BUDGET_BATCH
     n = estimate_params(model, n_layer, n_embd, vocab, block, False)
     eval_seconds = EVALS * 2 * EVAL_ITERS * step / 3  # two splits, forward only
-    iters = int((seconds - STARTUP_SECONDS - eval_seconds) / step)
-    iters = min(iters, math.ceil(train_tokens * (1 + law.r) / (batch * block)))
-    if iters < MIN_STEPS or n > MAX_PARAMS_PER_TOKEN * train_tokens:
+    most = int((seconds - STARTUP_SECONDS - eval_seconds) / step)
+    if most < MIN_STEPS or n > MAX_PARAMS_PER_TOKEN * train_tokens:
         return None
+    tried = {most, *(int(MIN_STEPS * 1.02**k) for k in range(400))}
+    loss = {it: law.predict(n, it * batch * block, train_tokens, hardness)
+            for it in tried if it <= most}  # fmt: skip
+    iters = min(loss, key=lambda it: (loss[it], it))
     seen = iters * batch * block
     return Plan(
         model=model, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block,
@@ -221,7 +224,7 @@ def budget_candidate(model: str, shape: tuple[int, int, int], seconds: float, vo
         tie_weights=False, ema_decay=0.0, eval_interval=math.ceil(iters / EVALS), params=n,
         tokens_seen=seen, memory_bytes=estimate_memory(n, n_layer, n_head, n_embd, block, batch,
                                                        vocab, False),
-        eval_iters=EVAL_ITERS, expected_loss=law.predict(n, seen, train_tokens, hardness),
+        eval_iters=EVAL_ITERS, expected_loss=loss[iters],
         expected_seconds=STARTUP_SECONDS + iters * step + eval_seconds,
     )  # fmt: skip
 
