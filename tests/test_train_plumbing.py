@@ -238,6 +238,7 @@ def test_each_evaluation_prints_its_losses_and_lr(char_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("step ")]
     assert [line.split(":")[0] for line in lines] == ["step 2", "step 4"]
+    assert "parameters on" not in out  # the header is for terminals, with the bar
     for line in lines:
         assert re.fullmatch(r"step \d: train \d\.\d{4}, val \d\.\d{4} \(best \d\.\d{4}\), "
                             r"lr \d\.\d\de[-+]\d\d", line), line  # fmt: skip
@@ -308,3 +309,26 @@ def test_run_meta_records_the_amp_choice(char_dir, tmp_path, monkeypatch, amp, n
     assert train(char_dir, tmp_path, "--max-iters", "1", "--amp", amp) == 0
     meta = json.loads((tmp_path / "run_meta.json").read_text())
     assert meta["dtype"] == want and meta["amp"].startswith(f"{amp} -> ")
+
+
+def test_time_and_throughput_columns_add_up_across_steps_and_resumes(char_dir, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """With a clock that advances 0.25 s per reading, every step takes 0.25 s: time_sec
+    sums the steps of the run and of the runs it resumes, and throughput_tps is the
+    tokens of the steps since the last evaluation over their seconds."""
+    from types import SimpleNamespace
+
+    from yocto_fn import metrics
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: next(ticks) / 4))
+    every = ("--eval-interval", "2")
+    assert train(char_dir, tmp_path, "--max-iters", "4", *every) == 0
+    resume = ("--resume", str(tmp_path / "latest.pt"))
+    assert train(char_dir, tmp_path, "--max-iters", "2", *every, *resume) == 0
+    rows = metrics.read(tmp_path / "metrics.csv")
+    tokens = 4 * 16  # --batch-size 4, --block-size 16
+    assert [(r["iter"], r["time_sec"], r["tokens_seen"]) for r in rows] == [
+        (2, 0.5, 2 * tokens), (4, 1.0, 4 * tokens), (6, 1.5, 6 * tokens)
+    ]
+    assert [r["throughput_tps"] for r in rows] == [2 * tokens / 0.5] * 3
