@@ -329,6 +329,8 @@ def test_time_and_throughput_columns_add_up_across_steps_and_resumes(char_dir, t
     rows = metrics.read(tmp_path / "metrics.csv")
     tokens = 4 * 16  # --batch-size 4, --block-size 16
     assert [(r["iter"], r["time_sec"], r["tokens_seen"]) for r in rows] == [
-        (2, 0.5, 2 * tokens), (4, 1.0, 4 * tokens), (6, 1.5, 6 * tokens)
+        (2, 0.5, 2 * tokens),
+        (4, 1.0, 4 * tokens),
+        (6, 1.5, 6 * tokens),
     ]
     assert [r["throughput_tps"] for r in rows] == [2 * tokens / 0.5] * 3
