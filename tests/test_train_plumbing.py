@@ -239,6 +239,7 @@ def test_each_evaluation_prints_its_losses_and_lr(char_dir, tmp_path, capsys):
     lines = [line for line in out.splitlines() if line.startswith("step ")]
     assert [line.split(":")[0] for line in lines] == ["step 2", "step 4"]
     assert "parameters on" not in out  # the header is for terminals, with the bar
+    assert lines == out.splitlines()[:-1]  # then "done: ...": no header, no stop message
     for line in lines:
         assert re.fullmatch(r"step \d: train \d\.\d{4}, val \d\.\d{4} \(best \d\.\d{4}\), "
                             r"lr \d\.\d\de[-+]\d\d", line), line  # fmt: skip
@@ -334,3 +335,20 @@ def test_time_and_throughput_columns_add_up_across_steps_and_resumes(char_dir, t
         (6, 1.5, 6 * tokens),
     ]
     assert [r["throughput_tps"] for r in rows] == [2 * tokens / 0.5] * 3
+
+
+@pytest.mark.parametrize(("warmup", "lr"), [(10, 1e-4), (0, 1e-3)])
+def test_max_iters_0_evaluates_once_at_a_terminal_too(char_dir, tmp_path, monkeypatch, capsys,
+                                                      warmup, lr):  # fmt: skip
+    """--max-iters 0 only evaluates: one row, at the cosine schedule's first rate (warm-up
+    step 0: lr / warmup_iters; without warm-up the peak), with no throughput since no step
+    ran; at a terminal its line goes through the progress bar."""
+    from yocto_fn import metrics
+
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    flags = ("--max-iters", "0", "--cosine-lr", "--lr", "1e-3", "--warmup-iters", str(warmup))
+    assert train(char_dir, tmp_path, *flags) == 0
+    [row] = metrics.read(tmp_path / "metrics.csv")
+    assert row["iter"] == 0 and row["lr"] == pytest.approx(lr, rel=1e-12)
+    assert row["throughput_tps"] is None and row["time_sec"] == 0.0
+    assert "step 0: train " in capsys.readouterr().out

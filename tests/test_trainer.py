@@ -131,9 +131,13 @@ def test_ema_off_leaves_ema_columns_empty(char_dir, tmp_path):
     assert ckpt(tmp_path / "latest.pt")["ema"] is None
 
 
-def test_early_stopping_stops_before_max_iters(char_dir, tmp_path):
+def test_early_stopping_stops_before_max_iters(char_dir, tmp_path, capsys):
     flags = ("--max-iters", "40", "--early-stopping-patience", "2")
+    capsys.readouterr()
     assert train(char_dir, tmp_path, *flags, "--early-stopping-min-delta", "100") == 0
+    assert capsys.readouterr().out.splitlines()[-2] == (
+        "early stopping: no improvement in 2 evaluations"
+    )
     assert [r["iter"] for r in rows(tmp_path)] == ["4", "8", "12"]
     assert ckpt(tmp_path / "latest.pt")["iter"] == 12
 
