@@ -197,8 +197,12 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(char_dir, tmp_path, monkeypa
         return out
 
     monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    capsys.readouterr()
     assert train(char_dir, tmp_path, "--max-iters", "100") == 0
-    assert "--resume" in capsys.readouterr().out
+    said, resume = capsys.readouterr().out.splitlines()[-2:]
+    assert said == f"interrupted (SIGINT) at step 3; saved {tmp_path / 'latest.pt'}"
+    assert resume.startswith("resume with: python cli.py train --mode char --data-dir ")
+    assert resume.endswith(f"--resume {tmp_path / 'latest.pt'}")
     assert ckpt(tmp_path / "latest.pt")["iter"] == 3
 
 
