@@ -99,6 +99,8 @@ CASES = [
     ("train --data-dir W/shortbin --ckpt-dir W/out", "holds 2 tokens but meta.json says"),
     ("train --mode token --data-dir W/char --ckpt-dir W/out", "holds char-level data"),
     ("train --data-dir W/tok --ckpt-dir W/out", "holds token-level data"),
+    ("train --data-dir W/char --ckpt-dir W/text.txt",
+     "--ckpt-dir W/text.txt is an existing file; choose a directory path"),
     # train: sizes and flag values
     (f"train {CKPT} --block-size 1000000", "is larger than the train split"),
     (f"train {CKPT} --n-embd 30 --n-head 4", "must be divisible by n_head"),

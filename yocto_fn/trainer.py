@@ -44,7 +44,9 @@ class Trainer(RunState):
         amp_dtype = amp_dtype_of(cfg.amp, cfg.amp_dtype, device)
         loss_scale = optim.DynamicLossScale() if amp_dtype is torch.float16 else None
         if cfg.ckpt_dir.exists() and not cfg.ckpt_dir.is_dir():
-            raise UserError(f"--ckpt-dir {cfg.ckpt_dir} is an existing file")
+            raise UserError(
+                f"--ckpt-dir {cfg.ckpt_dir} is an existing file; choose a directory path"
+            )
         ds = Dataset(cfg.data_dir)
         tok = load_tokenizer(cfg, ds)
         ckpt = checkpoint.load(cfg.resume) if cfg.resume else None
