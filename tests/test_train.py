@@ -183,26 +183,35 @@ def _scaled_step(cfg, m, scale, **kw):
     return make_train_step(m, cfg, optim.AdamW(), loss_scale=optim.DynamicLossScale(scale, **kw))
 
 
-def test_loss_scaling_unscales_exactly():
-    """fp32 with a loss scale of 1024 takes the same step as no scaling (power of two)."""
-    cfg = tiny_config()
+@pytest.mark.parametrize("accum", [False, True])
+def test_loss_scaling_unscales_exactly(accum):
+    """fp32 with a loss scale of 1024 takes the same step as no scaling (power of two):
+    the same params, loss and gradient norm (AdamW alone would hide a wrong unscaling),
+    with dropout drawing from the same key, with and without gradient accumulation."""
+    cfg = tiny_config(dropout=0.2)
     m = models.get("gpt-plus")
     p = m.init(cfg, 0)
-    plain = make_train_step(m, cfg, optim.AdamW())(p, optim.init(p), _batch(cfg), 1e-3, None)
+    x, y = _batch(cfg)
+    batch = (x.reshape(2, 2, -1), y.reshape(2, 2, -1)) if accum else (x, y)
+    plain = make_train_step(m, cfg, optim.AdamW())(p, optim.init(p), batch, 1e-3, rng.key(5))
     loss_scale = optim.DynamicLossScale(1024.0)
-    scaled = _scaled_step(cfg, m, 1024.0)(p, optim.init(p, loss_scale), _batch(cfg), 1e-3, None)
+    scaled = _scaled_step(cfg, m, 1024.0)(p, optim.init(p, loss_scale), batch, 1e-3, rng.key(5))
     assert params.max_abs_diff(plain[0], scaled[0]) < 1e-6
-    assert abs(plain[2]["loss"].item() - scaled[2]["loss"].item()) < 1e-6
+    for name in ("loss", "grad_norm"):
+        assert scaled[2][name].item() == pytest.approx(plain[2][name].item(), rel=1e-6), name
     assert scaled[1].loss_scale.good_steps.item() == 1 and scaled[1].inner.step.item() == 1
 
 
-def test_overflowing_step_is_skipped_and_the_scale_backs_off():
+@pytest.mark.parametrize("accum", [False, True])
+def test_overflowing_step_is_skipped_and_the_scale_backs_off(accum):
     cfg = tiny_config()
     m = models.get("gpt")
     p = m.init(cfg, 0)
     loss_scale = optim.DynamicLossScale(3e38)  # loss x scale overflows fp32 -> inf grads
     state = optim.init(p, loss_scale)
-    new_p, new_state, metrics = _scaled_step(cfg, m, 3e38)(p, state, _batch(cfg), 1e-3, None)
+    x, y = _batch(cfg)
+    batch = (x.reshape(2, 2, -1), y.reshape(2, 2, -1)) if accum else (x, y)
+    new_p, new_state, metrics = _scaled_step(cfg, m, 3e38)(p, state, batch, 1e-3, None)
     assert not torch.isfinite(metrics["grad_norm"])
     assert params.max_abs_diff(new_p, p) == 0 and new_state.inner.step.item() == 0
     assert params.max_abs_diff(new_state.inner.mu, state.inner.mu) == 0
