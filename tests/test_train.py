@@ -179,23 +179,25 @@ def test_vmapped_train_step_equals_a_loop_over_the_ensemble(name):
         assert abs(metrics["loss"][i].item() - want_metrics["loss"].item()) < 1e-5
 
 
-def _scaled_step(cfg, m, scale, **kw):
-    return make_train_step(m, cfg, optim.AdamW(), loss_scale=optim.DynamicLossScale(scale, **kw))
+def _scaled_step(cfg, m, scale, hp=optim.AdamW(), **kw):
+    return make_train_step(m, cfg, hp, loss_scale=optim.DynamicLossScale(scale, **kw))
 
 
 @pytest.mark.parametrize("accum", [False, True])
 def test_loss_scaling_unscales_exactly(accum):
     """fp32 with a loss scale of 1024 takes the same step as no scaling (power of two):
     the same params, loss and gradient norm (AdamW alone would hide a wrong unscaling),
-    with dropout drawing from the same key, with and without gradient accumulation."""
+    with dropout drawing from the same key and the same (not default) AdamW settings, with
+    and without gradient accumulation."""
     cfg = tiny_config(dropout=0.2)
     m = models.get("gpt-plus")
     p = m.init(cfg, 0)
     x, y = _batch(cfg)
     batch = (x.reshape(2, 2, -1), y.reshape(2, 2, -1)) if accum else (x, y)
-    plain = make_train_step(m, cfg, optim.AdamW())(p, optim.init(p), batch, 1e-3, rng.key(5))
-    loss_scale = optim.DynamicLossScale(1024.0)
-    scaled = _scaled_step(cfg, m, 1024.0)(p, optim.init(p, loss_scale), batch, 1e-3, rng.key(5))
+    hp = optim.AdamW(b1=0.5, weight_decay=0.5)
+    plain = make_train_step(m, cfg, hp)(p, optim.init(p), batch, 1e-2, rng.key(5))
+    state = optim.init(p, optim.DynamicLossScale(1024.0))
+    scaled = _scaled_step(cfg, m, 1024.0, hp)(p, state, batch, 1e-2, rng.key(5))
     assert params.max_abs_diff(plain[0], scaled[0]) < 1e-6
     for name in ("loss", "grad_norm"):
         assert scaled[2][name].item() == pytest.approx(plain[2][name].item(), rel=1e-6), name
