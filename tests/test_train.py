@@ -265,3 +265,27 @@ def test_make_train_step_passes_activation_checkpointing_to_the_forward(monkeypa
         step = make_train_step(m, cfg, optim.AdamW(), activation_checkpointing=remat)
         step(p, optim.init(p), _batch(cfg, seed=0), 1e-3, None)
         assert len(calls) == per_step
+
+
+@pytest.mark.parametrize(("flags", "compiled"), [
+    ({}, []), ({"compile": True}, ["pure_step"]),
+    ({"compile": True, "activation_checkpointing": True}, ["loss_fn", "apply"]),
+])  # fmt: skip
+def test_which_functions_the_step_gives_the_jit(monkeypatch, flags, compiled):
+    """--compile compiles the whole pure step; with activation checkpointing, the forward
+    and the optimizer apart (see make_train_step). Recorded, not compiled: the values of
+    the compiled paths are compared with eager in the compile tests. (Named without that
+    word, so mutation runs keep it.)"""
+    seen = []
+
+    def record(fn, **kwargs):
+        seen.append(getattr(fn, "__name__", None) or fn.func.__name__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    cfg = tiny_config()
+    m = models.get("gpt-fast")
+    p = m.init(cfg, 0)
+    step = make_train_step(m, cfg, optim.AdamW(), **flags)
+    step(p, optim.init(p), _batch(cfg), 1e-3, rng.key(0))
+    assert seen == compiled
