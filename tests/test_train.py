@@ -289,3 +289,23 @@ def test_which_functions_the_step_gives_the_jit(monkeypatch, flags, compiled):
     step = make_train_step(m, cfg, optim.AdamW(), **flags)
     step(p, optim.init(p), _batch(cfg), 1e-3, rng.key(0))
     assert seen == compiled
+
+
+def test_grad_and_value_matches_torch_func_with_aux_kwargs_and_an_unused_leaf():
+    """The eager shortcut and the transformed path (under vmap) against
+    torch.func.grad_and_value: keyword arguments reach fn, aux comes back detached, and a
+    leaf the loss does not use gets zeros, not None or an error."""
+
+    def fn(p, x, *, scale):
+        return (p["w"] * x).sum() * scale, {"norm": p["w"].norm()}
+
+    p = {"w": torch.tensor([1.0, -2.0, 3.0]), "unused": torch.ones(2)}
+    x = torch.tensor([0.5, 0.25, 2.0])
+    want_g, (want_v, want_aux) = torch.func.grad_and_value(fn, has_aux=True)(p, x, scale=3.0)
+    g, (v, aux) = grad_and_value(fn, has_aux=True)(p, x, scale=3.0)
+    assert torch.equal(g["w"], want_g["w"]) and torch.equal(g["unused"], torch.zeros(2))
+    assert v.item() == want_v.item() == 18.0 and torch.equal(aux["norm"], want_aux["norm"])
+    assert not v.requires_grad and not aux["norm"].requires_grad
+    xs = torch.stack([x, 2 * x])
+    vg, (vv, _) = torch.vmap(grad_and_value(fn, has_aux=True), in_dims=(None, 0))(p, xs, scale=3.0)
+    assert torch.equal(vg["w"], 3.0 * xs) and vv.tolist() == [18.0, 36.0]

@@ -49,7 +49,7 @@ def grad_and_value(
         with torch.enable_grad():
             out = fn(tree_unflatten_like(params, leaves), *args, **kwargs)
         value, aux = out if has_aux else (out, None)
-        grads = torch.autograd.grad(value, leaves, allow_unused=True, materialize_grads=True)
+        grads = torch.autograd.grad(value, leaves, materialize_grads=True)  # zeros if unused
         grads = tree_unflatten_like(params, list(grads))
         if has_aux:
             return grads, (value.detach(), tree_map(torch.Tensor.detach, aux))
