@@ -6,9 +6,9 @@ N is the parameter count, D the tokens seen, U the unique tokens of the training
 R = max(D / U - 1, 0) the passes beyond the first, and h how hard the corpus is: the
 held-out entropy of a trigram model (`corpus_hardness`). The grid's two full corpora
 differ in h by a factor 1.25 and in val loss by 1.28-1.39, their 200k-character cuts by
-1.16 and 1.12-1.16, at every shape and length: h scales the whole curve rather than
-shifting its floor. (lzma's compressed size, tried first, ranked an unseen corpus of prose
-as far harder than it trains.)
+1.16 and 1.12-1.16, across the fitted runs' shapes and lengths: h scales the whole curve
+rather than shifting its floor. (lzma's compressed size, tried first, ranked an unseen
+corpus of prose as far harder than it trains.)
 
 The first three terms are the usual power law in model size and tokens seen. The last is
 memorisation: repeated passes over a small corpus turn into a higher val loss, faster the
