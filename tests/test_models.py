@@ -311,6 +311,32 @@ def test_cached_decode_under_vmap_over_prompts_matches_each_prompts_forward(name
     assert filled.pos.tolist() == [10, 10, 10] and filled.k.abs().sum() > 0
     assert passed.k.abs().sum() == 0 and passed.v.abs().sum() == 0
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_vmapped_decode_step_with_a_position_per_prompt(amp):
+    """Prompts of different lengths, each prefilled on its own, then one vmapped step over
+    caches whose `pos` is batched: each prompt's logits match its own uncached forward. The
+    room check must stand aside (there is no one position to read), and under bf16 autocast
+    the out-of-place write still stores the bf16 keys in the fp32 cache."""
+    cfg, model = tiny_config(), models.get("gpt-plus")
+    p = model.init(cfg, 0)
+    gen = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(cfg.vocab_size, (1, n), generator=gen) for n in (7, 5, 3)]
+    nexts = torch.randint(cfg.vocab_size, (3, 1, 1), generator=gen)
+    caches = [model.forward(p, x, cfg, cache=model.init_cache(cfg, 1))[1] for x in prompts]
+    stacked = type(caches[0])(*(torch.stack(parts) for parts in zip(*caches, strict=True)))
+    assert stacked.pos.tolist() == [7, 5, 3]
+
+    def step(token, cache):
+        return model.forward(p, token, cfg, cache=cache)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        logits, after = torch.func.vmap(step)(nexts, stacked)
+    assert after.pos.tolist() == [8, 6, 4] and after.k.dtype == torch.float32
+    for i, (x, nxt) in enumerate(zip(prompts, nexts, strict=True)):
+        full, _ = model.forward(p, torch.cat([x, nxt], dim=1), cfg)
+        tol = 3e-2 if amp else 1e-5
+        torch.testing.assert_close(logits[i, :, -1].float(), full[:, -1], atol=tol, rtol=0)
+
 
 def test_a_cloned_cache_continues_independently():
     """Eager writes are in place, so two continuations of one prompt need a `clone`: each
