@@ -311,6 +311,7 @@ def test_cached_decode_under_vmap_over_prompts_matches_each_prompts_forward(name
     assert filled.pos.tolist() == [10, 10, 10] and filled.k.abs().sum() > 0
     assert passed.k.abs().sum() == 0 and passed.v.abs().sum() == 0
 
+
 @pytest.mark.parametrize("amp", [False, True])
 def test_vmapped_decode_step_with_a_position_per_prompt(amp):
     """Prompts of different lengths, each prefilled on its own, then one vmapped step over
