@@ -1,6 +1,7 @@
 """The training CLI: exact resume, accumulation, checkpointing, features and bad input."""
 
 import csv
+import datetime
 import signal
 from pathlib import Path
 
@@ -356,3 +357,107 @@ def test_checkpoint_load_refuses_pickled_objects_and_quotes_the_reason(tmp_path,
     monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(EOFError()))
     with pytest.raises(UserError, match=r"corrupt or truncated \(EOFError\)"):
         checkpoint.load(tmp_path / "ok.pt")
+
+
+def test_checkpoint_refusals_say_what_to_pass_instead(tmp_path, monkeypatch):
+    """Each refusal of `checkpoint.load`, word for word: the message is all a user sees."""
+    import pickle
+
+    from yocto_fn import checkpoint
+    from yocto_fn.errors import UserError
+
+    def refusal(path) -> str:
+        with pytest.raises(UserError) as err:
+            checkpoint.load(path)
+        return str(err.value)
+
+    (tmp_path / "run").mkdir()
+    assert refusal(tmp_path / "run") == (
+        f"{tmp_path / 'run'} is a directory; pass the latest.pt or best.pt inside it (or a "
+        "directory written by `cli.py export --format safetensors`)"
+    )
+    (tmp_path / "short.pt").write_bytes(b"PK")
+    assert refusal(tmp_path / "short.pt") == (
+        f"{tmp_path / 'short.pt'} is truncated or not a checkpoint (not a whole zip archive, "
+        "which torch.save writes); pass the latest.pt or best.pt of a training run"
+    )
+    torch.save({"format": 1, "when": datetime.date(2026, 1, 1)}, tmp_path / "objects.pt")
+    assert refusal(tmp_path / "objects.pt") == (
+        f"{tmp_path / 'objects.pt'} holds Python objects besides tensors and plain values, so "
+        "it is not a yocto_fn checkpoint and is not unpickled (that could run code)"
+    )
+    torch.save({"format": 1}, tmp_path / "ok.pt")
+    failures = [
+        (pickle.UnpicklingError("bad opcode"), "corrupt (bad opcode); use"),
+        (RuntimeError("bad storage"), "corrupt or truncated (bad storage); use"),
+    ]
+    for error, reason in failures:
+        monkeypatch.setattr(
+            torch, "load", lambda *a, error=error, **k: (_ for _ in ()).throw(error)
+        )
+        advice = " (e.g. best.pt or latest.pt of the run) or start afresh" * ("truncated" in reason)
+        assert refusal(tmp_path / "ok.pt") == (
+            f"checkpoint {tmp_path / 'ok.pt'} is {reason} another checkpoint{advice}"
+        )
+
+
+def test_foreign_and_damaged_checkpoints_are_named_with_what_to_use_instead(tmp_path):
+    """Missing keys, another format, and a failed checksum with the siblings it suggests:
+    the others of best.pt and latest.pt that exist, never the damaged file itself."""
+    from yocto_fn import checkpoint
+    from yocto_fn.errors import UserError
+
+    def refusal(path) -> str:
+        with pytest.raises(UserError) as err:
+            checkpoint.load(path)
+        return str(err.value)
+
+    torch.save({"format": 1, "params": {}}, tmp_path / "foreign.pt")
+    assert refusal(tmp_path / "foreign.pt") == (
+        f"{tmp_path / 'foreign.pt'} is not a yocto_fn checkpoint "
+        "(missing arch, model_config, iter, tokenizer)"
+    )
+    good = {"format": 1, "arch": "gpt", "model_config": {}, "params": {"w": torch.ones(3)},
+            "iter": 1, "tokenizer": {}}  # fmt: skip
+    torch.save(good | {"format": 7}, tmp_path / "future.pt")
+    assert refusal(tmp_path / "future.pt") == (
+        f"{tmp_path / 'future.pt'} has checkpoint format 7, expected 1"
+    )
+    damaged = good | {"payload_sha256": "0" * 64}
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(damaged, run / "latest.pt")
+    prefix = f"checkpoint {run / 'latest.pt'} is damaged (its tensors fail their checksum); "
+    assert refusal(run / "latest.pt") == prefix + "start afresh"
+    checkpoint.save(run / "best.pt", good)
+    assert refusal(run / "latest.pt") == prefix + "use best.pt beside it"
+    torch.save(damaged, run / "copy.pt")
+    assert refusal(run / "copy.pt") == (
+        f"checkpoint {run / 'copy.pt'} is damaged (its tensors fail their checksum); "
+        "use best.pt or latest.pt beside it"
+    )
+
+
+def test_payload_digest_matches_a_hand_built_sha256():
+    """The checksum's definition is part of the file format (old checkpoints must keep
+    verifying): name, dtype and shape, then the raw bytes, of every tensor in key order
+    (keys compared as strings, so 10 before 2); plain values and the digest itself are out."""
+    import hashlib
+
+    from yocto_fn.checkpoint import payload_digest
+
+    ckpt = {
+        "params": {"b": torch.tensor([1, 2], dtype=torch.int16), "a": torch.zeros(0)},
+        "opt": [torch.tensor([3], dtype=torch.uint8), {10: torch.tensor([4], dtype=torch.uint8),
+                                                       2: torch.tensor([5], dtype=torch.uint8)}],
+        "iter": 5,
+        "payload_sha256": torch.ones(1),
+    }  # fmt: skip
+    want = hashlib.sha256(
+        b".opt.0:torch.uint8:(1,);\x03"
+        b".opt.1.10:torch.uint8:(1,);\x04"
+        b".opt.1.2:torch.uint8:(1,);\x05"
+        b".params.a:torch.float32:(0,);"
+        b".params.b:torch.int16:(2,);\x01\x00\x02\x00"
+    ).hexdigest()
+    assert payload_digest(ckpt) == want
