@@ -400,3 +400,66 @@ def test_member_norms_equal_each_members_own_norm(with_bias):
         want = F.layer_norm(x[e], (C,), p["w"][e], p.get("b", [None] * E)[e], 1e-5)
         torch.testing.assert_close(ln[e], want)
         torch.testing.assert_close(rms[e], F.rms_norm(x[e], (C,), p["w"][e], 1e-6))
+
+
+@pytest.mark.parametrize("members", [False, True])
+def test_norms_use_the_eps_they_are_given(members):
+    """With a large eps the normalisation visibly shrinks: compare layer and RMS norm, plain
+    and per member, with the formulas written out in float64."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 5, 8, generator=gen) * 0.3
+    shape = (2, 1, 1, 8) if members else (8,)
+    w, b = torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
+    w_in, b_in = (w[:, 0, 0], b[:, 0, 0]) if members else (w, b)
+    eps = 0.25
+    x64 = x.double()
+    centred = x64 - x64.mean(-1, keepdim=True)
+    want_ln = centred / (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w + b
+    want_rms = x64 / (x64.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w
+    got_ln = layers.layer_norm(x, {"w": w_in, "b": b_in}, eps=eps)
+    got_rms = layers.rms_norm(x, {"w": w_in}, eps=eps)
+    torch.testing.assert_close(got_ln.double(), want_ln, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_rms.double(), want_rms, atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_gelu_is_exact_gelu_unless_asked_for_tanh():
+    """GELU by default is x·Φ(x) (the erf form); "tanh" is GPT-2's approximation."""
+    gen = torch.Generator().manual_seed(9)
+    p = {"fc_w": torch.randn(16, 8, generator=gen), "proj_w": torch.eye(8, 16)}
+    x = torch.randn(4, 8, generator=gen) * 3
+    h = (x @ p["fc_w"].T).double()
+    exact = h * 0.5 * (1 + torch.erf(h / 2**0.5))
+    tanh = 0.5 * h * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (h + 0.044715 * h**3)))
+    torch.testing.assert_close(layers.mlp_gelu(x, p).double(), exact[:, :8], atol=1e-5, rtol=0)
+    got = layers.mlp_gelu(x, p, approximate="tanh").double()
+    torch.testing.assert_close(got, tanh[:, :8], atol=1e-5, rtol=0)
+    assert (exact - tanh).abs().max() > 1e-4
+
+
+def test_the_one_row_product_and_sum_form_matches_the_matmul(monkeypatch):
+    """`project` takes its product-and-sum form for one row only under the compiler; with the
+    compiler's flag faked, the form runs eagerly here and must equal x @ w.T (scaled, plus
+    bias) for 2-D and 3-D rows, fp32, int8 and bf16 weights, in the input's dtype."""
+    gen = torch.Generator().manual_seed(10)
+    w = torch.randn(6, 4, generator=gen)
+    b, scale = torch.randn(6, generator=gen), torch.rand(6, generator=gen) + 0.5
+    w8 = torch.randint(-127, 128, (6, 4), generator=gen, dtype=torch.int8)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for x in (torch.randn(1, 4, generator=gen), torch.randn(1, 1, 4, generator=gen)):
+        x64 = x.double()
+        cases = [
+            ((w, b, None), x64 @ w.double().T + b),
+            ((w8, None, scale), x64 @ w8.double().T * scale),
+            ((w.bfloat16(), b, None), x64 @ w.bfloat16().double().T + b),
+        ]
+        for (weight, bias, s), want in cases:
+            got = layers.project(x, weight, bias, s)
+            assert got.shape == (*x.shape[:-1], 6) and got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+        for weight, s, want in (
+            (w, None, x.bfloat16().double() @ w.bfloat16().double().T),
+            (w8, scale, x.bfloat16().double() @ w8.double().T * scale),
+        ):
+            got = layers.project(x.bfloat16(), weight, None, s)
+            assert got.dtype == torch.bfloat16
+            torch.testing.assert_close(got.double(), want, atol=0.1, rtol=0.02)
