@@ -178,6 +178,10 @@ def test_stats_line_reports_each_phase():
     assert stats_line(3, 2, 0.0, [0.25, 0.5]) == (
         "prompt tokens 3, new tokens 2, prefill 250.0 ms, first decode step 250.0 ms, wall 0.50 s"
     )
+    assert stats_line(3, 3, 0.0, [0.25, 0.5, 1.0]) == (
+        "prompt tokens 3, new tokens 3, prefill 250.0 ms, first decode step 250.0 ms, "
+        "decode 2.0 tokens/s, wall 1.00 s"
+    )
     assert (
         stats_line(3, 1, 0.0, [0.25])
         == "prompt tokens 3, new tokens 1, prefill 250.0 ms, wall 0.25 s"
@@ -390,3 +394,63 @@ def test_a_terminal_sees_the_header_and_each_evaluation(checkpoints, tmp_path, m
     out = capsys.readouterr().out
     assert out.startswith("gpt-fast: ") and "parameters on cpu (fp32), steps 0->2" in out
     assert "step 2: train " in out
+
+
+def test_unescape_turns_typed_escapes_into_characters():
+    r"""`\n` and `\t` become a newline and a tab, `\\` one backslash; others stay."""
+    from yocto_fn.sample import unescape
+
+    assert unescape(r"a\nb\tc\\n\x") == "a\nb\tc\\n\\x"
+
+
+def test_an_empty_prompt_starts_from_a_newline_or_bos():
+    """Char mode: a newline if the vocabulary has one, else its first character. Token mode:
+    <bos> before the prompt where the tokenizer has one, nothing where it has none."""
+    from types import SimpleNamespace
+
+    from yocto_fn.sample import encode_prompt
+    from yocto_fn.tokenizer import CharTokenizer
+
+    def prompt(tok, text=""):
+        return encode_prompt(SimpleNamespace(tok=tok), text, drop_unknown=False)
+
+    assert prompt(CharTokenizer(["a", "\n", "b"])) == [1]
+    assert prompt(CharTokenizer(["x", "y"])) == [0]
+    assert prompt(CharTokenizer(["x", "y"]), "yx") == [1, 0]
+
+    class Words:
+        def __init__(self, bos_id):
+            self.bos_id = bos_id
+
+        def encode(self, text):
+            return [len(w) for w in text.split()]
+
+    assert prompt(Words(bos_id=7), "ab c") == [7, 2, 1]
+    assert prompt(Words(bos_id=None), "ab c") == [2, 1]
+    assert prompt(Words(bos_id=0), "") == [0]
+
+
+def test_sample_compile_hands_the_batch_and_directory_to_the_packaged_step(
+    checkpoints, tmp_path, monkeypatch
+):
+    """On CPU `--compile` loads (or builds) the packaged step beside the checkpoint, for the
+    batch asked (1 by default); elsewhere it compiles in the process. The package build is
+    replaced by a recorder here: the compiled tests build the real one."""
+    from yocto_fn import aot
+    from yocto_fn.config import InferenceOptions
+    from yocto_fn.params import to as params_to
+    from yocto_fn.sample import compiled_step, sampling_kwargs
+
+    calls = []
+    monkeypatch.setattr(aot, "decode_step", lambda *a: calls.append(a) or "packaged")
+    ckpt = checkpoints["char"]
+    loaded = load_model(InferenceOptions(ckpt=ckpt, device="cpu"))
+    assert sampling_kwargs(InferenceOptions(ckpt=ckpt), loaded)["step"] is None
+    opts = InferenceOptions(ckpt=ckpt, compile=True)
+    assert sampling_kwargs(opts, loaded)["step"] == "packaged"
+    assert sampling_kwargs(opts, loaded, batch=3)["step"] == "packaged"
+    model, params, cfg = loaded.model, loaded.params, loaded.cfg
+    want = [(model, params, cfg, b, cfg.block_size, ckpt.parent / "compiled") for b in (1, 3)]
+    assert calls == want
+    on_meta = loaded._replace(params=params_to(loaded.params, "meta"))
+    assert callable(compiled_step(on_meta, opts, 1)) and len(calls) == 2
