@@ -370,6 +370,8 @@ def test_sample_next_draws_from_the_tempered_filtered_softmax(monkeypatch):
         return real(p, n, generator=generator)
 
     monkeypatch.setattr(torch, "multinomial", multinomial)
+    sample_next(logits, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(seen.pop(), logits.softmax(-1))  # temperature 1 by default
     out = sample_next(
         logits, temperature=0.5, top_p=0.95, generator=torch.Generator().manual_seed(0)
     )
@@ -454,3 +456,83 @@ def test_sample_compile_hands_the_batch_and_directory_to_the_packaged_step(
     assert calls == want
     on_meta = loaded._replace(params=params_to(loaded.params, "meta"))
     assert callable(compiled_step(on_meta, opts, 1)) and len(calls) == 2
+
+
+def test_sampling_flags_accept_their_bounds_and_refuse_past_them():
+    from yocto_fn.config import InferenceOptions
+    from yocto_fn.errors import UserError
+    from yocto_fn.sample import check_sampling_flags
+
+    check_sampling_flags(InferenceOptions(ckpt=Path("x"), max_new_tokens=1, top_p=1.0))
+    with pytest.raises(UserError) as err:
+        check_sampling_flags(InferenceOptions(ckpt=Path("x"), max_new_tokens=0))
+    assert str(err.value) == "--max-new-tokens must be at least 1"
+
+
+def test_overrides_and_mode_are_checked_against_the_model(checkpoints, tmp_path):
+    """A checkpoint without a stored mode takes it from its tokenizer; --mode must agree;
+    --vocab-path overrides a char model's vocabulary and --tokenizer-path a token model's,
+    each only its own kind, and must have the model's size."""
+    from yocto_fn import checkpoint
+    from yocto_fn.config import InferenceOptions
+    from yocto_fn.errors import UserError
+
+    root = checkpoints["char"].parents[1]
+    vocab, bpe = root / "char" / "vocab.json", root / "tok" / "tokenizer.json"
+    paths = {}
+    for mode, other in (("char", "token"), ("token", "char")):
+        ckpt = checkpoint.load(checkpoints[mode])
+        ckpt.pop("mode", None)
+        paths[mode] = tmp_path / f"{mode}.pt"
+        checkpoint.save(paths[mode], ckpt)
+        with pytest.raises(UserError) as err:
+            load_model(InferenceOptions(ckpt=paths[mode], mode=other))
+        assert str(err.value) == f"--mode {other} but {paths[mode]} is a {mode}-level model"
+        assert load_model(InferenceOptions(ckpt=paths[mode], mode=mode)).cfg.vocab_size > 0
+
+    def refusal(**kw) -> str:
+        with pytest.raises(UserError) as err:
+            load_model(InferenceOptions(**kw))
+        return str(err.value)
+
+    advice = "use the vocabulary it was trained with (or leave the override out)"
+    assert refusal(ckpt=paths["char"], vocab_path=bpe) == (
+        f"{bpe} has 400 tokens but the model has 71; {advice}"
+    )
+    assert refusal(ckpt=paths["token"], tokenizer_path=vocab) == (
+        f"{vocab} has 71 tokens but the model has 400; {advice}"
+    )
+    char = load_model(InferenceOptions(ckpt=paths["char"], vocab_path=vocab, tokenizer_path=bpe))
+    token = load_model(InferenceOptions(ckpt=paths["token"], vocab_path=vocab, tokenizer_path=bpe))
+    assert (char.tok.vocab_size, token.tok.vocab_size) == (71, 400)
+
+
+def test_sample_run_reports_compile_time_and_passes_eos(checkpoints, monkeypatch, capsys):
+    """With --compile --stats the first sample's line holds load and compile times (on a
+    fake clock, 0.25 s per reading), later samples neither; the tokenizer's end token reaches
+    `generate`; --num-samples 0 is refused word for word."""
+    from yocto_fn import aot, sample
+    from yocto_fn.config import SampleConfig
+    from yocto_fn.errors import UserError
+
+    monkeypatch.setattr(aot, "decode_step", lambda model, *a: decode_step(model, False))
+    clock = iter(range(1000))
+    monkeypatch.setattr(sample.time, "perf_counter", lambda: next(clock) * 0.25)
+    seen = []
+    real_generate = sample.generate
+    monkeypatch.setattr(
+        sample, "generate", lambda *a, **k: seen.append(k["eos_id"]) or real_generate(*a, **k)
+    )
+    opts = SampleConfig(ckpt=checkpoints["token"], compile=True, stats=True, num_samples=2,
+                        max_new_tokens=3, temperature=0, prompt="the")  # fmt: skip
+    sample.run(opts)
+    lines = capsys.readouterr().err.splitlines()
+    eos = load_model(opts).tok.eos_id
+    assert eos is not None and seen == [eos, eos]
+    prompt_tokens = len(load_model(opts).tok.encode("the")) + 1  # and <bos>
+    steady = "first decode step 250.0 ms, decode 4.0 tokens/s"
+    body = f"prompt tokens {prompt_tokens}, new tokens 3, prefill 250.0 ms, {steady}"
+    assert lines == [f"load 0.25 s, compile 0.25 s, {body}, wall 1.25 s", f"{body}, wall 0.75 s"]
+    with pytest.raises(UserError) as err:
+        sample.run(SampleConfig(ckpt=checkpoints["token"], num_samples=0))
+    assert str(err.value) == "--num-samples must be at least 1"

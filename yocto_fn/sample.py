@@ -173,13 +173,12 @@ class TextStream:
 
 
 class Loaded(NamedTuple):
-    """A checkpoint ready to generate: variant, weights, shape, tokenizer and mode."""
+    """A checkpoint ready to generate: variant, weights, shape and tokenizer."""
 
     model: Model
     params: Params
     cfg: ModelConfig
     tok: tokenizers.TextTokenizer
-    mode: str
 
 
 def load_model(opts: InferenceOptions) -> Loaded:
@@ -205,7 +204,7 @@ def load_model(opts: InferenceOptions) -> Loaded:
             raise UserError(f"{opts.ckpt} has no EMA weights (train with --ema-decay); drop --ema")
         weights = ckpt["ema"]
     weights = quantize(to(weights, device), opts.quantize)
-    return Loaded(models.get(ckpt["arch"]), weights, cfg, tok, mode)
+    return Loaded(models.get(ckpt["arch"]), weights, cfg, tok)
 
 
 def check_sampling_flags(opts: InferenceOptions) -> None:
