@@ -474,6 +474,7 @@ def test_overrides_and_mode_are_checked_against_the_model(checkpoints, tmp_path)
     --vocab-path overrides a char model's vocabulary and --tokenizer-path a token model's,
     each only its own kind, and must have the model's size."""
     from yocto_fn import checkpoint
+    from yocto_fn import tokenizer as tokenizers
     from yocto_fn.config import InferenceOptions
     from yocto_fn.errors import UserError
 
@@ -495,16 +496,18 @@ def test_overrides_and_mode_are_checked_against_the_model(checkpoints, tmp_path)
             load_model(InferenceOptions(**kw))
         return str(err.value)
 
+    n_chars, n_bpe = (tokenizers.load(path).vocab_size for path in (vocab, bpe))
+    assert n_chars != n_bpe
     advice = "use the vocabulary it was trained with (or leave the override out)"
     assert refusal(ckpt=paths["char"], vocab_path=bpe) == (
-        f"{bpe} has 400 tokens but the model has 71; {advice}"
+        f"{bpe} has {n_bpe} tokens but the model has {n_chars}; {advice}"
     )
     assert refusal(ckpt=paths["token"], tokenizer_path=vocab) == (
-        f"{vocab} has 71 tokens but the model has 400; {advice}"
+        f"{vocab} has {n_chars} tokens but the model has {n_bpe}; {advice}"
     )
     char = load_model(InferenceOptions(ckpt=paths["char"], vocab_path=vocab, tokenizer_path=bpe))
     token = load_model(InferenceOptions(ckpt=paths["token"], vocab_path=vocab, tokenizer_path=bpe))
-    assert (char.tok.vocab_size, token.tok.vocab_size) == (71, 400)
+    assert (char.tok.vocab_size, token.tok.vocab_size) == (n_chars, n_bpe)
 
 
 def test_sample_run_reports_compile_time_and_passes_eos(checkpoints, monkeypatch, capsys):
