@@ -432,9 +432,7 @@ def test_an_empty_prompt_starts_from_a_newline_or_bos():
     assert prompt(Words(bos_id=0), "") == [0]
 
 
-def test_sample_compile_hands_the_batch_and_directory_to_the_packaged_step(
-    checkpoints, tmp_path, monkeypatch
-):
+def test_sample_packaged_step_gets_the_batch_and_directory(checkpoints, tmp_path, monkeypatch):
     """On CPU `--compile` loads (or builds) the packaged step beside the checkpoint, for the
     batch asked (1 by default); elsewhere it compiles in the process. The package build is
     replaced by a recorder here: the compiled tests build the real one."""
@@ -510,7 +508,7 @@ def test_overrides_and_mode_are_checked_against_the_model(checkpoints, tmp_path)
     assert (char.tok.vocab_size, token.tok.vocab_size) == (n_chars, n_bpe)
 
 
-def test_sample_run_reports_compile_time_and_passes_eos(checkpoints, monkeypatch, capsys):
+def test_sample_run_reports_build_time_and_passes_eos(checkpoints, monkeypatch, capsys):
     """With --compile --stats the first sample's line holds load and compile times (on a
     fake clock, 0.25 s per reading), later samples neither; the tokenizer's end token reaches
     `generate`; --num-samples 0 is refused word for word."""
