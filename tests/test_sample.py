@@ -1,5 +1,6 @@
 """Generation: cache == no cache past block_size, filtering, determinism, compile, CLIs."""
 
+import dataclasses
 import io
 import sys
 from pathlib import Path
@@ -436,7 +437,7 @@ def test_sample_packaged_step_gets_the_batch_and_directory(checkpoints, tmp_path
     """On CPU `--compile` loads (or builds) the packaged step beside the checkpoint, for the
     batch asked (1 by default); elsewhere it compiles in the process. The package build is
     replaced by a recorder here: the compiled tests build the real one."""
-    from yocto_fn import aot
+    from yocto_fn import aot, sample
     from yocto_fn.config import InferenceOptions
     from yocto_fn.params import to as params_to
     from yocto_fn.sample import compiled_step, sampling_kwargs
@@ -453,7 +454,11 @@ def test_sample_packaged_step_gets_the_batch_and_directory(checkpoints, tmp_path
     want = [(model, params, cfg, b, cfg.block_size, ckpt.parent / "compiled") for b in (1, 3)]
     assert calls == want
     on_meta = loaded._replace(params=params_to(loaded.params, "meta"))
-    assert callable(compiled_step(on_meta, opts, 1)) and len(calls) == 2
+    monkeypatch.setattr(sample, "decode_step", lambda *a: ("in process", *a))
+    assert compiled_step(on_meta, opts, 1) == ("in process", model, True) and len(calls) == 2
+    exported = InferenceOptions(ckpt=tmp_path, compile=True)  # a directory, as export writes
+    assert compiled_step(loaded, exported, 1) == "packaged"
+    assert calls[-1][-1] == tmp_path / "compiled"
 
 
 def test_sampling_flags_accept_their_bounds_and_refuse_past_them():
@@ -534,6 +539,8 @@ def test_sample_run_reports_build_time_and_passes_eos(checkpoints, monkeypatch, 
     steady = "first decode step 250.0 ms, decode 4.0 tokens/s"
     body = f"prompt tokens {prompt_tokens}, new tokens 3, prefill 250.0 ms, {steady}"
     assert lines == [f"load 0.25 s, compile 0.25 s, {body}, wall 1.25 s", f"{body}, wall 0.75 s"]
+    sample.run(dataclasses.replace(opts, compile=False, num_samples=1))
+    assert capsys.readouterr().err.startswith("load 0.25 s, prompt tokens ")
     with pytest.raises(UserError) as err:
         sample.run(SampleConfig(ckpt=checkpoints["token"], num_samples=0))
     assert str(err.value) == "--num-samples must be at least 1"
