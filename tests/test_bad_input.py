@@ -172,7 +172,7 @@ CASES = [
 
 # ASCII ids: pytest escapes other characters in a test's id, and the escaped id then names
 # no test when handed back to it (as mutation runs do, test by test).
-IDS = [a.replace("☃", "<snowman>") for a, _ in CASES]
+IDS = ["".join(c if c.isascii() else f"<U+{ord(c):04X}>" for c in a) for a, _ in CASES]
 
 
 @pytest.mark.parametrize(("argv", "expected"), CASES, ids=IDS)

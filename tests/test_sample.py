@@ -533,9 +533,9 @@ def test_sample_run_reports_build_time_and_passes_eos(checkpoints, monkeypatch, 
                         max_new_tokens=3, temperature=0, prompt="the")  # fmt: skip
     sample.run(opts)
     lines = capsys.readouterr().err.splitlines()
-    eos = load_model(opts).tok.eos_id
-    assert eos is not None and seen == [eos, eos]
-    prompt_tokens = len(load_model(opts).tok.encode("the")) + 1  # and <bos>
+    tok = load_model(opts).tok
+    assert tok.eos_id is not None and seen == [tok.eos_id, tok.eos_id]
+    prompt_tokens = len(tok.encode("the")) + 1  # and <bos>
     steady = "first decode step 250.0 ms, decode 4.0 tokens/s"
     body = f"prompt tokens {prompt_tokens}, new tokens 3, prefill 250.0 ms, {steady}"
     assert lines == [f"load 0.25 s, compile 0.25 s, {body}, wall 1.25 s", f"{body}, wall 0.75 s"]

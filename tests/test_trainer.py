@@ -359,30 +359,32 @@ def test_checkpoint_load_refuses_pickled_objects_and_quotes_the_reason(tmp_path,
         checkpoint.load(tmp_path / "ok.pt")
 
 
+def load_refusal(path) -> str:
+    """The one-line message `checkpoint.load` refuses `path` with."""
+    from yocto_fn import checkpoint
+    from yocto_fn.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    return str(err.value)
+
+
 def test_checkpoint_refusals_say_what_to_pass_instead(tmp_path, monkeypatch):
     """Each refusal of `checkpoint.load`, word for word: the message is all a user sees."""
     import pickle
 
-    from yocto_fn import checkpoint
-    from yocto_fn.errors import UserError
-
-    def refusal(path) -> str:
-        with pytest.raises(UserError) as err:
-            checkpoint.load(path)
-        return str(err.value)
-
     (tmp_path / "run").mkdir()
-    assert refusal(tmp_path / "run") == (
+    assert load_refusal(tmp_path / "run") == (
         f"{tmp_path / 'run'} is a directory; pass the latest.pt or best.pt inside it (or a "
         "directory written by `cli.py export --format safetensors`)"
     )
     (tmp_path / "short.pt").write_bytes(b"PK")
-    assert refusal(tmp_path / "short.pt") == (
+    assert load_refusal(tmp_path / "short.pt") == (
         f"{tmp_path / 'short.pt'} is truncated or not a checkpoint (not a whole zip archive, "
         "which torch.save writes); pass the latest.pt or best.pt of a training run"
     )
     torch.save({"format": 1, "when": datetime.date(2026, 1, 1)}, tmp_path / "objects.pt")
-    assert refusal(tmp_path / "objects.pt") == (
+    assert load_refusal(tmp_path / "objects.pt") == (
         f"{tmp_path / 'objects.pt'} holds Python objects besides tensors and plain values, so "
         "it is not a yocto_fn checkpoint and is not unpickled (that could run code)"
     )
@@ -396,7 +398,7 @@ def test_checkpoint_refusals_say_what_to_pass_instead(tmp_path, monkeypatch):
             torch, "load", lambda *a, error=error, **k: (_ for _ in ()).throw(error)
         )
         advice = " (e.g. best.pt or latest.pt of the run) or start afresh" * ("truncated" in reason)
-        assert refusal(tmp_path / "ok.pt") == (
+        assert load_refusal(tmp_path / "ok.pt") == (
             f"checkpoint {tmp_path / 'ok.pt'} is {reason} another checkpoint{advice}"
         )
 
@@ -405,22 +407,16 @@ def test_foreign_and_damaged_checkpoints_are_named_with_what_to_use_instead(tmp_
     """Missing keys, another format, and a failed checksum with the siblings it suggests:
     the others of best.pt and latest.pt that exist, never the damaged file itself."""
     from yocto_fn import checkpoint
-    from yocto_fn.errors import UserError
-
-    def refusal(path) -> str:
-        with pytest.raises(UserError) as err:
-            checkpoint.load(path)
-        return str(err.value)
 
     torch.save({"format": 1, "params": {}}, tmp_path / "foreign.pt")
-    assert refusal(tmp_path / "foreign.pt") == (
+    assert load_refusal(tmp_path / "foreign.pt") == (
         f"{tmp_path / 'foreign.pt'} is not a yocto_fn checkpoint "
         "(missing arch, model_config, iter, tokenizer)"
     )
     good = {"format": 1, "arch": "gpt", "model_config": {}, "params": {"w": torch.ones(3)},
             "iter": 1, "tokenizer": {}}  # fmt: skip
     torch.save(good | {"format": 7}, tmp_path / "future.pt")
-    assert refusal(tmp_path / "future.pt") == (
+    assert load_refusal(tmp_path / "future.pt") == (
         f"{tmp_path / 'future.pt'} has checkpoint format 7, expected 1"
     )
     damaged = good | {"payload_sha256": "0" * 64}
@@ -428,11 +424,11 @@ def test_foreign_and_damaged_checkpoints_are_named_with_what_to_use_instead(tmp_
     run.mkdir()
     torch.save(damaged, run / "latest.pt")
     prefix = f"checkpoint {run / 'latest.pt'} is damaged (its tensors fail their checksum); "
-    assert refusal(run / "latest.pt") == prefix + "start afresh"
+    assert load_refusal(run / "latest.pt") == prefix + "start afresh"
     checkpoint.save(run / "best.pt", good)
-    assert refusal(run / "latest.pt") == prefix + "use best.pt beside it"
+    assert load_refusal(run / "latest.pt") == prefix + "use best.pt beside it"
     torch.save(damaged, run / "copy.pt")
-    assert refusal(run / "copy.pt") == (
+    assert load_refusal(run / "copy.pt") == (
         f"checkpoint {run / 'copy.pt'} is damaged (its tensors fail their checksum); "
         "use best.pt or latest.pt beside it"
     )
