@@ -3,18 +3,29 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The exact versions the suite last passed with (Python 3.11, CPU torch); `make lock`
+# refreshes them. Every install goes through it, so a fresh clone gets what CI ran.
+LOCK := requirements.lock
+TORCH := 2.13.0
+EXTRAS := dev,interop
 
-.PHONY: venv test lint format demo bench mutate clean
+.PHONY: venv test lint format demo bench mutate lock clean
 
 venv: $(STAMP)
 
-# torch is pinned and installed first so pip never resolves the (multi-GB) CUDA build.
-$(STAMP): pyproject.toml
+# torch is pinned and installed first so pip never resolves the (multi-GB) CUDA build; the
+# project installs without build isolation, so its build backend is the locked setuptools.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,interop]'
+	$(PY) -m pip install -q -c $(LOCK) pip setuptools
+	$(PY) -m pip install -q -c $(LOCK) torch==$(TORCH)
+	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# Resolve the newest releases into a scratch venv, run the suite there, and only if it
+# passes write them to $(LOCK) (a few minutes).
+lock:
+	PYTHON=$(PYTHON) TORCH=$(TORCH) EXTRAS=$(EXTRAS) scripts/lock.sh $(LOCK)
 
 # pytest exits 5 when it collects nothing: a failure only while tests/ holds test files.
 test: $(STAMP)
@@ -35,6 +46,12 @@ demo: $(STAMP)
 		--ckpt-dir checkpoints/demo
 	$(PY) cli.py sample --ckpt checkpoints/demo/best.pt --prompt "The " --max-new-tokens 400 \
 		--temperature 0.8 --stats
+	@echo
+	@echo "Next, try:"
+	@echo "  $(PY) cli.py chat --ckpt checkpoints/demo/best.pt"
+	@echo "  $(PY) cli.py sample --ckpt checkpoints/demo/best.pt --prompt 'A list is' --temperature 0"
+	@echo "  $(PY) cli.py bench --quick"
+	@echo "  $(PY) cli.py --help"
 
 bench: $(STAMP)
 	$(PY) cli.py bench

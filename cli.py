@@ -12,16 +12,21 @@
     python cli.py smoke-cpu | smoke-train      (end with PASS or FAIL; exit 1 on FAIL)
     python cli.py bench [--preset tiny|small] [--quick] [--device cpu cuda] ...
 
-Flags accept both spellings, `--text-path` and `--text_path`. Mistakes in the input
-(missing files, bad values) print one line on stderr and exit with status 2.
+`python cli.py` (or `--help`) lists the subcommands. Flags accept both spellings,
+`--text-path` and `--text_path`. Mistakes in the input (an unknown subcommand or flag, missing
+files, bad values) print one line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
+import inspect
 import io
 import re
 import sys
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -143,6 +148,57 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
 
 
 AMP_CHOICES = ("auto", "on", "off")
+ALIASES = {"--model-type": "--model"}  # older spellings, kept out of the help
+
+
+def summary(cls: type) -> str:
+    """A subcommand's line in the overview: its config's first docstring paragraph."""
+    return " ".join(inspect.getdoc(cls).split("\n\n")[0].split())
+
+
+def overview() -> str:
+    """What `python cli.py` and `python cli.py --help` print: every subcommand, one line each."""
+    width = max(map(len, COMMANDS))
+    rows = [f"  {name:<{width}}  {summary(cls)}" for name, (cls, _) in COMMANDS.items()]
+    return "\n".join([
+        "usage: python cli.py <subcommand> [flags]", "", "subcommands:", *rows, "",
+        "python cli.py <subcommand> --help lists its flags (each also takes its underscore "
+        "spelling, --n_layer).",
+    ]) + "\n"  # fmt: skip
+
+
+def flag_names(cls: type) -> set[str]:
+    """Every flag a config takes, hyphenated: one per field, and --no-X for a boolean X."""
+    hints = typing.get_type_hints(cls)
+    names = {"--help"}
+    for field in dataclasses.fields(cls):
+        flag = field.name.replace("_", "-")
+        names |= {f"--{flag}", f"--no-{flag}"} if hints[field.name] is bool else {f"--{flag}"}
+    return names
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_names(argv: list[str]) -> None:
+    """An unknown subcommand or flag: one line naming it and its closest match. tyro's own
+    message lists every near miss with its help, run together on one line."""
+    name = argv[0].replace("_", "-")
+    if name.startswith("-"):
+        raise UserError(f"{argv[0]} needs a subcommand before it, e.g. python cli.py train "
+                        f"{argv[0]} (see python cli.py --help)")  # fmt: skip
+    if name not in COMMANDS:
+        hint = did_you_mean(name, list(COMMANDS))
+        raise UserError(f"unknown subcommand {argv[0]!r}{hint} (see python cli.py --help)")
+    known = flag_names(COMMANDS[name][0])
+    for arg in argv[1:]:
+        flag = arg.split("=", 1)[0].replace("_", "-")
+        if arg.startswith("--") and flag not in known:
+            hint = did_you_mean(flag, sorted(known))
+            raise UserError(f"unknown flag {arg.split('=', 1)[0]!r} for {name}{hint} "
+                            f"(see python cli.py {name} --help)")  # fmt: skip
 
 
 def _one_line(tyro_message: str) -> str:
@@ -167,11 +223,15 @@ def _choices(match: re.Match) -> str:
 
 def parse(argv: list[str]) -> Any:
     """Parse argv into one config dataclass; a bad flag raises UserError (one line)."""
+    argv = aliases(argv)
+    check_names(argv)
     subcommands = {name: cls for name, (cls, _) in COMMANDS.items()}
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.extras.subcommand_cli_from_dict(subcommands, args=argv)
+            return tyro.extras.subcommand_cli_from_dict(
+                subcommands, args=argv, config=(tyro.conf.DisallowNone,)
+            )
     except SystemExit as e:
         if e.code in (0, None):
             raise
@@ -191,8 +251,20 @@ def amp_switches(argv: list[str]) -> list[str]:
     return out
 
 
+def aliases(argv: list[str]) -> list[str]:
+    """Older flag spellings (`--model-type`, `--model_type=X`) become the current ones."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        out.append(ALIASES.get(flag.replace("_", "-"), flag) + eq + value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = amp_switches(sys.argv[1:] if argv is None else argv)
+    if argv in ([], ["-h"], ["--help"]):
+        print(overview(), end="")
+        return 0
     try:
         cfg = parse(argv)
         status = next(fn for cls, fn in COMMANDS.values() if type(cfg) is cls)(cfg)

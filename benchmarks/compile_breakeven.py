@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def cli(*args: str) -> float:
-    """Seconds one `cli.py` process takes, start to exit."""
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], check=True,
-                   capture_output=True, timeout=1800)  # fmt: skip
-    return time.perf_counter() - t0
+from benchmarks.proc import cli  # noqa: E402
 
 
 def checkpoint(tmp: Path, shape: str, block: int, device: str) -> Path:
@@ -56,13 +49,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = checkpoint(Path(tmp), args.shape, args.block_size, args.device)
         base = ["sample", "--ckpt", str(ckpt), "--temperature", "0", "--device", args.device]
-        build_s = cli(*base, "--compile", "--max-new-tokens", "1")
+        build_s = cli(*base, "--compile", "--max-new-tokens", "1").seconds
         print(f"first --compile run (builds the package): {build_s:.1f} s", file=sys.stderr)
         seconds: dict[tuple[int, str], list[float]] = {}
         for _ in range(args.rounds):
             for n in args.tokens:
                 for mode, extra in (("eager", []), ("compiled", ["--compile"])):
-                    wall = cli(*base, *extra, "--max-new-tokens", str(n))
+                    wall = cli(*base, *extra, "--max-new-tokens", str(n)).seconds
                     seconds.setdefault((n, mode), []).append(wall)
 
     rows = []

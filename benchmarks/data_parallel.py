@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from functools import partial
@@ -23,12 +22,14 @@ from pathlib import Path
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.proc import python  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
     """One rank: time train steps and the all-reduce; rank 0 prints a JSON line."""
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from yocto_fn import distributed, models, optim, rng
@@ -93,13 +94,10 @@ def main() -> None:
         return
     rows = []
     for n in args.procs:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-               str(n), __file__, *sys.argv[1:]]  # fmt: skip
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-        if out.returncode != 0:
-            sys.exit(f"torchrun with {n} processes failed:\n{out.stderr[-2000:]}")
-        rows.append(orjson.loads(out.stdout.strip().splitlines()[-1]))
+        cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+               str(Path(__file__).resolve()), *sys.argv[1:]]  # fmt: skip
+        threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
+        rows.append(orjson.loads(python(cmd, timeout=1800, env=threads).last_line))
     base = rows[0]["tokens_per_s"]
     print(f"{'processes':>9} {'step ms':>8} {'tokens/s':>9} {'vs first':>8} {'all-reduce ms':>13} "
           f"{'share':>6}")  # fmt: skip

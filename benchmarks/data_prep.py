@@ -11,13 +11,16 @@ imports) as a multiple of the corpus size.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import orjson
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.proc import python  # noqa: E402
 
 CHILD = r"""
 import sys, time, orjson
@@ -55,16 +58,11 @@ def main() -> None:
         size = corpus.stat().st_size
         print(f"corpus: {size / 1e6:.1f} MB ({reps} copies of the default corpus)")
         for mode in ("char", "token"):
-            t0 = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, "-c", CHILD, mode, str(corpus), str(Path(tmp) / mode)],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            wall = time.perf_counter() - t0
-            res = orjson.loads(proc.stdout.strip().splitlines()[-1])
+            done = python(["-c", CHILD, mode, str(corpus), str(Path(tmp) / mode)], timeout=3600)
+            res = orjson.loads(done.last_line)
             row = {
                 "mode": mode, "corpus_mb": round(size / 1e6, 1),
-                "seconds": round(res["seconds"], 2), "process_seconds": round(wall, 2),
+                "seconds": round(res["seconds"], 2), "process_seconds": round(done.seconds, 2),
                 "mb_per_s": round(size / 1e6 / res["seconds"], 1),
                 "peak_extra_mb": round(res["peak_extra"] / 1e6, 1),
                 "peak_vs_corpus": round(res["peak_extra"] / size, 2),

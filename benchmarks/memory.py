@@ -21,24 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import subprocess
 import sys
-from pathlib import Path
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.proc import python
 
 
 def peak_mb(variant: str, cfg: dict, batch_size: int, mode: str, device: str) -> float | None:
     """The peak of one train step of a contender (MB), from a fresh process; None where the
     platform has no way to read it (no /proc on macOS)."""
     args = [variant, mode, str(batch_size), orjson.dumps(cfg).decode(), device]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory probe {variant} {mode} failed: {proc.stderr[-500:]}")
-    return orjson.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+    done = python(["-m", "benchmarks.memory", *args], timeout=900)
+    return orjson.loads(done.last_line)["peak_mb"]
 
 
 def _status_kb(field: str) -> int:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from yocto_fn.config import ModelConfig
+from yocto_fn.config import ModelConfig, unset_means
 
 PROMPT = 16  # decode prompt tokens
 LR, WEIGHT_DECAY, CLIP, VOCAB = 3e-4, 0.1, 1.0, 96
@@ -70,8 +70,10 @@ class BenchConfig:
 
     preset: Literal["tiny", "small"] = "tiny"
     """tiny: 4 layers/4 heads/128 dim, block 128, batch 32; small: 6/6/384, block 256, batch 16."""
-    device: tuple[Literal["cpu", "cuda", "mps"], ...] = ()
-    """Devices to run on (default: every available one)."""
+    device: Annotated[
+        tuple[Literal["cpu", "cuda", "mps"], ...], unset_means("every available one")
+    ] = ()
+    """Devices to run on."""
     quick: bool = False
     """A short run (< 2 minutes on 2 CPU cores): fewer repeats and tokens, no compiled modes."""
     repeats: int = 5
@@ -80,5 +82,7 @@ class BenchConfig:
     """Include the compiled modes (--no-compile skips them)."""
     out_dir: Path = Path("benchmarks/results")
     """Results go to <out-dir>/<date>-<device>/."""
-    only: tuple[Literal["train", "decode", "ensemble", "per-example"], ...] = ()
-    """Run only these parts of the suite (default: all)."""
+    only: Annotated[
+        tuple[Literal["train", "decode", "ensemble", "per-example"], ...], unset_means("all")
+    ] = ()
+    """Run only these parts of the suite."""

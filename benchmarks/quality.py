@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,19 +23,13 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.proc import cli  # noqa: E402
 from yocto_fn import checkpoint, models  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
 from yocto_fn.data import Dataset  # noqa: E402
 from yocto_fn.quantize import quantize  # noqa: E402
 from yocto_fn.sample import generate  # noqa: E402
 from yocto_fn.train import loss_fn  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], check=True,
-                   capture_output=True, timeout=3600)  # fmt: skip
 
 
 @torch.no_grad()

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import orjson
@@ -30,24 +28,17 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.proc import ROOT, cli  # noqa: E402
 from yocto_fn import checkpoint, models, probe, recommend  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
 from yocto_fn.data import Dataset  # noqa: E402
 from yocto_fn.train import loss_fn  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/recommend-goal/results.jsonl"
 FOLK = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "lr": 1e-3}
 
 
-def cli(*args: str) -> tuple[str, float]:
-    """Run `cli.py args`; (stdout, wall seconds)."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=4 * 3600)  # fmt: skip
-    if proc.returncode:
-        raise SystemExit(f"cli.py {' '.join(args[:2])} failed:\n{proc.stderr}")
-    return proc.stdout, time.perf_counter() - start
+LONGEST = 4 * 3600  # seconds a run of the largest budgets may take
 
 
 @torch.no_grad()
@@ -74,7 +65,7 @@ def run_folk(data: Path, ds: Dataset, seconds: float, ckpt_dir: Path) -> dict:
             "--eval-interval", str(max(1, steps // recommend.EVALS)),
             "--eval-iters", str(recommend.EVAL_ITERS),
             *(f"--{k.replace('_', '-')}={v}" for k, v in FOLK.items())]  # fmt: skip
-    _, wall = cli(*args)
+    wall = cli(*args, timeout=LONGEST).seconds
     return {"folk_steps": steps, "folk_wall_s": round(wall, 1),
             "folk_val_loss": round(score(ckpt_dir / "latest.pt", ds), 4)}  # fmt: skip
 
@@ -108,12 +99,12 @@ def main() -> None:
         cli("prepare-char", *source, "--out-dir", str(data))
         ds = Dataset(data)
 
-        out, _ = cli("recommend", "--data-dir", str(data), "--device", "cpu", "--time-budget",
-                     args.budget, "--ckpt-dir", str(Path(tmp) / "plan"))  # fmt: skip
+        out = cli("recommend", "--data-dir", str(data), "--device", "cpu", "--time-budget",
+                  args.budget, "--ckpt-dir", str(Path(tmp) / "plan")).stdout  # fmt: skip
         lines = out.splitlines()
         command = shlex.split(lines[lines.index("train:") + 1])
         predicted = float(out.split("expected: val loss ")[1].split()[0])
-        _, plan_wall = cli(*command[2:])
+        plan_wall = cli(*command[2:], timeout=LONGEST).seconds
         plan_loss = score(Path(tmp) / "plan" / "latest.pt", ds)
 
         if folk is None:

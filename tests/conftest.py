@@ -7,9 +7,29 @@ import pytest
 import torch
 
 import cli
+from yocto_fn import probe
 from yocto_fn.config import ModelConfig
 
 VARIANTS = ("gpt", "gpt-plus", "gpt-fast")
+
+
+REAL_AMP_RATES = probe.amp_rates
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_probe_cache(tmp_path_factory):
+    """Device measurements go to a cache of the session's own, never the user's; and with
+    native bf16, `--amp auto` would time both dtypes for every new shape a run trains,
+    compiling both under --compile: more than most tests' whole run. So in-process runs
+    (module fixtures included) get a fixed verdict, fp32, as the measurement gives at the
+    suite's tiny shapes, and results never hang on timing. Commands the suite starts as
+    processes read verdicts of shapes seen from the cache and measure new ones for real.
+    The tests of the measurement patch it themselves or call REAL_AMP_RATES."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    mp.setattr(probe, "amp_rates", lambda spec, device: {"fp32": 2.0, "bf16": 1.0})
+    yield
+    mp.undo()
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -40,3 +60,20 @@ def char_dir(tmp_path_factory) -> Path:
 def ckpt(path: Path) -> dict:
     """A checkpoint file as plain data."""
     return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def demo_ckpt(tmp_path_factory) -> Path:
+    """A char-level gpt-fast trained as `make demo` trains one (default corpus, default
+    shape), for fewer steps on smaller batches: enough to write text, once per session."""
+    from yocto_fn.data import default_corpus_text
+
+    root = tmp_path_factory.mktemp("demo")
+    (root / "default.txt").write_text(default_corpus_text(), encoding="utf-8")
+    prepare = ["prepare-char", "--text-path", str(root / "default.txt"), "--out-dir", str(root)]
+    assert cli.main(prepare) == 0
+    train = ["train", "--model", "gpt-fast", "--data-dir", str(root), "--ckpt-dir",
+             str(root / "run"), "--max-iters", "150", "--eval-interval", "150", "--eval-iters",
+             "2", "--batch-size", "8", "--amp", "off", "--device", "cpu"]  # fmt: skip
+    assert cli.main(train) == 0
+    return root / "run" / "best.pt"

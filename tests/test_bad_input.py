@@ -78,7 +78,7 @@ CASES = [
     ("prepare-char --text-path W/text.txt --out-dir W/out --val-fraction -0.1",
      "--val-fraction must be between 0 and 1"),
     ("prepare-char --text-path W/text.txt --out-dir W/out --bogus 1",
-     "Unrecognized options: --bogus"),
+     "unknown flag '--bogus' for prepare-char (see python cli.py prepare-char --help)"),
     # prepare-tokenizer
     ("prepare-tokenizer --text-path W/missing.txt --out-dir W/out", "text file not found"),
     ("prepare-tokenizer --text-path W/empty.txt --out-dir W/out", "is empty"),
@@ -114,6 +114,8 @@ CASES = [
     (f"train {CKPT} --amp-dtype int8", "invalid choice 'int8'"),
     (f"train {CKPT} --device tpu", "invalid choice 'tpu'"),
     (f"train {CKPT} --max_iters", "Missing value for argument '--max-iters'"),
+    (f"train {CKPT} --n-layr 2", "unknown flag '--n-layr' for train; did you mean '--n-layer'?"),
+    (f"train {CKPT} --n_layr=2", "unknown flag '--n_layr' for train; did you mean '--n-layer'?"),
     # train: checkpoints
     (f"train {CKPT} --resume W/ckpts/notckpt.pt", "notckpt.pt is truncated or not a checkpoint"),
     (f"train {CKPT} --resume W/ckpts/trunc.pt", "trunc.pt is truncated or not a checkpoint"),
@@ -142,7 +144,8 @@ CASES = [
     ("sample --ckpt W/run/latest.pt --top-k -3", "--top-k must be >= 0"),
     ("sample --ckpt W/run/latest.pt --top-p 1.5", "--top-p must be in [0, 1]"),
     ("sample --ckpt W/run/latest.pt --num-samples 0", "--num-samples must be at least 1"),
-    ("sample --ckpt W/tokrun/latest.pt --prompt hi --bogus", "Unrecognized options: --bogus"),
+    ("sample --ckpt W/tokrun/latest.pt --prompt hi --bogus", "unknown flag '--bogus' for sample"),
+    ("sample --ckpt W/run/latest.pt --temprature 0", "did you mean '--temperature'?"),
     ("chat --ckpt W/missing.pt", "checkpoint not found"),
     ("chat --ckpt W/ckpts/foreign.pt", "is not a yocto_fn checkpoint"),
     ("chat --ckpt W/run/latest.pt --temperature -1", "--temperature must be >= 0"),
@@ -166,7 +169,9 @@ CASES = [
     ("bench --preset huge", "expected one of small, tiny"),
     ("bench --device tpu", "expected one of cpu, cuda, mps"),
     ("smoke-train --device tpu", "invalid choice 'tpu'"),
-    ("frobnicate", "Unrecognized options: frobnicate"),
+    ("frobnicate", "unknown subcommand 'frobnicate' (see python cli.py --help)"),
+    ("trian", "unknown subcommand 'trian'; did you mean 'train'? (see python cli.py --help)"),
+    ("--n-layer 2", "--n-layer needs a subcommand before it"),
 ]  # fmt: skip
 
 

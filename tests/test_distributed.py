@@ -1,8 +1,9 @@
 """Data parallelism under torchrun (gloo, 2 CPU processes): the same rows and result as one
-process with the global batch, with accumulation too, resume on one process, and a failing
-rank that ends the whole job quickly."""
+process with the global batch, with accumulation too, resume on one process, a failing
+rank that ends the whole job quickly, and a signal to one rank that stops them all."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,10 +24,13 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32
         "--eval-iters", "2", "--amp", "off", "--device", "cpu"]  # fmt: skip
 
 
-def torchrun(script: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def torchrun(
+    script: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", str(script), *args]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    env = None if env is None else os.environ | env
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def train_args(data: Path, out: Path, *flags: str) -> list[str]:
@@ -79,6 +83,31 @@ def test_a_failing_rank_ends_the_job_with_its_message(char_dir, tmp_path):
     assert "rank 1 gave up on purpose" in run.stderr
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "dp" / "latest.pt").exists()
+
+
+@pytest.mark.parametrize("signalled", [1, 0])
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(char_dir, tmp_path, signalled):
+    """SIGTERM reaches one rank alone between steps 2 and 3: its flag rides step 3's
+    all-reduce, so both ranks stop after step 3 (none waits in a fourth all-reduce), rank 0
+    saves step 3, and resuming ends where an uninterrupted run ends."""
+    flags = ("--eval-interval", "100")
+    dp = train_args(char_dir, tmp_path / "dp", "--batch-size", "2", "--max-iters", "6", *flags)
+    run = torchrun(Path(__file__).with_name("dp_signalled_rank.py"), *dp,
+                   env={"YOCTO_FN_TEST_SIGNAL_RANK": str(signalled)})  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    for rank in (0, 1):
+        assert f"rank {rank} stopped (interrupted) at step 3" in run.stderr, run.stderr[-2000:]
+    why = "SIGTERM" if signalled == 0 else "a signal to another rank"
+    assert f"interrupted ({why}) at step 3; saved" in run.stdout
+    latest = tmp_path / "dp" / "latest.pt"
+    assert ckpt(latest)["iter"] == 3
+    more = ("--batch-size", "4", "--max-iters", "3", "--resume", str(latest), *flags)
+    assert cli.main(train_args(char_dir, tmp_path / "dp", *more)) == 0
+    whole = ("--batch-size", "4", "--max-iters", "6", *flags)
+    assert cli.main(train_args(char_dir, tmp_path / "one", *whole)) == 0
+    resumed, one = ckpt(latest), ckpt(tmp_path / "one" / "latest.pt")
+    assert resumed["iter"] == 6
+    assert max_abs_diff(resumed["params"], one["params"]) < 1e-5
 
 
 def test_each_rank_reads_only_its_rows_of_the_global_batch(char_dir):

@@ -4,6 +4,8 @@ Random weights have their norms and biases moved off 1 and 0, so that a mapping 
 drops, swaps or mis-transposes any tensor changes the logits.
 """
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,6 +246,25 @@ def test_safetensors_round_trip_is_bit_exact_samples_and_warm_starts(char_dir, t
     assert cli.main([*train, "--ckpt-dir", str(tmp_path / "warm"), "--tie-weights",
                      "--init-from", str(out)]) == 0  # fmt: skip
     assert "init-from" in capsys.readouterr().err
+
+
+def test_checkpoint_reads_an_exported_directory_without_importing_interop(tmp_path):
+    """The two modules import in one direction (interop -> checkpoint): `checkpoint.load` of
+    an exported directory, in a fresh interpreter, leaves interop unimported."""
+    cfg = ModelConfig(**TINY)
+    ckpt = save_ckpt(tmp_path / "m.pt", "gpt", cfg, random_params("gpt", cfg),
+                     tokenizers.CharTokenizer(CHARS))  # fmt: skip
+    out = tmp_path / "st"
+    argv = ["export", "--ckpt", str(ckpt), "--out", str(out), "--format", "safetensors"]
+    assert cli.main(argv) == 0
+    code = (
+        "import sys; from yocto_fn import checkpoint; "
+        f"print(checkpoint.load(r'{out}')['arch'], 'yocto_fn.interop' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["gpt", "False"]
 
 
 def test_imported_gpt2_warm_starts_a_run(char_dir, tmp_path, capsys):

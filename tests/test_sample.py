@@ -264,9 +264,9 @@ def test_chat_answers_piped_turns_and_exits_on_eof(checkpoints, mode, monkeypatc
 
 def test_chat_trims_the_oldest_turns_and_keeps_the_system_prompt(checkpoints):
     loaded = load_model(ChatConfig(ckpt=checkpoints["char"]))
-    convo = Conversation(loaded, "hi", reply_room=4)
+    convo = Conversation(loaded.tok, "hi", budget=loaded.cfg.block_size - 4)
     for i in range(10, 20):
-        convo.add(f"q{i}", f" a{i}")
+        convo.add(f"q{i}", f"a{i}")
     ids = convo.prompt_ids("end")
     text = loaded.tok.decode(ids)
     assert len(ids) <= loaded.cfg.block_size - 4
@@ -275,10 +275,14 @@ def test_chat_trims_the_oldest_turns_and_keeps_the_system_prompt(checkpoints):
     assert loaded.tok.decode(convo.prompt_ids("end")) == "System: hi\nUser: end\nAssistant:"
 
 
-@pytest.mark.parametrize(("mode", "stop"), [("char", "\n"), ("token", "<eos>")])
-def test_chat_reply_ends_at_a_newline_or_eos(checkpoints, mode, stop, monkeypatch, capsys):
-    """A model scripted to answer "ok", then a stop, then more text: the reply printed and
-    kept in the history is "ok", and generation ends at the stop (no further forward)."""
+@pytest.mark.parametrize(
+    ("mode", "stop"), [("char", "\nUser:"), ("char", "\n\n"), ("token", "<eos>")]
+)
+def test_chat_reply_ends_at_a_turn_marker_blank_line_or_eos(
+    checkpoints, mode, stop, monkeypatch, capsys
+):
+    """A model scripted to answer "ok", then an end, then more text: the reply printed and
+    kept in the history is "ok", and generation ends at the end (no further forward)."""
     from yocto_fn import chat
 
     real_load = chat.load_model
@@ -287,8 +291,8 @@ def test_chat_reply_ends_at_a_newline_or_eos(checkpoints, mode, stop, monkeypatc
     def scripted_load(opts):
         loaded = real_load(opts)
         tok = loaded.tok
-        stop_id = tok.eos_id if stop == "<eos>" else tok.encode("\n")[0]
-        script = [*tok.encode("ok"), stop_id, *tok.encode(" and more")]
+        end = [tok.eos_id] if stop == "<eos>" else tok.encode(stop)
+        script = [*tok.encode("ok"), *end, *tok.encode(" and more")]
 
         def forward(params, idx, cfg, **kwargs):
             logits, cache = loaded.model.forward(params, idx, cfg, **kwargs)
@@ -313,10 +317,11 @@ def test_chat_reply_ends_at_a_newline_or_eos(checkpoints, mode, stop, monkeypatc
         "20",
     ]
     assert cli.main(argv) == 0
-    assert capsys.readouterr().out == "Assistant:ok\n"
+    assert capsys.readouterr().out == "Assistant: ok\n"
     assert histories == ["ok"]
-    reply_tokens = len(real_load(ChatConfig(ckpt=checkpoints[mode])).tok.encode("ok"))
-    assert len(calls) == 1 + reply_tokens  # the prefill, then one step per token before the stop
+    tok = real_load(ChatConfig(ckpt=checkpoints[mode])).tok
+    chosen = len(tok.encode("ok")) + (1 if stop == "<eos>" else len(tok.encode(stop)))
+    assert len(calls) == chosen  # the prefill, then one step per token up to the end
 
 
 def test_sample_quantize_flag_decodes_with_the_quantised_weights(checkpoints, capsys, monkeypatch):

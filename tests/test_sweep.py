@@ -166,3 +166,41 @@ def test_ctrl_c_saves_every_member_and_prints_the_resume_command(
     for i in (0, 1):
         assert ckpt(out / f"member-{i:02d}" / "latest.pt")["iter"] == 3
     assert (out / "sweep.json").is_file()
+
+
+def test_amp_auto_times_the_sweeps_own_ensemble_step(char_dir, tmp_path, monkeypatch):
+    """A sweep's auto verdict is timed on its ensemble step (all members, with
+    accumulation), and every member's run_meta.json records it."""
+    import json
+
+    from yocto_fn import probe
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    timed = []
+    rates = {"fp32": 500.0, "bf16": 800.0}
+    monkeypatch.setattr(probe, "amp_rates", lambda spec, dev: timed.append(spec) or rates)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--data-dir", str(char_dir), *SHARED, *GRID, "--max-iters", "1",
+            "--out-dir", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    (spec,) = timed
+    assert (spec.members, spec.accum, spec.batch) == (2, 2, 2)
+    for i in range(2):
+        meta = json.loads((out / f"member-{i:02d}" / "run_meta.json").read_text())
+        assert meta["dtype"] == "autocast bfloat16" and meta["amp"]["choice"] == "bf16"
+        assert meta["amp"]["tokens_per_sec"] == rates
+
+
+def test_the_amp_probe_times_both_dtypes_on_real_steps():
+    """Rates come from real steps of one model, with accumulation, and of an ensemble."""
+    from conftest import REAL_AMP_RATES, tiny_config
+
+    from yocto_fn import probe
+
+    cpu = torch.device("cpu")
+    for spec in (probe.StepSpec("gpt-fast", tiny_config(), 2, accum=2),
+                 probe.StepSpec("gpt", tiny_config(), 2, members=3)):  # fmt: skip
+        rates = REAL_AMP_RATES(spec, cpu)
+        assert set(rates) == {"fp32", "bf16"} and all(r > spec.tokens for r in rates.values())
+    assert probe.StepSpec("gpt", tiny_config(), 2, members=3).tokens == 3 * 2 * 16

@@ -67,6 +67,27 @@ def test_train_step_is_pure_and_reports_metrics():
     assert metrics["loss"].ndim == 0 and metrics["grad_norm"].item() > 0
 
 
+def test_the_stop_flag_rides_the_one_grad_sync_call_and_leaves_the_step_alone():
+    """With `stop`, grad_sync still runs once per step, on [loss, flag]: the flag costs no
+    collective of its own, and metrics["stop"] is its reduced value."""
+    cfg = tiny_config()
+    m = models.get("gpt")
+    p, batch = m.init(cfg, 0), _batch(cfg)
+    calls = []
+
+    def other_rank_at_zero(grads, value):  # another rank's loss and flag, both 0, averaged in
+        calls.append(value.shape)
+        return grads, value / 2
+
+    step = make_train_step(m, cfg, grad_sync=other_rank_at_zero)
+    plain = step(p, optim.init(p), batch, 1e-3, None)
+    flagged = step(p, optim.init(p), batch, 1e-3, None, stop=torch.tensor(1.0))
+    assert calls == [torch.Size([]), torch.Size([2])]
+    assert float(flagged[2]["stop"]) == 0.5 and "stop" not in plain[2]
+    assert torch.equal(flagged[2]["loss"], plain[2]["loss"])
+    assert params.max_abs_diff(flagged[0], plain[0]) == 0.0
+
+
 def test_tiny_model_overfits_one_batch():
     cfg = tiny_config(n_layer=2, n_embd=64, n_head=4)
     m = models.get("gpt-plus")

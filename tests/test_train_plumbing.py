@@ -283,15 +283,13 @@ def test_auto_tie_weights_threshold(char_dir, tmp_path, monkeypatch, above, tied
     assert c["model_config"]["tie_weights"] is tied and ("lm_head" not in c["params"]) is tied
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_amp_auto_picks_bf16_only_where_it_is_native(native, monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+def test_amp_on_and_off_are_rules_and_auto_is_left_to_the_run():
     cpu = torch.device("cpu")
-    assert amp_dtype("auto", "fp16", cpu) == (torch.bfloat16 if native else None)
     assert amp_dtype("on", "bf16", cpu) == torch.bfloat16 and amp_dtype("off", "bf16", cpu) is None
     with pytest.raises(UserError, match="fp16 needs CUDA"):
         amp_dtype("on", "fp16", cpu)
+    with pytest.raises(ValueError, match="choose_amp"):
+        amp_dtype("auto", "bf16", cpu)
 
 
 def test_amp_switch_forms_still_parse():
@@ -301,15 +299,50 @@ def test_amp_switch_forms_still_parse():
     assert cli.parse(cli.amp_switches(["train", "--amp"])).amp == "on"
 
 
-@pytest.mark.parametrize("amp, native, want", [("auto", True, "autocast bfloat16"),
-                                               ("auto", False, "float32"),
-                                               ("off", True, "float32")])  # fmt: skip
-def test_run_meta_records_the_amp_choice(char_dir, tmp_path, monkeypatch, amp, native, want):
+@pytest.mark.parametrize("faster", ["fp32", "bf16"])
+def test_amp_auto_takes_the_faster_dtype_as_timed_and_records_both_rates(
+    char_dir, tmp_path, monkeypatch, faster
+):
+    """With native bf16, auto times both dtypes on this run's step (once: a second run of
+    the same shape reads the cache) and trains with the faster; run_meta.json says which,
+    from where, and at what rates."""
+    from yocto_fn import probe
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    timed, built = [], []
+    rates = {"fp32": 1000.0, "bf16": 900.0} if faster == "fp32" else {"fp32": 900.0, "bf16": 1e3}
+    monkeypatch.setattr(probe, "amp_rates", lambda spec, dev: timed.append(spec) or rates)
+    real = trainer.make_train_step
+    monkeypatch.setattr(trainer, "make_train_step",
+                        lambda *a, **k: built.append(k["amp_dtype"]) or real(*a, **k))  # fmt: skip
+    for run in ("first", "second"):
+        assert train(char_dir, tmp_path / run, "--max-iters", "1", "--batch-size", "3") == 0
+    spec = timed[0]
+    assert len(timed) == 1 and (spec.model, spec.batch, spec.accum) == ("gpt", 3, 1)
+    assert spec.cfg.n_layer == int(TINY[TINY.index("--n-layer") + 1]) and not spec.compile
+    want = torch.bfloat16 if faster == "bf16" else None
+    assert built == [want, want]
+    metas = [json.loads((tmp_path / r / "run_meta.json").read_text()) for r in ("first", "second")]
+    autocast = "bfloat16" if faster == "bf16" else "fp32"
+    for meta, source in zip(metas, ("measured", "cache"), strict=True):
+        assert meta["amp"] == {"flag": "auto", "autocast": autocast, "choice": faster,
+                               "source": source, "tokens_per_sec": rates}  # fmt: skip
+
+
+@pytest.mark.parametrize("amp, native, want", [("auto", False, "float32"), ("off", True, "float32"),
+                                               ("on", False, "autocast bfloat16")])  # fmt: skip
+def test_run_meta_records_the_amp_rule(char_dir, tmp_path, monkeypatch, amp, native, want):
+    """Without native bf16, auto is fp32 with nothing timed; on and off are taken as given."""
+    from yocto_fn import probe
+
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(probe, "amp_rates", lambda *a: pytest.fail("nothing should be timed"))
     assert train(char_dir, tmp_path, "--max-iters", "1", "--amp", amp) == 0
     meta = json.loads((tmp_path / "run_meta.json").read_text())
-    assert meta["dtype"] == want and meta["amp"].startswith(f"{amp} -> ")
+    assert meta["dtype"] == want and meta["amp"]["flag"] == amp
+    assert ("source" in meta["amp"]) == (amp == "auto")
 
 
 def test_time_and_throughput_columns_add_up_across_steps_and_resumes(char_dir, tmp_path,

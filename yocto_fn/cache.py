@@ -115,7 +115,7 @@ class Writes:
         if self.copies is None:
             return cache
         ks, vs = zip(*self.copies, strict=True)
-        return cache._replace(k=torch.stack(ks), v=torch.stack(vs))
+        return KVCache(torch.stack(ks), torch.stack(vs), cache.pos)
 
 
 def write(
@@ -135,7 +135,14 @@ def write(
 
 
 def advance(cache: KVCache, new_tokens: int) -> KVCache:
-    return cache._replace(pos=cache.pos + new_tokens)
+    """The cache with `pos` moved past `new_tokens` tokens.
+
+    Built with the constructor, not `_replace`, here and in `Writes.result` (the code that
+    compiled steps trace): under torch.compile in torch 2.11, Dynamo returns a NamedTuple
+    made by `_replace` as an empty tuple, and the next compiled call then fails with an
+    IndexError while wrapping it.
+    """
+    return KVCache(cache.k, cache.v, cache.pos + new_tokens)
 
 
 def clone(cache: KVCache) -> KVCache:

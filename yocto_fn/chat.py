@@ -1,67 +1,151 @@
 """A chat REPL over `sample.generate`.
 
-The model is a plain language model, so a conversation is just text laid out as
-`System: ...`, `User: ...`, `Assistant: ...` lines; a reply ends at a newline or <eos>.
-The context is rebuilt each turn and the oldest turns are dropped until the system prompt,
-the history and room for the reply fit in `block_size`.
+The model is a plain language model, so a conversation is text laid out as lines
+`System: ...`, `User: ...`, `Assistant: ...`, and the prompt ends with `Assistant:` for the
+model to continue. A reply may run over several lines: it ends at the first blank line, at a
+line the model starts with a turn marker (`User:`, `System:` or `Assistant:`), at <eos> or
+after --max-new-tokens; the marker is neither shown nor kept. Until the reply shows a visible
+character, the tokens that would end it or leave it blank are masked, so no reply is empty
+(a small char model would otherwise end the line at once). The context is rebuilt each turn
+and the oldest turns are dropped until the system prompt, the history and room for the reply
+fit in `block_size`.
+
+The layout (`prompt_ids`) and the reading of generated text (`reply_end`, `reply_text`,
+`banned`) are pure functions, for any front end that holds a conversation.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple, TextIO
+
+import torch
 
 from . import tokenizer as tokenizers
 from .config import ChatConfig
-from .sample import (
-    Loaded,
-    TextStream,
-    drop_unknown_chars,
-    generate,
-    load_model,
-    sampling_kwargs,
-    unescape,
-)
+from .sample import drop_unknown_chars, generate, load_model, sampling_kwargs, unescape
+
+ROLES = ("System", "User", "Assistant")
+REPLY_ENDS = ("\n\n", *(f"\n{role}:" for role in ROLES))
 
 
-def stop_ids(tok: tokenizers.TextTokenizer) -> set[int]:
-    """Tokens that end a reply: <eos>, and every token whose text contains a newline."""
-    ids = {i for i in range(tok.vocab_size) if "\n" in tok.decode([i])}
-    return ids | ({tok.eos_id} if tok.eos_id is not None else set())
+def encode(tok: tokenizers.TextTokenizer, text: str) -> list[int]:
+    """Ids of `text`; a char vocabulary skips the characters it lacks (the layout's own
+    letters may be missing from a small corpus)."""
+    if isinstance(tok, tokenizers.CharTokenizer):
+        text = tok.known_only(text)
+    return tok.encode(text)
+
+
+def turn_text(user: str, reply: str) -> str:
+    """One answered turn as the model reads it in the history."""
+    return f"User: {user}\nAssistant: {reply}\n"
+
+
+def prompt_ids(
+    tok: tokenizers.TextTokenizer,
+    system: str,
+    turns: Sequence[tuple[str, str]],
+    user: str,
+    budget: int,
+) -> list[int]:
+    """Ids of <bos>, `System: {system}`, the most recent (user, reply) turns that fit in
+    `budget` tokens, then `User: {user}` and `Assistant:`: the oldest turns go first, the
+    system line stays."""
+    head = [tok.bos_id] if tok.bos_id is not None else []
+    head += encode(tok, f"System: {system}\n" if system else "")
+    tail = encode(tok, f"User: {user}\nAssistant:")
+    history: list[int] = []
+    for asked, answered in reversed(turns):
+        ids = encode(tok, turn_text(asked, answered))
+        if len(head) + len(ids) + len(history) + len(tail) > budget:
+            break
+        history = ids + history
+    return (head + history + tail)[-budget:]
+
+
+def reply_end(text: str) -> int | None:
+    """Where the reply in generated `text` ends: at its first blank line or turn marker (a
+    line that starts `User:`, `System:` or `Assistant:`); None while neither has appeared."""
+    found = [i for i in (text.find(end) for end in REPLY_ENDS) if i >= 0]
+    return min(found) if found else None
+
+
+def reply_text(text: str) -> str:
+    """The reply that generated `text` surely holds, stripped: up to its end, or while it is
+    still open, without a tail that may yet become an end (`\n`, `\nUs`, ...) or an
+    unfinished multi-byte character. It only grows as `text` grows, so a stream of it never
+    shows what is later cut."""
+    end = reply_end(text)
+    if end is None:
+        end = len(text) - _open_end(text)
+        return text[:end].rstrip("\ufffd").strip()
+    return text[:end].strip()
+
+
+def _open_end(text: str) -> int:
+    """Length of the longest tail of `text` that is the start of a reply end."""
+    starts = (k for end in REPLY_ENDS for k in range(1, len(end)) if text.endswith(end[:k]))
+    return max(starts, default=0)
+
+
+class Masks(NamedTuple):
+    """Per-token tables of a vocabulary (bool [V]) for the visible-character rule."""
+
+    blank: torch.Tensor
+    """No visible character: whitespace, newlines, <eos> and the other special tokens."""
+    opening: torch.Tensor
+    """What may not open a reply: the blank tokens but those of plain spaces and tabs."""
+
+
+def reply_masks(tok: tokenizers.TextTokenizer, device: torch.device | str = "cpu") -> Masks:
+    """The tables of `banned`, built once per vocabulary: a token's text decides its rows."""
+    texts = [tok.decode([i]) for i in range(tok.vocab_size)]
+    blank = torch.tensor([not t.strip() for t in texts], device=device)
+    if tok.eos_id is not None:
+        blank[tok.eos_id] = True
+    spaces = torch.tensor([bool(t) and not t.strip(" \t") for t in texts], device=device)
+    return Masks(blank, blank & ~spaces)
+
+
+def banned(text: str, tables: Masks) -> torch.Tensor | None:
+    """Tokens the next pick may not be, given the generated `text` so far: until the reply
+    shows a visible character, every token that would leave it blank (one leading run of
+    spaces is allowed: the usual separator after `Assistant:`); after that, none."""
+    if text.strip():
+        return None
+    return tables.blank if text else tables.opening
+
+
+class ReplyStream:
+    """Writes the reply as its tokens come: each call writes what `reply_text` has added."""
+
+    def __init__(self, decode: Callable[[list[int]], str], write: Callable[[str], object]):
+        self.decode, self.write = decode, write
+        self.ids: list[int] = []
+        self.reply = ""
+
+    def __call__(self, tokens: torch.Tensor) -> None:
+        self.ids.append(int(tokens[0]))
+        reply = reply_text(self.decode(self.ids))
+        if len(reply) > len(self.reply):
+            self.write(reply[len(self.reply) :])
+        self.reply = reply
 
 
 class Conversation:
-    """System prompt plus (user, assistant) turns, rendered to ids that fit the context."""
+    """System prompt plus (user, reply) turns, rendered to ids that fit the context."""
 
-    def __init__(self, loaded: Loaded, system_prompt: str, reply_room: int) -> None:
-        self.loaded = loaded
-        self.system = f"System: {system_prompt}\n" if system_prompt else ""
-        self.turns: list[str] = []
-        self.reply_room = reply_room
-
-    def encode(self, text: str) -> list[int]:
-        tok = self.loaded.tok
-        if isinstance(tok, tokenizers.CharTokenizer):
-            text = tok.known_only(text)
-        return tok.encode(text)
+    def __init__(self, tok: tokenizers.TextTokenizer, system: str, budget: int) -> None:
+        self.tok, self.system, self.budget = tok, system, budget
+        self.turns: list[tuple[str, str]] = []
 
     def prompt_ids(self, user: str) -> list[int]:
-        """Ids of system + the most recent turns that fit + this user turn + `Assistant:`."""
-        tok = self.loaded.tok
-        budget = self.loaded.cfg.block_size - self.reply_room
-        head = ([tok.bos_id] if tok.bos_id is not None else []) + self.encode(self.system)
-        tail = self.encode(f"User: {user}\nAssistant:")
-        history: list[int] = []
-        for turn in reversed(self.turns):
-            ids = self.encode(turn)
-            if len(head) + len(ids) + len(history) + len(tail) > budget:
-                break
-            history = ids + history
-        return (head + history + tail)[-budget:]
+        return prompt_ids(self.tok, self.system, self.turns, user, self.budget)
 
     def add(self, user: str, reply: str) -> None:
-        self.turns.append(f"User: {user}\nAssistant:{reply}\n")
+        self.turns.append((user, reply))
 
     def reset(self) -> None:
         self.turns.clear()
@@ -92,10 +176,15 @@ def run(
     stdin = stdin or sys.stdin
     write = write or (lambda s: print(s, end="", flush=True))
     loaded = load_model(opts)
+    tok, device = loaded.tok, loaded.params["wte"].device
     reply_room = min(opts.max_new_tokens, loaded.cfg.block_size // 2)
-    convo = Conversation(loaded, unescape(opts.system_prompt), reply_room)
+    convo = Conversation(tok, unescape(opts.system_prompt), loaded.cfg.block_size - reply_room)
     kwargs = sampling_kwargs(opts, loaded)
-    stops = stop_ids(loaded.tok)
+    tables = reply_masks(tok, device)
+
+    def text(new: torch.Tensor) -> str:
+        return tok.decode(new[0].tolist())
+
     interactive = stdin is sys.stdin and sys.stdin.isatty()
     if interactive:
         write("Type /reset to clear the history, /exit (or Ctrl-D) to quit.\n")
@@ -110,18 +199,18 @@ def run(
             continue
         if not user:
             continue
-        if isinstance(loaded.tok, tokenizers.CharTokenizer):
-            user = drop_unknown_chars(loaded.tok, user)
-        write("Assistant:")
-        shown = TextStream(loaded.tok.decode, lambda s: write(s.split("\n", 1)[0]))
-        new = generate(
+        if isinstance(tok, tokenizers.CharTokenizer):
+            user = drop_unknown_chars(tok, user)
+        write("Assistant: ")
+        shown = ReplyStream(tok.decode, write)
+        generate(
             loaded.model, loaded.params, loaded.cfg, convo.prompt_ids(user),
-            max_new_tokens=opts.max_new_tokens, eos_id=stops, stream=shown, **kwargs,
+            max_new_tokens=opts.max_new_tokens, eos_id=tok.eos_id, stream=shown,
+            ban=lambda new: banned(text(new), tables),
+            finished=lambda new: torch.tensor([reply_end(text(new)) is not None], device=device),
+            **kwargs,
         )  # fmt: skip
-        ids = new[0].tolist()
-        end = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
-        reply = loaded.tok.decode(ids[:end]).split("\n", 1)[0]
         write("\n")
-        convo.add(user, reply)
+        convo.add(user, shown.reply)
         answered += 1
     return answered

@@ -4,6 +4,10 @@ Layout (format 1): {"format", "arch", "mode", "model_config", "train_config", "p
 "opt_state": {"step", "mu", "nu", "loss_scale"}, "ema" (or None), "iter", "best_val_loss", "rng",
 "tokenizer", "progress", "payload_sha256"}. Everything loads with
 `torch.load(weights_only=True)`; the digest of the tensors is checked on load.
+
+`load` also reads a directory written by `cli.py export --format safetensors` (`load_dir`),
+as a weights-only checkpoint. Reading that directory lives here, below `interop` (which
+writes it and imports this module), so the two modules import in one direction.
 """
 
 from __future__ import annotations
@@ -14,15 +18,22 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import orjson
 import torch
+from safetensors import SafetensorError, safe_open
 
-from . import fileio
+from . import fileio, models
+from . import tokenizer as tokenizers
+from .config import ModelConfig
 from .errors import UserError
 from .optim import LossScale, OptState, ScaledState
 from .params import Params, named_leaves, tree_unflatten_like
 
 FORMAT = 1
 REQUIRED = ("format", "arch", "model_config", "params", "iter", "tokenizer")
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+DIR_FORMAT = 1  # the `yocto_fn` entry of an exported directory's config.json
 
 
 def payload_digest(ckpt: dict[str, Any]) -> str:
@@ -65,9 +76,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     weights-only checkpoint); a missing, corrupt or foreign file is a UserError."""
     path = Path(path)
     if path.is_dir():
-        if (path / "config.json").is_file():  # an exported (or a Hugging Face) directory
-            from .interop import load_dir
-
+        if (path / CONFIG).is_file():  # an exported (or a Hugging Face) directory
             return load_dir(path)
         raise UserError(
             f"{path} is a directory; pass the latest.pt or best.pt inside it (or a directory "
@@ -151,3 +160,84 @@ def load_matching(
         for name, t in dst.items()
     ]
     return tree_unflatten_like(target, leaves), skipped + [f"{n} (unused)" for n in unused]
+
+
+# ------------------------------------------- exported directories, as weights-only checkpoints
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds no JSON object")
+    return data
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a truncated or damaged one is a UserError
+    (the format checks its header and that every tensor lies inside the file)."""
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a readable safetensors file ({reason})") from None
+
+
+def tree_from_flat(arch: str, cfg: ModelConfig, flat: dict[str, torch.Tensor], what: str) -> Params:
+    """The params tree of `arch` at `cfg` holding `flat` (dotted names), after checking that
+    every name and shape is the one the model has; the template is built on the meta device,
+    so the check allocates nothing."""
+    with torch.device("meta"):
+        tree = models.get(arch).init(cfg, 0)
+    template = named_leaves(tree)
+    missing = [n for n in template if n not in flat]
+    extra = [n for n in flat if n not in template]
+    wrong = [f"{n} {tuple(flat[n].shape)} vs {tuple(t.shape)}" for n, t in template.items()
+             if n in flat and flat[n].shape != t.shape]  # fmt: skip
+    problems = [f"missing {n}" for n in missing] + [f"unexpected {n}" for n in extra] + wrong
+    if problems:
+        shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
+        raise UserError(f"{what} does not fit a {arch} of its config ({shown})")
+    return tree_unflatten_like(tree, [flat[n] for n in template])
+
+
+def load_dir(path: Path) -> dict[str, Any]:
+    """An exported `safetensors` directory as a checkpoint dict (weights only: no optimizer
+    state, so it can start a run or sample, not resume one)."""
+    config = read_json(path / CONFIG)
+    required = ("arch", "mode", "model_config", "tokenizer_file")
+    if "yocto_fn" in config and any(k not in config for k in required):
+        raise UserError(
+            f"{path / CONFIG} lacks {', '.join(k for k in required if k not in config)}"
+        )
+    if "yocto_fn" not in config:
+        hint = (
+            f"it is a Hugging Face model directory: make a checkpoint of it with "
+            f"`python cli.py import --hf-dir {path} --out {path.name}.pt`"
+            if "model_type" in config
+            else "pass a directory written by `cli.py export --format safetensors`"
+        )
+        raise UserError(f"{path} is not an exported yocto_fn model; {hint}")
+    if config["yocto_fn"] != DIR_FORMAT:
+        raise UserError(f"{path} has export format {config['yocto_fn']}, expected {DIR_FORMAT}")
+    arch = models.canonical_name(config["arch"])
+    cfg = ModelConfig.from_dict(config["model_config"])
+    tensors, meta = read_safetensors(path / WEIGHTS)
+    if meta.get("sha256") not in (None, payload_digest(tensors)):
+        raise UserError(
+            f"{path / WEIGHTS} is damaged (its tensors fail their checksum); export again"
+        )
+    params = tree_from_flat(arch, cfg, tensors, str(path / WEIGHTS))
+    tok = tokenizers.load(path / config["tokenizer_file"]).to_dict()
+    return {
+        "format": FORMAT, "arch": arch, "mode": config["mode"],
+        "model_config": cfg.to_dict(), "params": params, "ema": None, "opt_state": None,
+        "iter": config.get("iter", 0), "tokenizer": tok | config.get("tokenizer_specials", {}),
+    }  # fmt: skip

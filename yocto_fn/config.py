@@ -75,8 +75,16 @@ class ModelConfig:
 
 
 ModelName = Literal["gpt", "gpt-plus", "gpt-fast", "gpt_plus", "gpt_fast"]
+MODEL_CHOICES = "{gpt,gpt-plus,gpt-fast}"  # the help's spelling: the underscore ones work too
+LRS_NEEDED = "(required unless --resume)"  # the help's hint for --lrs, instead of `()`
 DEFAULT_MODEL = "gpt"
 DEFAULT_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
+
+
+def unset_means(meaning: str, metavar: str | None = None) -> Any:
+    """tyro metadata of a flag whose None default stands for something: its help says
+    `(default: meaning)` rather than `(default: None)`."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {meaning})")
 
 
 @dataclass(frozen=True)
@@ -87,18 +95,21 @@ class TrainingOptions:
     """char or token; must match the prepared data."""
     data_dir: Path = Path("data/char")
     """Directory with train.bin, val.bin, meta.json."""
-    tokenizer_path: Path | None = None
-    """vocab.json / tokenizer.json (default: the one in --data-dir)."""
-    model: Annotated[ModelName | None, tyro.conf.arg(aliases=("--model-type",))] = None
-    """Variant: gpt, gpt-plus or gpt-fast (default gpt; on --resume the checkpoint's)."""
-    n_layer: int | None = None
-    """Transformer blocks (default 4)."""
-    n_head: int | None = None
-    """Attention heads (default 4)."""
-    n_embd: int | None = None
-    """Embedding width (default 128)."""
-    block_size: int | None = None
-    """Context length in tokens (default 128)."""
+    tokenizer_path: Annotated[Path | None, unset_means("the one in --data-dir")] = None
+    """vocab.json / tokenizer.json."""
+    model: Annotated[
+        ModelName | None,
+        unset_means(f"{DEFAULT_MODEL}; on --resume the checkpoint's", MODEL_CHOICES),
+    ] = None
+    """Variant (--model-type is the same flag)."""
+    n_layer: Annotated[int | None, unset_means(str(DEFAULT_SHAPE["n_layer"]))] = None
+    """Transformer blocks."""
+    n_head: Annotated[int | None, unset_means(str(DEFAULT_SHAPE["n_head"]))] = None
+    """Attention heads."""
+    n_embd: Annotated[int | None, unset_means(str(DEFAULT_SHAPE["n_embd"]))] = None
+    """Embedding width."""
+    block_size: Annotated[int | None, unset_means(str(DEFAULT_SHAPE["block_size"]))] = None
+    """Context length in tokens."""
     batch_size: int = 32
     """Sequences per micro-batch (the global batch is batch_size * grad_accum_steps)."""
     max_iters: int = 1000
@@ -124,8 +135,9 @@ class TrainingOptions:
     eval_iters: int = 20
     """Batches per split in each evaluation."""
     amp: Literal["auto", "on", "off"] = "auto"
-    """Autocast the forward: auto = bf16 on CUDA with bf16 and on CPUs with AVX512-BF16/AMX,
-    fp32 elsewhere; on = --amp-dtype; off = fp32. A bare --amp means on, --no-amp off."""
+    """Autocast the forward: auto = the faster of fp32 and bf16 for this run, timed once and
+    cached (fp32 where bf16 is not native); on = --amp-dtype; off = fp32. A bare --amp means
+    on, --no-amp off."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
     compile: bool = False
@@ -154,9 +166,9 @@ class TrainConfig(TrainingOptions):
     """Seed of initialisation, batch sampling and dropout."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the parameters with this decay (0 disables)."""
-    resume: Path | None = None
+    resume: Annotated[Path | None, unset_means("a new run")] = None
     """Continue from this checkpoint: params, optimizer, iteration, best loss, data RNG."""
-    init_from: Path | None = None
+    init_from: Annotated[Path | None, unset_means("random initialisation")] = None
     """Start from this checkpoint's weights only (fresh optimizer and iteration count)."""
     strict_init: bool = True
     """With --init-from, require every tensor to match (--no-strict-init: load the matching)."""
@@ -179,23 +191,23 @@ class TrainConfig(TrainingOptions):
 class SweepConfig(TrainingOptions):
     """Train a grid of --lrs x --seeds x --weight-decays as one vmapped ensemble.
 
-    Member i is the same run as `train` with the same flags and that grid point's --lr,
-    --seed and --weight-decay: same initialisation, batches, dropout, schedule, evaluation
-    and checkpoints (in --out-dir/member-XX/). Left out, because one ensemble step has no
-    per-member control flow or extra state for them: --ema-decay, early stopping,
-    --init-from, --save-strategy (every member writes latest.pt and best.pt),
-    --activation-checkpointing, --auto-microbatch and --amp-dtype fp16 (--amp on is bf16).
+    Member i is the same run as `train` with the same flags and its grid point's learning
+    rate, seed and weight decay: same initialisation, batches, dropout, schedule,
+    evaluation and checkpoints (in --out-dir/member-XX/). Left out, because one ensemble
+    step has no per-member control flow or extra state for them: --ema-decay, early
+    stopping, --init-from, --save-strategy (every member writes latest.pt and best.pt),
+    activation checkpointing, --auto-microbatch and --amp-dtype fp16 (--amp on is bf16).
     """
 
-    lrs: tuple[float, ...] = ()
-    """Peak learning rates of the grid (required unless --resume)."""
+    lrs: Annotated[tuple[float, ...], tyro.conf.arg(help_behavior_hint=LRS_NEEDED)] = ()
+    """Peak learning rates of the grid."""
     seeds: tuple[int, ...] = (1337,)
     """Seeds of the grid (initialisation, batch sampling and dropout of a member)."""
     weight_decays: tuple[float, ...] = (0.1,)
     """Weight decays of the grid."""
     out_dir: Path = Path("sweeps/run")
     """Where sweep.json, summary.csv, val_curves.png and member-XX/ go."""
-    resume: Path | None = None
+    resume: Annotated[Path | None, unset_means("a new sweep")] = None
     """Continue the sweep in this directory for --max-iters more steps (flags left at their
     defaults take the saved values; others must agree with them)."""
 
@@ -206,11 +218,11 @@ class InferenceOptions:
 
     ckpt: Path
     """Checkpoint (latest.pt / best.pt); it holds the architecture and the tokenizer."""
-    mode: Literal["char", "token"] | None = None
-    """char or token; taken from the checkpoint (given, it must agree)."""
-    vocab_path: Path | None = None
+    mode: Annotated[Literal["char", "token"] | None, unset_means("the checkpoint's")] = None
+    """char or token (given, it must agree with the checkpoint)."""
+    vocab_path: Annotated[Path | None, unset_means("the checkpoint's")] = None
     """Override the checkpoint's character vocabulary (vocab.json)."""
-    tokenizer_path: Path | None = None
+    tokenizer_path: Annotated[Path | None, unset_means("the checkpoint's")] = None
     """Override the checkpoint's tokenizer (tokenizer.json)."""
     max_new_tokens: int = 200
     """Tokens to generate."""
@@ -253,7 +265,8 @@ class ChatConfig(InferenceOptions):
     system_prompt: str = "You are yocto_fn, a concise and helpful assistant."
     """First line of every context (kept when old turns are trimmed)."""
     max_new_tokens: int = 128
-    """Longest reply in tokens (a reply also ends at a newline or <eos>)."""
+    """Longest reply in tokens (a reply also ends at a blank line, at a `User:`, `System:` or
+    `Assistant:` line the model starts, or at <eos>)."""
     temperature: float = 0.9
     """Softmax temperature; 0 is greedy."""
     top_k: int = 40
@@ -268,19 +281,21 @@ class RecommendConfig:
 
     data_dir: Path = Path("data/char")
     """Prepared data directory (meta.json, train.bin, val.bin)."""
-    mode: Literal["char", "token"] | None = None
-    """char or token; taken from meta.json (given, it must agree)."""
-    tokenizer_path: Path | None = None
-    """Passed on to the train command (default: the one in --data-dir)."""
+    mode: Annotated[Literal["char", "token"] | None, unset_means("meta.json's")] = None
+    """char or token (given, it must agree with meta.json)."""
+    tokenizer_path: Annotated[Path | None, unset_means("the one in --data-dir")] = None
+    """Passed on to the train command."""
     priority: Literal["speed", "quality"] = "speed"
     """speed: gpt-fast; quality: gpt-plus."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Device to plan for (auto picks cuda > mps > cpu)."""
-    device_mem_gb: float | None = None
-    """Memory budget in GiB (default: the device's total; system RAM on CPU, 8 on MPS)."""
+    device_mem_gb: Annotated[
+        float | None, unset_means("the device's total; system RAM on CPU, 8 on MPS")
+    ] = None
+    """Memory budget in GiB."""
     ckpt_dir: Path = Path("checkpoints/run")
     """Checkpoint directory of the suggested run."""
-    time_budget: str | None = None
+    time_budget: Annotated[str | None, unset_means("no budget: --priority decides")] = None
     """Wall-clock budget of the training run (90s, 5m, 1h, 1h30m): plan the lowest
     validation loss this device reaches in it (times a few candidate shapes, once)."""
 
@@ -303,7 +318,7 @@ class SmokeCpuConfig:
 class SmokeTrainConfig:
     """Train a tiny model on the default corpus; check the loss falls, resume and init-from."""
 
-    model: ModelName = "gpt-fast"
+    model: Annotated[ModelName, tyro.conf.arg(metavar=MODEL_CHOICES)] = "gpt-fast"
     """Variant to train."""
     iters: int = 200
     """Training steps of the first run."""
@@ -311,15 +326,18 @@ class SmokeTrainConfig:
     """auto picks cuda > mps > cpu."""
     seed: int = 1337
     """Seed of initialisation, batches and dropout."""
-    out_dir: Path | None = None
-    """Keep the data and checkpoints here (default: a temporary directory, removed after)."""
+    out_dir: Annotated[Path | None, unset_means("a temporary directory, removed after")] = None
+    """Keep the data and checkpoints here."""
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Export a checkpoint: safetensors (this project's names; sample --ckpt and
-    train --init-from read the directory) or hf (a directory transformers loads: GPT-2
-    layout for gpt and gpt-fast, Llama for gpt-plus)."""
+    """Export a checkpoint as safetensors or as a Hugging Face directory.
+
+    safetensors keeps this project's names (sample --ckpt and train --init-from read the
+    directory); hf writes a directory transformers loads: GPT-2 layout for gpt and gpt-fast,
+    Llama for gpt-plus.
+    """
 
     ckpt: Path
     """Checkpoint (latest.pt / best.pt) or an exported safetensors directory."""
@@ -333,8 +351,11 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ImportConfig:
-    """Turn a local Hugging Face GPT-2 (-> gpt) or Llama (-> gpt-plus) directory into a
-    checkpoint that samples and warm-starts; nothing is downloaded."""
+    """Import a local Hugging Face GPT-2 or Llama directory as a checkpoint.
+
+    GPT-2 becomes gpt, Llama gpt-plus; the checkpoint samples and warm-starts, and nothing is
+    downloaded.
+    """
 
     hf_dir: Path
     """Directory with config.json, model.safetensors or pytorch_model.bin, tokenizer.json."""

@@ -37,13 +37,13 @@ def bf16_is_native(device: torch.device) -> bool:
 
 
 def amp_dtype(amp: str, dtype: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `--amp auto|on|off` and `--amp-dtype`: auto is bf16 where
-    `bf16_is_native`, fp32 (None) elsewhere; on is `--amp-dtype`, which fp16 allows on CUDA
-    only."""
-    if amp == "off" or (amp == "auto" and not bf16_is_native(device)):
-        return None
+    """The autocast dtype of `--amp on|off` and `--amp-dtype`: off is fp32 (None), on is
+    `--amp-dtype`, which fp16 allows on CUDA only. `--amp auto` depends on the model's shape
+    too, so the run decides it once the model is known (`runstate.choose_amp`)."""
     if amp == "auto":
-        return torch.bfloat16
+        raise ValueError("--amp auto is decided per run by runstate.choose_amp")
+    if amp == "off":
+        return None
     if dtype == "fp16" and device.type != "cuda":
         raise UserError("--amp-dtype fp16 needs CUDA; use --amp-dtype bf16 on this device")
     return AMP_DTYPES[dtype]

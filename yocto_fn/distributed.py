@@ -77,13 +77,15 @@ def stop(world: World) -> None:
 
 
 def average(grads: Params, value: torch.Tensor, world: World) -> tuple[Params, torch.Tensor]:
-    """Mean of every rank's gradients and loss: one all-reduce of one flat fp32 buffer."""
+    """Mean of every rank's gradients and `value` (the loss, or the loss and the step's stop
+    flag, see `train.make_train_step`): one all-reduce of one flat fp32 buffer, so what the
+    ranks must agree on costs no collective of its own."""
     leaves = tree_leaves(grads)
-    flat = torch.cat([g.reshape(-1).float() for g in leaves] + [value.reshape(1).float()])
+    flat = torch.cat([g.reshape(-1).float() for g in leaves] + [value.reshape(-1).float()])
     flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world.size
-    parts = flat.split([g.numel() for g in leaves] + [1])
+    parts = flat.split([g.numel() for g in leaves] + [value.numel()])
     out = [p.view_as(g).to(g.dtype) for p, g in zip(parts, leaves, strict=False)]
-    return tree_unflatten_like(grads, out), parts[-1].reshape(()).to(value.dtype)
+    return tree_unflatten_like(grads, out), parts[-1].view_as(value).to(value.dtype)
 
 
 def mean(x: float, world: World, device: torch.device) -> float:
@@ -93,3 +95,12 @@ def mean(x: float, world: World, device: torch.device) -> float:
     t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / world.size
+
+
+def from_main(x: float, world: World, device: torch.device) -> float:
+    """Rank 0's value of a host float on every rank (a choice all ranks must share)."""
+    if not world.launched:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t)

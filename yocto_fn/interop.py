@@ -5,7 +5,7 @@ and splitting tensors plus writing a config that says the same thing ours does:
 
 - `safetensors`: this project's own names (`blocks.0.attn.qkv_w`) in `model.safetensors`,
   with `config.json` (arch, mode, model config) and the tokenizer file beside it; `sample
-  --ckpt` and `train --init-from` read such a directory like a checkpoint (`load_dir`).
+  --ckpt` and `train --init-from` read such a directory like a checkpoint (`checkpoint.load_dir`).
 - `hf`: `gpt` and `gpt-fast` as `GPT2LMHeadModel`, `gpt-plus` as `LlamaForCausalLM`, which
   `transformers` loads with `AutoModelForCausalLM.from_pretrained` and which gives our
   logits; `import_hf` is the way back (GPT-2 -> `gpt`, Llama -> `gpt-plus`).
@@ -22,11 +22,18 @@ from typing import Any
 
 import orjson
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from . import checkpoint, fileio, models
 from . import tokenizer as tokenizers
+from .checkpoint import (
+    CONFIG,
+    DIR_FORMAT,
+    WEIGHTS,
+    read_json,
+    read_safetensors,
+    tree_from_flat,
+)
 from .config import ExportConfig, ImportConfig, ModelConfig
 from .errors import UserError
 from .hf_layout import (
@@ -41,39 +48,11 @@ from .hf_layout import (
     llama_layout,
     to_hf,
 )
-from .params import Params, named_leaves, tree_unflatten_like
+from .params import Params, named_leaves
 
 Tensor = torch.Tensor
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-DIR_FORMAT = 1  # the `yocto_fn` entry of an exported directory's config.json
 
 # ----------------------------------------------------------------------- files and names
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path} not found")
-    try:
-        data = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} holds no JSON object")
-    return data
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; a truncated or damaged one is a UserError
-    (the format checks its header and that every tensor lies inside the file)."""
-    if not path.is_file():
-        raise UserError(f"{path} not found")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise UserError(f"{path} is not a readable safetensors file ({reason})") from None
 
 
 def own_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -81,24 +60,6 @@ def own_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     storage or are strided views (a transpose, one chunk of a fused weight)."""
     return {k: t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
             for k, t in tensors.items()}  # fmt: skip
-
-
-def tree_from_flat(arch: str, cfg: ModelConfig, flat: dict[str, Tensor], what: str) -> Params:
-    """The params tree of `arch` at `cfg` holding `flat` (dotted names), after checking that
-    every name and shape is the one the model has; the template is built on the meta device,
-    so the check allocates nothing."""
-    with torch.device("meta"):
-        tree = models.get(arch).init(cfg, 0)
-    template = named_leaves(tree)
-    missing = [n for n in template if n not in flat]
-    extra = [n for n in flat if n not in template]
-    wrong = [f"{n} {tuple(flat[n].shape)} vs {tuple(t.shape)}" for n, t in template.items()
-             if n in flat and flat[n].shape != t.shape]  # fmt: skip
-    problems = [f"missing {n}" for n in missing] + [f"unexpected {n}" for n in extra] + wrong
-    if problems:
-        shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
-        raise UserError(f"{what} does not fit a {arch} of its config ({shown})")
-    return tree_unflatten_like(tree, [flat[n] for n in template])
 
 
 def write_dir(out: Path, files: dict[str, bytes]) -> None:
@@ -153,41 +114,6 @@ def safetensors_files(ckpt: dict[str, Any], params: Params) -> dict[str, bytes]:
     meta = {"format": "pt", "sha256": checkpoint.payload_digest(tensors)}
     return {WEIGHTS: safetensors_bytes(tensors, meta), CONFIG: fileio.json_bytes(config),
             name: tok_bytes}  # fmt: skip
-
-
-def load_dir(path: Path) -> dict[str, Any]:
-    """An exported `safetensors` directory as a checkpoint dict (weights only: no optimizer
-    state, so it can start a run or sample, not resume one)."""
-    config = read_json(path / CONFIG)
-    required = ("arch", "mode", "model_config", "tokenizer_file")
-    if "yocto_fn" in config and any(k not in config for k in required):
-        raise UserError(
-            f"{path / CONFIG} lacks {', '.join(k for k in required if k not in config)}"
-        )
-    if "yocto_fn" not in config:
-        hint = (
-            f"it is a Hugging Face model directory: make a checkpoint of it with "
-            f"`python cli.py import --hf-dir {path} --out {path.name}.pt`"
-            if "model_type" in config
-            else "pass a directory written by `cli.py export --format safetensors`"
-        )
-        raise UserError(f"{path} is not an exported yocto_fn model; {hint}")
-    if config["yocto_fn"] != DIR_FORMAT:
-        raise UserError(f"{path} has export format {config['yocto_fn']}, expected {DIR_FORMAT}")
-    arch = models.canonical_name(config["arch"])
-    cfg = ModelConfig.from_dict(config["model_config"])
-    tensors, meta = read_safetensors(path / WEIGHTS)
-    if meta.get("sha256") not in (None, checkpoint.payload_digest(tensors)):
-        raise UserError(
-            f"{path / WEIGHTS} is damaged (its tensors fail their checksum); export again"
-        )
-    params = tree_from_flat(arch, cfg, tensors, str(path / WEIGHTS))
-    tok = tokenizers.load(path / config["tokenizer_file"]).to_dict()
-    return {
-        "format": checkpoint.FORMAT, "arch": arch, "mode": config["mode"],
-        "model_config": cfg.to_dict(), "params": params, "ema": None, "opt_state": None,
-        "iter": config.get("iter", 0), "tokenizer": tok | config.get("tokenizer_specials", {}),
-    }  # fmt: skip
 
 
 # ------------------------------------------------------------------ Hugging Face layouts

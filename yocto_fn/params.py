@@ -53,7 +53,7 @@ def as_generator(seed_or_generator: int | torch.Generator) -> torch.Generator:
 
 def normal(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.Tensor:
     """N(0, std^2) draws from `gen`. Under `torch.device("meta")` (a tree of shapes only, as
-    `interop.tree_from_flat` builds) nothing is drawn: sampling on meta imports the compiler,
+    `checkpoint.tree_from_flat` builds) nothing is drawn: sampling on meta imports the compiler,
     over a second."""
     if torch.get_default_device().type == "meta":
         return torch.empty(shape)

@@ -1,29 +1,44 @@
-"""Measure this device: seconds per training step of candidate shapes, cached on disk.
+"""Measure this device: what a training step costs here, cached on disk.
 
-`recommend --time-budget` turns a wall-clock budget into steps, so it needs what a step
-costs here and now, not a constant. Each shape is timed on the real train step (AdamW, the
-same `make_train_step` the trainer runs) on random tokens for about half a second, after
-two warm-up steps. Results are cached per device, torch version and thread count in
-`$XDG_CACHE_HOME/yocto_fn/probe.json` (default `~/.cache`), so later plans cost nothing.
+Two callers need a figure only this device can give:
+- `recommend --time-budget` turns a wall-clock budget into steps, so it needs the seconds
+  of a step of each candidate shape (`step_seconds`).
+- `train/sweep --amp auto` needs to know whether bf16 autocast beats fp32 for this run.
+  Neither wins everywhere: on a 2-core AVX512-BF16 CPU bf16 is 2x fp32 at 6/6/384 but
+  0.82x at 4/4/128 compiled, where the casts cost more than the narrower matmuls save. So
+  `amp_auto` times both on the run's own step and keeps the faster.
+
+Steps are the real ones (`make_train_step`, or the ensemble step of a sweep) on random
+tokens from a fresh model, after warm-up steps that also absorb compilation. Results are
+cached per device, torch version and thread count in `$XDG_CACHE_HOME/yocto_fn/probe.json`
+(default `~/.cache`), so a later run or plan of the same shape pays nothing.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import torch
 
 from . import fileio, models, optim, rng
 from .config import ModelConfig
+from .ensemble import ensemble_init, make_ensemble_step, opt_init
 from .params import to
 from .train import make_train_step
 
 MIN_SECONDS = 0.5
 MAX_STEPS = 20
+WARMUP_STEPS = 2
+AMP_ROUNDS = 3  # fp32 and bf16 alternate this many times; each keeps its median round
+AMP_ROUND_SECONDS = 0.2
 
 
 def cache_path() -> Path:
@@ -52,39 +67,150 @@ def key(device: torch.device, model: str, cfg: ModelConfig, batch: int) -> str:
             f"{batch}x{cfg.block_size}")  # fmt: skip
 
 
-def time_step(model: str, cfg: ModelConfig, batch: int, device: torch.device) -> float:
-    """Seconds per optimizer step, fp32, from a fresh random model."""
-    m = models.get(model)
-    params = to(m.init(cfg, 0), device)
-    state = optim.init(params)
-    step = make_train_step(m, cfg, optim.AdamW())
+@dataclass(frozen=True)
+class StepSpec:
+    """The training step to time: what changes its cost, nothing that only changes values."""
+
+    model: str
+    cfg: ModelConfig
+    batch: int
+    accum: int = 1
+    members: int = 0  # a sweep's ensemble of this many members; 0: one model
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens of one optimizer step (all members)."""
+        return max(self.members, 1) * self.accum * self.batch * self.cfg.block_size
+
+    def key(self, device: torch.device) -> str:
+        extra = [f"accum {self.accum}", f"members {self.members}", f"dropout {self.cfg.dropout}"]
+        if self.compile:
+            extra.append("compiled")
+        if self.activation_checkpointing:
+            extra.append("activation checkpointing")
+        return "|".join([key(device, self.model, self.cfg, self.batch), *extra])
+
+
+def stepper(
+    spec: StepSpec, device: torch.device, amp_dtype: torch.dtype | None
+) -> Callable[[int], None]:
+    """`one(i)` runs optimizer step i of `spec` under `amp_dtype` and waits for the device."""
+    m, cfg = models.get(spec.model), spec.cfg
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(cfg.vocab_size, (batch, cfg.block_size), generator=gen).to(device)
+    lead = ((spec.members,) if spec.members else ()) + ((spec.accum,) if spec.accum > 1 else ())
+    x = torch.randint(cfg.vocab_size, (*lead, spec.batch, cfg.block_size), generator=gen)
+    x = x.to(device)
     base = rng.key(0, device)
+    if spec.members:
+        params = ensemble_init(m, cfg, range(spec.members), device)
+        state = opt_init(params)
+        step = make_ensemble_step(m, cfg, optim.AdamW(), amp_dtype=amp_dtype,
+                                  compile=spec.compile)  # fmt: skip
+
+        def keys(i: int) -> torch.Tensor:
+            return torch.stack([rng.fold_in(base, i + j) for j in range(spec.members)])
+    else:
+        params = to(m.init(cfg, 0), device)
+        state = optim.init(params)
+        step = make_train_step(
+            m, cfg, optim.AdamW(), amp_dtype=amp_dtype, compile=spec.compile,
+            activation_checkpointing=spec.activation_checkpointing,
+        )  # fmt: skip
+
+        def keys(i: int) -> torch.Tensor:
+            return rng.fold_in(base, i)
 
     def one(i: int) -> None:
         nonlocal params, state
-        params, state, metrics = step(params, state, (x, x), 1e-3, rng.fold_in(base, i))
-        metrics["loss"].item()  # wait for the device
+        params, state, metrics = step(params, state, (x, x), 1e-3, keys(i))
+        metrics["loss"].sum().item()  # wait for the device
 
-    one(0)
-    one(1)
+    return one
+
+
+def time_step(model: str, cfg: ModelConfig, batch: int, device: torch.device) -> float:
+    """Seconds per optimizer step, fp32, from a fresh random model."""
+    one = stepper(StepSpec(model, cfg, batch), device, None)
+    for i in range(WARMUP_STEPS):
+        one(i)
     start, n = time.perf_counter(), 0
     while n < MAX_STEPS and (n < 2 or time.perf_counter() - start < MIN_SECONDS):
-        one(2 + n)
+        one(WARMUP_STEPS + n)
         n += 1
     return (time.perf_counter() - start) / n
 
 
+def _cached(k: str, measure: Callable[[], Any]) -> tuple[Any, bool]:
+    """The cache's entry `k`, measured and stored first if missing; and whether it was there."""
+    path = cache_path()
+    try:
+        cached = orjson.loads(path.read_bytes()) if path.is_file() else {}
+    except orjson.JSONDecodeError:
+        cached = {}  # a damaged cache costs one more measurement, never the run
+    if k in cached:
+        return cached[k], True
+    cached[k] = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fileio.atomic_write_bytes(path, fileio.json_bytes(cached))
+    except OSError:
+        pass  # a read-only home only costs the next run another probe
+    return cached[k], False
+
+
 def step_seconds(model: str, cfg: ModelConfig, batch: int, device: torch.device) -> float:
     """`time_step`, through the on-disk cache."""
-    path, k = cache_path(), key(device, model, cfg, batch)
-    cached = orjson.loads(path.read_bytes()) if path.is_file() else {}
-    if k not in cached:
-        cached[k] = time_step(model, cfg, batch, device)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fileio.atomic_write_bytes(path, fileio.json_bytes(cached))
-        except OSError:
-            pass  # a read-only home only costs the next plan another probe
-    return cached[k]
+    return _cached(key(device, model, cfg, batch), lambda: time_step(model, cfg, batch, device))[0]
+
+
+AMP_CONTENDERS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def amp_rates(spec: StepSpec, device: torch.device) -> dict[str, float]:
+    """Training tokens per second of `spec` in fp32 and under bf16 autocast: both warmed
+    up (and compiled) first, then timed in alternating rounds so that a drift in the
+    machine's speed hits both alike; each keeps the median of its rounds."""
+    ones = {name: stepper(spec, device, dtype) for name, dtype in AMP_CONTENDERS.items()}
+    done = dict.fromkeys(ones, 0)
+    for name, one in ones.items():
+        for _ in range(WARMUP_STEPS):
+            one(done[name])
+            done[name] += 1
+    rounds: dict[str, list[float]] = {name: [] for name in ones}
+    for _ in range(AMP_ROUNDS):
+        for name, one in ones.items():
+            start, n = time.perf_counter(), 0
+            while n < 1 or time.perf_counter() - start < AMP_ROUND_SECONDS:
+                one(done[name])
+                done[name], n = done[name] + 1, n + 1
+            rounds[name].append(n * spec.tokens / (time.perf_counter() - start))
+    return {name: round(statistics.median(r), 1) for name, r in rounds.items()}
+
+
+@dataclass(frozen=True)
+class AmpChoice:
+    """What `--amp auto` chose, and why: the two rates in training tokens/s (None where
+    nothing was timed) and where they came from (measured now, the cache, or a rule)."""
+
+    dtype: torch.dtype | None
+    tokens_per_sec: dict[str, float] | None
+    source: str
+
+    @property
+    def name(self) -> str:
+        return next(n for n, d in AMP_CONTENDERS.items() if d is self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"choice": self.name, "source": self.source, "tokens_per_sec": self.tokens_per_sec}
+
+
+def amp_auto(spec: StepSpec, device: torch.device, bf16_native: bool) -> AmpChoice:
+    """`--amp auto`: fp32 where bf16 has no native units (emulated bf16 is slower at every
+    shape), else the faster of fp32 and bf16 for this step as measured (and cached)."""
+    if not bf16_native:
+        return AmpChoice(None, None, "rule: no native bf16 on this device")
+    rates, hit = _cached(f"amp|{spec.key(device)}", lambda: amp_rates(spec, device))
+    choice = max(rates, key=rates.get)
+    return AmpChoice(AMP_CONTENDERS[choice], rates, "cache" if hit else "measured")

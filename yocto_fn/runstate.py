@@ -11,16 +11,18 @@ from __future__ import annotations
 import math
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint, distributed, fileio, metrics, models, optim, rng
+from . import checkpoint, distributed, fileio, metrics, models, optim, probe, rng
 from . import tokenizer as tokenizers
 from .config import DEFAULT_MODEL, DEFAULT_SHAPE, ModelConfig, TrainConfig, TrainingOptions
 from .data import Dataset
+from .device import bf16_is_native
 from .errors import UserError
 from .params import Params, count, to
 from .train import loss_fn
@@ -96,6 +98,26 @@ def model_setup(
     return name, ModelConfig.from_dict(saved.to_dict() | {"dropout": cfg.dropout})
 
 
+def choose_amp(
+    spec: probe.StepSpec, device: torch.device, world: distributed.World, say: bool = True
+) -> probe.AmpChoice:
+    """`--amp auto` for this run's step: measured once per shape and device (then cached),
+    and under torchrun rank 0's verdict for every rank, so that all run one dtype."""
+    choice = probe.amp_auto(spec, device, bf16_is_native(device))
+    if world.launched:
+        picked = distributed.from_main(float(choice.dtype is not None), world, device)
+        dtype = torch.bfloat16 if picked else None
+        choice = probe.AmpChoice(dtype, choice.tokens_per_sec, choice.source)
+    rates = choice.tokens_per_sec
+    if say and world.main and choice.source == "measured" and rates:
+        print(
+            f"--amp auto: {choice.name} for this step ({rates['fp32']:,.0f} tokens/s fp32, "
+            f"{rates['bf16']:,.0f} bf16; measured once, cached in {probe.cache_path()})",
+            file=sys.stderr,
+        )
+    return choice
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -123,7 +145,11 @@ class Progress:
 
 class Interrupt:
     """Ctrl-C or SIGTERM (what schedulers, `timeout` and container stops send) finishes the
-    current step, after which the loop saves and stops; a second signal ends it at once."""
+    current step, after which the loop saves and stops; a second signal ends it at once.
+
+    Under torchrun a signal reaches each rank at its own moment, or one rank alone. A rank
+    that stopped on its own would leave the others waiting in the next all-reduce, so each
+    step carries every rank's `flag` in its all-reduce and all ranks stop on the result."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -143,6 +169,11 @@ class Interrupt:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    def flag(self, device: torch.device) -> torch.Tensor:
+        """This process's request for the step's all-reduce, 1.0 (stop) or 0.0, a 0-d tensor
+        filled on `device` (no host-to-device copy)."""
+        return torch.full((), float(self.requested is not None), device=device)
+
 
 class RunState:
     """Host side of one run (see the module docstring). `ckpt` given: continue it exactly
@@ -155,6 +186,7 @@ class RunState:
     ) -> None:  # fmt: skip
         self.cfg, self.ds, self.tok, self.device, self.world = cfg, ds, tok, device, world
         self.amp_dtype, self.loss_scale = amp_dtype, loss_scale
+        self.amp_choice: probe.AmpChoice | None = None  # what --amp auto measured
         self.arch, self.mcfg = model_setup(cfg, ds, ckpt)
         ds.check_block_size(self.mcfg.block_size)
         self.model = models.get(self.arch)
@@ -291,7 +323,8 @@ class RunState:
             "train_config": self.cfg.to_dict(), "model_config": self.mcfg.to_dict(),
             "arch": self.arch, "device": str(self.device),
             "dtype": "float32" if self.amp_dtype is None else f"autocast {self.amp_name}",
-            "amp": f"{self.cfg.amp} -> {self.amp_name}",
+            "amp": {"flag": self.cfg.amp, "autocast": self.amp_name}
+            | (self.amp_choice.to_dict() if self.amp_choice else {}),
             "parameters": count(self.params),
             "tokens_per_step": self.tokens_per_step,
             "torch": torch.__version__, "git_commit": git_commit(),

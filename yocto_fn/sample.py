@@ -30,6 +30,7 @@ from .quantize import quantize
 
 Stream = Callable[[torch.Tensor], None]
 DecodeStep = Callable[..., tuple[torch.Tensor, KVCache]]
+Ban = Callable[[torch.Tensor], torch.Tensor | None]
 
 
 def filter_logits(
@@ -103,14 +104,19 @@ def generate(
     stream: Stream | None = None,
     compile: bool = False,
     step: DecodeStep | None = None,
+    ban: Ban | None = None,
+    finished: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate up to `max_new_tokens` tokens after `prompt_ids` ([T] or [B, T]).
 
     Returns the new tokens [B, N]. Generation ends early once every row has produced one
-    of `eos_id` (an id or a set of ids); rows that stopped earlier are padded with the stop
-    token they produced. `stream(tokens[B])` is called with each new token as it is chosen.
-    `compile=True` compiles the one-token step with torch.compile (prefills stay eager);
-    `step` replaces it with a ready one (e.g. the packaged step of `aot.decode_step`).
+    of `eos_id` (an id or a set of ids), or `finished(new[B, n])` says so for it (bool [B]);
+    rows that stopped earlier are padded with their last token. `stream(tokens[B])` is
+    called with each new token as it is chosen. `ban(new[B, n])` returns the tokens the next
+    pick may not be (bool [B, V], or None): a pure function of the tokens so far, so the
+    draws stay those of `generator`. `compile=True` compiles the one-token step with
+    torch.compile (prefills stay eager); `step` replaces it with a ready one (e.g. the
+    packaged step of `aot.decode_step`).
     """
     device = params["wte"].device
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
@@ -127,14 +133,20 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     last = prompt[:, -1]
     for i in range(max_new_tokens):
+        banned = None if ban is None else ban(_so_far(out, prompt))
+        if banned is not None:
+            logits = logits.masked_fill(banned, float("-inf"))
         token = sample_next(logits, temperature, top_k, top_p, generator)
         token = torch.where(done, last, token)
         out.append(token)
         if stream is not None:
             stream(token)
         done = done | torch.isin(token, stops)
+        if finished is not None:
+            done = done | finished(_so_far(out, prompt))
         last = token
-        if i == max_new_tokens - 1 or (stops.numel() and bool(done.all())):
+        can_stop = stops.numel() or finished is not None
+        if i == max_new_tokens - 1 or (can_stop and bool(done.all())):
             break
         if filled == window:
             recent = torch.cat([context, *(t[:, None] for t in out)], dim=1)[:, -keep:]
@@ -144,7 +156,12 @@ def generate(
         else:
             logits, cache = one_token(params, token[:, None], cfg, cache)
             filled += 1
-    return torch.stack(out, dim=1) if out else prompt.new_zeros((B, 0))
+    return _so_far(out, prompt)
+
+
+def _so_far(out: list[torch.Tensor], prompt: torch.Tensor) -> torch.Tensor:
+    """The new tokens [B, n] chosen so far (n may be 0)."""
+    return torch.stack(out, dim=1) if out else prompt.new_zeros((prompt.shape[0], 0))
 
 
 class TextStream:

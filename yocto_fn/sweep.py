@@ -27,7 +27,7 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, fileio, optim, recommend, rng
+from . import checkpoint, distributed, fileio, optim, probe, recommend, rng
 from .config import ModelConfig, SweepConfig, TrainConfig, TrainingOptions
 from .data import Dataset
 from .device import amp_dtype as amp_dtype_of
@@ -35,7 +35,7 @@ from .device import resolve
 from .ensemble import make_ensemble_step
 from .errors import UserError
 from .params import count, stack, tree_map
-from .runstate import Interrupt, RunState, check_flags, load_tokenizer, model_setup
+from .runstate import Interrupt, RunState, check_flags, choose_amp, load_tokenizer, model_setup
 
 MAX_MEMBERS = 64
 SWEEP_FILE = "sweep.json"
@@ -235,16 +235,24 @@ class Sweep:
         for c in configs:
             check_flags(c)
         self.device = resolve(cfg.device)
-        amp_dtype = amp_dtype_of(cfg.amp, "bf16", self.device)
         ds = Dataset(cfg.data_dir)
         tok = load_tokenizer(cfg, ds)
         first = resume_checkpoint(configs[0])
         arch, mcfg = model_setup(configs[0], ds, first)
+        ds.check_block_size(mcfg.block_size)
         check_memory(arch, mcfg, cfg.batch_size, len(grid), self.device)
+        choice = None
+        if cfg.amp == "auto":
+            spec = probe.StepSpec(arch, mcfg, cfg.batch_size, cfg.grad_accum_steps,
+                                  members=len(grid), compile=cfg.compile)  # fmt: skip
+            choice = choose_amp(spec, self.device, distributed.SINGLE)
+        amp_dtype = choice.dtype if choice else amp_dtype_of(cfg.amp, "bf16", self.device)
         self.members = [RunState(configs[0], ds, tok, self.device, amp_dtype, ckpt=first)] + [
             RunState(c, ds, tok, self.device, amp_dtype, ckpt=resume_checkpoint(c))
             for c in configs[1:]
         ]
+        for m in self.members:
+            m.amp_choice = choice
         if len({m.progress.iter for m in self.members}) > 1:
             raise UserError(f"--resume {cfg.resume}: the members' latest.pt are at different "
                             "steps; resume them one by one with `train --resume`")  # fmt: skip

@@ -3,7 +3,8 @@
 `make_train_step` returns `step(params, opt_state, batch, lr, key) -> (params, opt_state,
 metrics)`. Because the whole step is one pure function of tensors it can be compiled whole
 (forward, backward and optimizer fuse into one graph), `vmap`ped over an ensemble axis, or
-wrapped by gradient averaging for data parallelism.
+wrapped by gradient averaging for data parallelism (with an optional `stop` flag that rides
+the same all-reduce).
 """
 
 from __future__ import annotations
@@ -135,8 +136,12 @@ def make_train_step(
     step averages the A micro-batch gradients (micro-batch i uses key fold_in(key, i)), which
     equals one batch of A*B rows. `eager_autograd` is passed to `grad_and_value`.
 
-    Data parallelism: `grad_sync(grads, loss) -> (grads, loss)` runs once per step on the
+    Data parallelism: `grad_sync(grads, value) -> (grads, value)` runs once per step on the
     accumulated gradients, before clipping (e.g. `distributed.average`, one all-reduce).
+    `step(..., stop=flag)` (a 0-d tensor, 1.0 where this rank was asked to stop) sends the
+    flag through that same call, as `value = [loss, flag]`, and returns its mean over the
+    ranks as metrics["stop"]: non-zero on every rank as soon as one rank asked, so the
+    ranks agree on stopping after this step without a collective of its own.
 
     fp16: pass `loss_scale` here and `optim.init(params, loss_scale)` (a `ScaledState`) as
     the state. The loss
@@ -164,11 +169,22 @@ def make_train_step(
 
     def accumulate(params, batch, key, scale):
         if batch[0].dim() == 2:
-            grads, value = grads_of(params, batch, key, scale)
-        else:
-            micro = lambda b, k: grads_of(params, b, k, scale)  # noqa: E731
-            grads, value = accumulate_grads(micro, batch, key)
-        return (grads, value) if grad_sync is None else grad_sync(grads, value)
+            return grads_of(params, batch, key, scale)
+        micro = lambda b, k: grads_of(params, b, k, scale)  # noqa: E731
+        return accumulate_grads(micro, batch, key)
+
+    def synced(grads, value, stop):
+        """`grad_sync` of the gradients, the loss and the stop flag (when given): one call."""
+        if grad_sync is None:
+            return grads, value, stop
+        if stop is None:
+            return *grad_sync(grads, value), None
+        grads, both = grad_sync(grads, torch.stack([value, stop.to(value.dtype)]))
+        return grads, both[0], both[1]
+
+    def with_stop(out, stop):
+        params, opt_state, metrics = out
+        return params, opt_state, metrics if stop is None else metrics | {"stop": stop}
 
     def apply(grads, value, params, opt_state, lr):
         """Clip and update (and with fp16, skip a step whose gradients overflowed)."""
@@ -190,23 +206,25 @@ def make_train_step(
     def scale_of(opt_state):
         return None if loss_scale is None else opt_state.loss_scale.scale
 
-    def pure_step(params, opt_state, batch, lr, key):
+    def pure_step(params, opt_state, batch, lr, key, stop):
         grads, value = accumulate(params, batch, key, scale_of(opt_state))
-        return apply(grads, value, params, opt_state, lr)
+        grads, value, stop = synced(grads, value, stop)
+        return with_stop(apply(grads, value, params, opt_state, lr), stop)
 
     if split:
         compiled_apply = torch.compile(apply, dynamic=False)
 
-        def inner(params, opt_state, batch, lr, key):
+        def inner(params, opt_state, batch, lr, key, stop):
             grads, value = accumulate(params, batch, key, scale_of(opt_state))
-            return compiled_apply(grads, value, params, opt_state, lr)
+            grads, value, stop = synced(grads, value, stop)
+            return with_stop(compiled_apply(grads, value, params, opt_state, lr), stop)
 
     else:
         inner = torch.compile(pure_step, dynamic=False) if compile else pure_step
 
-    def step(params, opt_state, batch, lr, key):
+    def step(params, opt_state, batch, lr, key, stop=None):
         lr = torch.as_tensor(lr, dtype=torch.float32, device=tree_leaves(opt_state)[0].device)
-        return inner(params, opt_state, batch, lr, key)
+        return inner(params, opt_state, batch, lr, key, stop)
 
     step.__doc__ = make_train_step.__doc__
     return step

@@ -19,19 +19,21 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, fileio, metrics, optim, rng
+from . import checkpoint, distributed, fileio, metrics, optim, probe, rng
 from .config import TrainConfig
 from .data import Dataset
 from .device import amp_dtype as amp_dtype_of
 from .device import resolve
 from .errors import UserError
 from .params import clone, count, tree_leaves
-from .runstate import Interrupt, RunState, check_flags, load_tokenizer
+from .runstate import Interrupt, RunState, check_flags, choose_amp, load_tokenizer
 from .train import make_train_step
 
 
 class Trainer(RunState):
     """One run driven by the single-model step (`train.make_train_step`)."""
+
+    interrupt: Interrupt | None = None  # set by `run`; its flag rides each data-parallel step
 
     def __init__(
         self,
@@ -41,7 +43,7 @@ class Trainer(RunState):
     ) -> None:
         check_flags(cfg)
         device = device or resolve(cfg.device)
-        amp_dtype = amp_dtype_of(cfg.amp, cfg.amp_dtype, device)
+        amp_dtype = None if cfg.amp == "auto" else amp_dtype_of(cfg.amp, cfg.amp_dtype, device)
         loss_scale = optim.DynamicLossScale() if amp_dtype is torch.float16 else None
         if cfg.ckpt_dir.exists() and not cfg.ckpt_dir.is_dir():
             raise UserError(
@@ -65,6 +67,13 @@ class Trainer(RunState):
             self._warm_start(cfg.init_from)
         if cfg.ema_decay and self.ema is None:
             self.ema = clone(self.params)
+        if cfg.amp == "auto":
+            spec = probe.StepSpec(
+                self.arch, self.mcfg, cfg.batch_size, cfg.grad_accum_steps, compile=cfg.compile,
+                activation_checkpointing=cfg.activation_checkpointing,
+            )  # fmt: skip
+            self.amp_choice = choose_amp(spec, device, world)
+            self.amp_dtype = self.amp_choice.dtype
         self._build_step()
 
     def _warm_start(self, path: Path) -> None:
@@ -103,12 +112,15 @@ class Trainer(RunState):
 
     def train_step(self, it: int, end: int) -> dict[str, float]:
         batch, key = self.batch(), rng.fold_in(self.base_key, it)
+        stop = {}
         if self.world.size > 1:  # each rank's rows get their own dropout masks
             key = rng.fold_in(key, self.world.rank)
+            if self.interrupt is not None:  # so that all ranks stop after the same step
+                stop["stop"] = self.interrupt.flag(self.device)
         while True:
             try:
                 self.params, self.opt_state, m = self.step(
-                    self.params, self.opt_state, batch, self.lr(it, end), key
+                    self.params, self.opt_state, batch, self.lr(it, end), key, **stop
                 )
                 break
             except torch.OutOfMemoryError:
@@ -123,7 +135,8 @@ class Trainer(RunState):
             torch._foreach_lerp_(
                 tree_leaves(self.ema), tree_leaves(self.params), 1.0 - self.cfg.ema_decay
             )
-        return {"loss": loss, "grad_norm": norm}
+        agreed = {"stop": m["stop"].item()} if "stop" in m else {}
+        return {"loss": loss, "grad_norm": norm} | agreed
 
     def _shrink_micro_batch(self, batch: tuple[torch.Tensor, torch.Tensor]):
         """CUDA OOM with --auto-microbatch: the same rows as twice as many, half as large,
@@ -155,6 +168,7 @@ class Trainer(RunState):
         stopped, interval_t, interval_tok = None, 0.0, 0
         last = {"loss": math.nan, "grad_norm": math.nan}
         with Interrupt() as interrupt:
+            self.interrupt = interrupt
             for it in range(start, end):
                 t0 = time.perf_counter()
                 last = self.train_step(it, end)
@@ -164,8 +178,11 @@ class Trainer(RunState):
                 interval_t, interval_tok = interval_t + dt, interval_tok + tokens_per_step
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
-                if interrupt.requested:
-                    stopped, self.signal = "interrupted", interrupt.requested
+                # several ranks stop on the all-reduced flags alone, the same on every rank
+                asked = last["stop"] > 0 if "stop" in last else interrupt.requested
+                if asked:
+                    stopped = "interrupted"
+                    self.signal = interrupt.requested or "a signal to another rank"
                     break
                 if prog.iter % cfg.eval_interval and prog.iter != end:
                     continue

@@ -11,25 +11,29 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from .. import fileio
+from ..config import unset_means
 from ..errors import UserError
 
 DEFAULT_CORPUS = Path("data/default.txt")
 CHUNK_BYTES = 1 << 23  # the corpus is decoded, cleaned and encoded this much at a time
+TEXT_DIR_USE = "(read only with --all-txt-in-dir)"  # its help's hint instead of a default
 
 
 @dataclass(frozen=True)
 class CorpusOptions:
     """Where the text comes from and how it is cleaned and split."""
 
-    text_path: Path | None = None
-    """A .txt file. Without it (and without --all-txt-in-dir) the embedded default corpus."""
+    text_path: Annotated[Path | None, unset_means("the embedded corpus")] = None
+    """A .txt file (ignored with --all-txt-in-dir)."""
     all_txt_in_dir: bool = False
     """Use every .txt file of --text-dir (not recursive, sorted by name)."""
-    text_dir: Path | None = None
-    """Directory read by --all-txt-in-dir."""
+    text_dir: Annotated[Path | None, tyro.conf.arg(help_behavior_hint=TEXT_DIR_USE)] = None
+    """Directory of .txt files."""
     sanitize_chars: Literal["none", "basic"] = "none"
     """basic: NFKC, curly quotes/dashes/ellipsis to ASCII, drop control chars but \\n and \\t."""
     collapse_whitespace: bool = False

@@ -1,0 +1,33 @@
+"""`cli.py` for torchrun tests: the rank named by YOCTO_FN_TEST_SIGNAL_RANK sends itself
+SIGTERM between its second and third steps, as a scheduler signalling one process would;
+every rank reports on stderr the step its run stopped at."""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cli  # noqa: E402
+from yocto_fn.trainer import Trainer  # noqa: E402
+
+RANK, SIGNALLED = os.environ["RANK"], os.environ["YOCTO_FN_TEST_SIGNAL_RANK"]
+real_step, real_run = Trainer.train_step, Trainer.run
+
+
+def train_step(self, it, end):
+    out = real_step(self, it, end)
+    if it == 1 and RANK == SIGNALLED:
+        signal.raise_signal(signal.SIGTERM)
+    return out
+
+
+def run(self):
+    result = real_run(self)
+    print(f"rank {RANK} stopped ({result['stopped']}) at step {result['iter']}", file=sys.stderr)
+    return result
+
+
+Trainer.train_step, Trainer.run = train_step, run
+sys.exit(cli.main(sys.argv[1:]))
