@@ -37,7 +37,8 @@ from .train import make_train_step
 MIN_SECONDS = 0.5
 MAX_STEPS = 20
 WARMUP_STEPS = 2
-AMP_ROUNDS = 3  # fp32 and bf16 alternate this many times; each keeps its median round
+AMP_ROUNDS = 5  # fp32 and bf16 alternate this many times; each keeps its median round
+AMP_ROUND_STEPS = 2  # steps per round at least: one slow step then moves no verdict
 AMP_ROUND_SECONDS = 0.2
 
 
@@ -182,7 +183,7 @@ def amp_rates(spec: StepSpec, device: torch.device) -> dict[str, float]:
     for _ in range(AMP_ROUNDS):
         for name, one in ones.items():
             start, n = time.perf_counter(), 0
-            while n < 1 or time.perf_counter() - start < AMP_ROUND_SECONDS:
+            while n < AMP_ROUND_STEPS or time.perf_counter() - start < AMP_ROUND_SECONDS:
                 one(done[name])
                 done[name], n = done[name] + 1, n + 1
             rounds[name].append(n * spec.tokens / (time.perf_counter() - start))
