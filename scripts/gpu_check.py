@@ -1,6 +1,7 @@
 """Check the CUDA set-up: torch build, device name, and a bf16 matmul TFLOP/s figure.
 
-Exits 1 (with the reason) when CUDA is not usable, so set-up scripts can stop there.
+Exits 1 (with the reason) when CUDA is not usable, so set-up scripts can stop there. A torch
+outside the tested range (`yocto_fn.device.TORCH_TESTED`) gets a warning line, not a failure.
 """
 
 from __future__ import annotations
@@ -8,8 +9,14 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from yocto_fn.device import TORCH_TESTED, torch_is_tested  # noqa: E402
 
 
 def matmul_tflops(
@@ -31,6 +38,10 @@ def matmul_tflops(
 
 def main() -> int:
     print(f"torch {torch.__version__}, CUDA build {torch.version.cuda}")
+    if not torch_is_tested():
+        lo, hi = TORCH_TESTED
+        print(f"WARNING: torch {torch.__version__} is outside the tested range {lo} to {hi}; "
+              "it may work, but nothing has checked it", file=sys.stderr)  # fmt: skip
     if torch.version.cuda is None:
         print("FAIL: this torch is a CPU build; reinstall with CUDA_INDEX set, e.g. "
               "https://download.pytorch.org/whl/cu130", file=sys.stderr)  # fmt: skip

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 
 from .errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+TORCH_TESTED = ("2.11", "2.14")
+"""The oldest and the newest torch release (major.minor) the test suite has passed on."""
+
+
+def torch_is_tested(version: str | None = None) -> bool:
+    """Whether `version` (default: the running torch's, e.g. "2.13.0+cpu") lies inside
+    `TORCH_TESTED`, bounds included; only major.minor counts, so patch releases and local
+    builds of a tested release are in."""
+    found = re.match(r"(\d+)\.(\d+)", torch.__version__ if version is None else version)
+    if found is None:
+        return False
+    lo, hi = (tuple(int(n) for n in v.split(".")) for v in TORCH_TESTED)
+    return lo <= (int(found[1]), int(found[2])) <= hi
 
 
 def resolve(device: str = "auto") -> torch.device:
