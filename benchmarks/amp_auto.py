@@ -45,19 +45,7 @@ def measure(preset: str, variant: str, compiled: bool, rounds: int, steps: int) 
         decide_s = time.perf_counter() - t0
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "auto": choice.dtype}
     ones = {name: probe.stepper(spec, cpu, dtype) for name, dtype in dtypes.items()}
-    done = dict.fromkeys(ones, 0)
-    for name, one in ones.items():
-        for _ in range(probe.WARMUP_STEPS):
-            one(done[name])
-            done[name] += 1
-    rates: dict[str, list[float]] = {name: [] for name in ones}
-    for _ in range(rounds):
-        for name, one in ones.items():
-            t = time.perf_counter()
-            for _ in range(steps):
-                one(done[name])
-                done[name] += 1
-            rates[name].append(steps * spec.tokens / (time.perf_counter() - t))
+    rates = probe.timed_rounds(ones, spec.tokens, rounds, steps, 0.0)
     med = {name: statistics.median(r) for name, r in rates.items()}
     return {
         "preset": preset, "variant": variant, "mode": "compiled" if compiled else "eager",

@@ -169,24 +169,37 @@ def step_seconds(model: str, cfg: ModelConfig, batch: int, device: torch.device)
 AMP_CONTENDERS = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def amp_rates(spec: StepSpec, device: torch.device) -> dict[str, float]:
-    """Training tokens per second of `spec` in fp32 and under bf16 autocast: both warmed
-    up (and compiled) first, then timed in alternating rounds so that a drift in the
-    machine's speed hits both alike; each keeps the median of its rounds."""
-    ones = {name: stepper(spec, device, dtype) for name, dtype in AMP_CONTENDERS.items()}
+def timed_rounds(
+    ones: dict[str, Callable[[int], None]],
+    tokens: int,
+    rounds: int,
+    min_steps: int,
+    min_seconds: float,
+) -> dict[str, list[float]]:
+    """Tokens/s of each contender per round: all warmed up (and compiled) first, then run
+    in alternating rounds of at least `min_steps` steps and `min_seconds`, so that a drift
+    in the machine's speed hits every contender alike."""
     done = dict.fromkeys(ones, 0)
     for name, one in ones.items():
         for _ in range(WARMUP_STEPS):
             one(done[name])
             done[name] += 1
-    rounds: dict[str, list[float]] = {name: [] for name in ones}
-    for _ in range(AMP_ROUNDS):
+    out: dict[str, list[float]] = {name: [] for name in ones}
+    for _ in range(rounds):
         for name, one in ones.items():
             start, n = time.perf_counter(), 0
-            while n < AMP_ROUND_STEPS or time.perf_counter() - start < AMP_ROUND_SECONDS:
+            while n < min_steps or time.perf_counter() - start < min_seconds:
                 one(done[name])
                 done[name], n = done[name] + 1, n + 1
-            rounds[name].append(n * spec.tokens / (time.perf_counter() - start))
+            out[name].append(n * tokens / (time.perf_counter() - start))
+    return out
+
+
+def amp_rates(spec: StepSpec, device: torch.device) -> dict[str, float]:
+    """Training tokens per second of `spec` in fp32 and under bf16 autocast, each the
+    median of its `timed_rounds`."""
+    ones = {name: stepper(spec, device, dtype) for name, dtype in AMP_CONTENDERS.items()}
+    rounds = timed_rounds(ones, spec.tokens, AMP_ROUNDS, AMP_ROUND_STEPS, AMP_ROUND_SECONDS)
     return {name: round(statistics.median(r), 1) for name, r in rounds.items()}
 
 
