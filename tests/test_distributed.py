@@ -42,9 +42,10 @@ def rows(out: Path) -> list[dict]:
     return [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_two_ranks_equal_one_process_with_the_global_batch(char_dir, tmp_path, accum):
-    flags = ("--max-iters", "3", "--eval-interval", "1", "--grad-accum-steps", str(accum))
+@pytest.mark.parametrize(("accum", "optimizer"), [(1, "adamw"), (2, "adamw"), (2, "muon")])
+def test_two_ranks_equal_one_process_with_the_global_batch(char_dir, tmp_path, accum, optimizer):
+    flags = ("--max-iters", "3", "--eval-interval", "1", "--grad-accum-steps", str(accum),
+             "--optimizer", optimizer)  # fmt: skip
     run = torchrun(ROOT / "cli.py", *train_args(char_dir, tmp_path / "dp", "--batch-size", "2",
                                                 *flags))  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]

@@ -61,7 +61,8 @@ def test_the_plan_fills_the_budget_by_the_probe_and_prints_runnable_commands(dat
     train, resume = recommend.recommend(cfg, step_time=fake_step_time)
     out = capsys.readouterr().out
     t = cli.parse(shlex.split(train)[2:])
-    assert isinstance(t, TrainConfig) and t.amp == "off" and t.cosine_lr
+    assert isinstance(t, TrainConfig) and t.amp == "off" and t.schedule == "cosine"
+    assert t.optimizer == "adamw"  # the law was fitted on AdamW runs
     assert (t.block_size, t.batch_size) == (recommend.BUDGET_BLOCK, recommend.BUDGET_BATCH)
     r = cli.parse(shlex.split(resume)[2:])
     assert r.resume == Path("ck/b/latest.pt") and r.n_layer == t.n_layer

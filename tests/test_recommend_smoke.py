@@ -68,7 +68,7 @@ def test_recommend_prints_commands_the_train_cli_parses(char_dir, capsys):
     assert len(lines) == 2 and "memory estimate" in out
     train, resume = (cli.parse(shlex.split(line)[2:]) for line in lines)
     assert isinstance(train, TrainConfig) and train.model == "gpt-plus"
-    assert train.data_dir == char_dir and train.device == "cpu" and train.cosine_lr
+    assert train.data_dir == char_dir and train.device == "cpu" and train.schedule == "cosine"
     assert resume.resume == Path("ck/reco/latest.pt") and resume.n_layer == train.n_layer
 
 

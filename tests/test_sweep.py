@@ -73,6 +73,25 @@ def test_member_equals_a_train_run(swept, char_dir, tmp_path):
     assert (config["lr"], config["seed"], config["weight_decay"]) == (4e-3, 7, 0.05)
 
 
+def test_muon_member_equals_a_train_run(char_dir, tmp_path):
+    """A Muon grid (--lrs x --muon-lrs, WSD): member 1 is `train` with its two rates."""
+    shared = (*SHARED, "--optimizer", "muon", "--schedule", "wsd", "--decay-fraction", "0.5")
+    shared = tuple(f for f in shared if f != "--cosine-lr")
+    out = tmp_path / "s"
+    grid = ("--lrs", "2e-3", "--muon-lrs", "0.01", "0.04", "--seeds", "7")
+    assert (
+        cli.main(["sweep", "--data-dir", str(char_dir), "--out-dir", str(out), *shared, *grid]) == 0
+    )
+    argv = ["train", "--data-dir", str(char_dir), "--ckpt-dir", str(tmp_path / "t"), *shared]
+    assert cli.main([*argv, "--lr", "2e-3", "--muon-lr", "0.04", "--seed", "7"]) == 0
+    ran, member = ckpt(tmp_path / "t" / "latest.pt"), ckpt(out / "member-01" / "latest.pt")
+    assert max_abs_diff(ran["params"], member["params"]) < 1e-5
+    assert max_abs_diff(ran["opt_state"]["momentum"], member["opt_state"]["momentum"]) < 1e-5
+    assert member["train_config"]["muon_lr"] == 0.04
+    summary = read_csv(out / "summary.csv")
+    assert sorted(float(r["muon_lr"]) for r in summary) == [0.01, 0.04]
+
+
 def test_member_best_checkpoint_samples(swept, capsys):
     capsys.readouterr()
     best = str(swept / "member-00" / "best.pt")
@@ -112,6 +131,12 @@ BAD_GRIDS = [
     (("--lrs", "1e-3", "--weight-decays", "-0.1"), ">= 0"),
     (("--lrs", "1e-3", "1e-3"), "twice"),
     (("--lrs", *[f"{i}e-4" for i in range(1, 10)], "--seeds", *map(str, range(8))), "at most 64"),
+    (("--lrs", "1e-3", "--muon-lrs", "0.01", "0.03"), "add --optimizer muon"),
+    (
+        ("--lrs", "1e-3", "--optimizer", "muon", "--muon-lrs", "0"),
+        "--muon-lrs must all be positive",
+    ),
+    (("--lrs", "1e-3", "--optimizer", "muon", "--muon-momentum", "2"), "--muon-momentum"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import datetime
+import json
 import signal
 from pathlib import Path
 
@@ -56,6 +57,60 @@ def test_resume_equals_uninterrupted_run(char_dir, tmp_path):
     assert b["iter"] == 8 and b["progress"]["tokens_seen"] == 8 * 4 * 16
     assert max_abs_diff(a["params"], b["params"]) == 0.0
     assert max_abs_diff(a["opt_state"]["mu"], b["opt_state"]["mu"]) == 0.0
+
+
+def test_muon_resume_equals_uninterrupted_run_and_records_the_optimizer(char_dir, tmp_path):
+    """The same with --optimizer muon: the momentum and AdamW's moments come back exactly,
+    the checkpoint names its optimizer, and a later --resume takes it without the flag."""
+    common = ("--optimizer", "muon", "--muon-lr", "0.03", "--dropout", "0.1", "--max-iters")
+    assert train(char_dir, tmp_path / "full", *common, "8") == 0
+    assert train(char_dir, tmp_path / "half", *common, "4") == 0
+    latest = tmp_path / "half" / "latest.pt"
+    assert train(char_dir, tmp_path / "half", "--max-iters", "4", "--dropout", "0.1",
+                 "--muon-lr", "0.03", "--resume", str(latest)) == 0  # fmt: skip
+    full, resumed = rows(tmp_path / "full"), rows(tmp_path / "half")
+    assert [{k: r[k] for k in LOSSES} for r in full] == [{k: r[k] for k in LOSSES} for r in resumed]
+    a, b = ckpt(tmp_path / "full" / "latest.pt"), ckpt(latest)
+    assert b["opt_state"]["optimizer"] == "muon" and b["opt_state"]["step"].item() == 8
+    assert max_abs_diff(a["params"], b["params"]) == 0.0
+    assert max_abs_diff(a["opt_state"]["momentum"], b["opt_state"]["momentum"]) == 0.0
+    assert max_abs_diff(a["opt_state"]["adam"]["nu"], b["opt_state"]["adam"]["nu"]) == 0.0
+    meta = json.loads((tmp_path / "half" / "run_meta.json").read_text())["optimizer"]
+    assert meta["name"] == "muon" and meta["muon_lr"] == 0.03 and meta["schedule"] == "constant"
+
+
+def test_init_from_a_muon_run_starts_a_fresh_adamw_state(char_dir, tmp_path):
+    assert train(char_dir, tmp_path / "a", "--optimizer", "muon", "--max-iters", "2") == 0
+    src = tmp_path / "a" / "latest.pt"
+    assert train(char_dir, tmp_path / "b", "--optimizer", "adamw", "--max-iters", "2",
+                 "--init-from", str(src)) == 0  # fmt: skip
+    state = ckpt(tmp_path / "b" / "latest.pt")["opt_state"]
+    assert "optimizer" not in state and state["step"].item() == 2
+
+
+def test_the_muon_rate_follows_the_lr_schedule_in_proportion(char_dir, tmp_path, monkeypatch):
+    """Each step gets lr(it) and muon_lr * lr(it) / --lr: warmup, stable and decay alike."""
+    seen = []
+    real = Trainer._build_step
+
+    def spy(self):
+        real(self)
+        step = self.step
+
+        def watched(params, state, batch, lr, key, **kw):
+            seen.append((lr, kw.get("muon_lr")))
+            return step(params, state, batch, lr, key, **kw)
+
+        self.step = watched
+
+    monkeypatch.setattr(Trainer, "_build_step", spy)
+    flags = ("--optimizer", "muon", "--lr", "2e-3", "--muon-lr", "0.04", "--schedule", "wsd",
+             "--warmup-iters", "2", "--decay-fraction", "0.5", "--min-lr", "2e-4",
+             "--max-iters", "8")  # fmt: skip
+    assert train(char_dir, tmp_path / "r", *flags) == 0
+    lrs = [lr for lr, _ in seen]
+    assert lrs == pytest.approx([1e-3, 2e-3, 2e-3, 2e-3, 1.55e-3, 1.1e-3, 6.5e-4, 2e-4])
+    assert [m for _, m in seen] == pytest.approx([20 * lr for lr in lrs])
 
 
 def test_grad_accumulation_matches_full_batch():
@@ -235,6 +290,13 @@ def test_bad_inputs_exit_2_with_one_line(char_dir, tmp_path, capsys):
         (lambda: train(char_dir, run, "--batch-size", "0"), "--batch-size"),
         (lambda: train(char_dir, run, "--model", "gpt-huge"), "gpt-huge"),
         (lambda: train(char_dir, run, "--resume", str(tmp_path / "none.pt")), "not found"),
+        (lambda: train(char_dir, run, "--resume", latest, "--optimizer", "muon"), "adamw, not"),
+        (lambda: train(char_dir, run, "--optimizer", "sgd"), "sgd"),
+        (lambda: train(char_dir, run, "--optimizer", "muon", "--muon-lr", "0"), "--muon-lr"),
+        (lambda: train(char_dir, run, "--muon-momentum", "1.0"), "--muon-momentum"),
+        (lambda: train(char_dir, run, "--schedule", "linear"), "linear"),
+        (lambda: train(char_dir, run, "--cosine-lr", "--schedule", "wsd"), "--cosine-lr"),
+        (lambda: train(char_dir, run, "--schedule", "wsd", "--decay-fraction", "0"), "fraction"),
     ]
     if not torch.cuda.is_available():
         cases.append((lambda: train(char_dir, run, "--device", "cuda"), "CUDA"))

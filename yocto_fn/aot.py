@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import torch
 
-from . import checkpoint, fileio
+from . import checkpoint, fileio, jit
 from .cache import KVCache
 from .config import ModelConfig
 from .errors import UserError
@@ -136,6 +136,7 @@ def _build(
         from torch._inductor import aoti_compile_and_package
         from torch._inductor.async_compile import shutdown_compile_workers
 
+        jit.use_safe_cxx()
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             built = Path(tmp) / dest.name
             try:

@@ -1,9 +1,10 @@
 """Checkpoints: plain dicts of tensors and Python values, written atomically.
 
 Layout (format 1): {"format", "arch", "mode", "model_config", "train_config", "params",
-"opt_state": {"step", "mu", "nu", "loss_scale"}, "ema" (or None), "iter", "best_val_loss", "rng",
-"tokenizer", "progress", "payload_sha256"}. Everything loads with
-`torch.load(weights_only=True)`; the digest of the tensors is checked on load.
+"opt_state", "ema" (or None), "iter", "best_val_loss", "rng", "tokenizer", "progress",
+"payload_sha256"}. "opt_state" is {"step", "mu", "nu", "loss_scale"} for AdamW, and
+{"optimizer": "muon", "step", "momentum", "adam": {"step", "mu", "nu"}, "loss_scale"} for Muon.
+Everything loads with `torch.load(weights_only=True)`; the digest of the tensors is checked on load.
 
 `load` also reads a directory written by `cli.py export --format safetensors` (`load_dir`),
 as a weights-only checkpoint. Reading that directory lives here, below `interop` (which
@@ -26,6 +27,7 @@ from . import fileio, models
 from . import tokenizer as tokenizers
 from .config import ModelConfig
 from .errors import UserError
+from .muon import MuonState
 from .optim import LossScale, OptState, ScaledState
 from .params import Params, named_leaves, tree_unflatten_like
 
@@ -119,15 +121,30 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return ckpt
 
 
-def opt_state_to_dict(state: OptState | ScaledState) -> dict[str, Any]:
+def opt_state_to_dict(state: Any) -> dict[str, Any]:
+    """An optimizer state (AdamW's or Muon's, maybe loss-scaled) as plain dicts and tensors."""
     scale = None
     if isinstance(state, ScaledState):
         state, scale = state.inner, state.loss_scale._asdict()
+    if isinstance(state, MuonState):
+        adam = state.adam
+        return {"optimizer": "muon", "step": state.step, "momentum": state.momentum,
+                "adam": {"step": adam.step, "mu": adam.mu, "nu": adam.nu},
+                "loss_scale": scale}  # fmt: skip
     return {"step": state.step, "mu": state.mu, "nu": state.nu, "loss_scale": scale}
 
 
-def opt_state_from_dict(d: dict[str, Any]) -> OptState | ScaledState:
-    state = OptState(d["step"], d["mu"], d["nu"])
+def optimizer_name(d: dict[str, Any]) -> str:
+    """The optimizer an `opt_state_to_dict` entry belongs to (AdamW before Muon existed)."""
+    return d.get("optimizer", "adamw")
+
+
+def opt_state_from_dict(d: dict[str, Any]) -> Any:
+    if optimizer_name(d) == "muon":
+        a = d["adam"]
+        state = MuonState(d["step"], d["momentum"], OptState(a["step"], a["mu"], a["nu"]))
+    else:
+        state = OptState(d["step"], d["mu"], d["nu"])
     scale = d.get("loss_scale")
     return state if scale is None else ScaledState(state, LossScale(**scale))
 

@@ -78,6 +78,7 @@ ModelName = Literal["gpt", "gpt-plus", "gpt-fast", "gpt_plus", "gpt_fast"]
 MODEL_CHOICES = "{gpt,gpt-plus,gpt-fast}"  # the help's spelling: the underscore ones work too
 LRS_NEEDED = "(required unless --resume)"  # the help's hint for --lrs, instead of `()`
 DEFAULT_MODEL = "gpt"
+DEFAULT_OPTIMIZER = "adamw"
 DEFAULT_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
 
 
@@ -122,12 +123,28 @@ class TrainingOptions:
     """Share the token embedding and the LM head."""
     auto_tie_weights: bool = False
     """Tie the weights when the training split has fewer than 1M tokens."""
+    optimizer: Annotated[
+        Literal["adamw", "muon"] | None,
+        unset_means(f"{DEFAULT_OPTIMIZER}; on --resume the checkpoint's", "{adamw,muon}"),
+    ] = None
+    """adamw trains every tensor with AdamW at --lr; muon trains the block matrices with Muon
+    at --muon-lr and the embeddings, head, norms and biases with AdamW at --lr."""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum."""
+    schedule: Annotated[
+        Literal["constant", "cosine", "wsd"] | None,
+        unset_means("cosine with --cosine-lr, else constant", "{constant,cosine,wsd}"),
+    ] = None
+    """Learning-rate schedule: constant; cosine (linear warmup, cosine decay to --min-lr);
+    wsd (warmup, stable, then a linear decay to --min-lr over the last --decay-fraction)."""
     cosine_lr: bool = False
-    """Linear warmup then cosine decay to --min-lr over the run (else a constant rate)."""
+    """The older spelling of --schedule cosine."""
     warmup_iters: int = 100
-    """Warmup steps of --cosine-lr."""
+    """Linear warmup steps of cosine and wsd."""
     min_lr: float = 1e-4
-    """Final learning rate of --cosine-lr."""
+    """Final learning rate of cosine and wsd (Muon's falls in the same proportion)."""
+    decay_fraction: float = 0.2
+    """wsd: the fraction of the run, at its end, over which the rate decays."""
     grad_clip: float = 1.0
     """Clip gradients to this global norm (0 disables)."""
     eval_interval: int = 100
@@ -159,9 +176,13 @@ class TrainConfig(TrainingOptions):
     ckpt_dir: Path = Path("checkpoints/run")
     """Where latest.pt, best.pt, metrics.csv, run_meta.json and loss.png go."""
     lr: float = 1e-3
-    """Peak learning rate."""
+    """Peak learning rate (with --optimizer muon: of the tensors AdamW trains)."""
+    muon_lr: float = 0.02
+    """Peak Muon rate of the block matrices (--optimizer muon), scaled by sqrt(max(1,
+    rows/cols)) per matrix."""
     weight_decay: float = 0.1
-    """Decoupled weight decay of >= 2-D weights (not embeddings, norms or biases)."""
+    """Decoupled weight decay of >= 2-D weights (not embeddings, norms or biases), at each
+    tensor's own rate."""
     seed: int = 1337
     """Seed of initialisation, batch sampling and dropout."""
     ema_decay: float = 0.0
@@ -189,10 +210,11 @@ class TrainConfig(TrainingOptions):
 
 @dataclass(frozen=True)
 class SweepConfig(TrainingOptions):
-    """Train a grid of --lrs x --seeds x --weight-decays as one vmapped ensemble.
+    """Train a grid of --lrs x --muon-lrs (with --optimizer muon) x --seeds x --weight-decays
+    as one vmapped ensemble.
 
     Member i is the same run as `train` with the same flags and its grid point's learning
-    rate, seed and weight decay: same initialisation, batches, dropout, schedule,
+    rate(s), seed and weight decay: same initialisation, batches, dropout, schedule,
     evaluation and checkpoints (in --out-dir/member-XX/). Left out, because one ensemble
     step has no per-member control flow or extra state for them: --ema-decay, early
     stopping, --init-from, --save-strategy (every member writes latest.pt and best.pt),
@@ -201,6 +223,8 @@ class SweepConfig(TrainingOptions):
 
     lrs: Annotated[tuple[float, ...], tyro.conf.arg(help_behavior_hint=LRS_NEEDED)] = ()
     """Peak learning rates of the grid."""
+    muon_lrs: tuple[float, ...] = (0.02,)
+    """Peak Muon rates of the grid (--optimizer muon)."""
     seeds: tuple[int, ...] = (1337,)
     """Seeds of the grid (initialisation, batch sampling and dropout of a member)."""
     weight_decays: tuple[float, ...] = (0.1,)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 
-from . import optim, rng
+from . import jit, optim, rng
 from .config import ModelConfig
 from .models import Model
 from .params import Params, stack, to, tree_leaves, tree_map, unstack
@@ -52,10 +53,10 @@ def ensemble_init(
     return to(stack([model.init(cfg, seed) for seed in seeds]), device)
 
 
-def opt_init(params: Params) -> optim.OptState:
-    """Zeroed AdamW state for a stacked ensemble: moments [E, ...] and a step counter [E]."""
+def opt_init(params: Params, hp: optim.Optimizer = optim.AdamW()) -> Any:
+    """Zeroed `hp` state for a stacked ensemble: every leaf [E, ...], the step counter [E]."""
     members = tree_leaves(params)[0].shape[0]
-    return stack([optim.init(p) for p in unstack(params, members)])
+    return stack([hp.init(p) for p in unstack(params, members)])
 
 
 def _member_tensor(value: float | torch.Tensor, members: int, device: torch.device):
@@ -66,19 +67,20 @@ def _member_tensor(value: float | torch.Tensor, members: int, device: torch.devi
 def make_ensemble_step(
     model: Model,
     cfg: ModelConfig,
-    hp: optim.AdamW = optim.AdamW(),
+    hp: optim.Optimizer = optim.AdamW(),
     *,
     label_smoothing: float = 0.0,
     grad_clip: float = 1.0,
     amp_dtype: torch.dtype | None = None,
     compile: bool = False,
 ) -> EnsembleStep:
-    """Build `step(params, opt_state, batch, lr, key, weight_decay=None) -> (params,
-    opt_state, metrics)` for a stacked ensemble of E members.
+    """Build `step(params, opt_state, batch, lr, key, weight_decay=None, **hparams) ->
+    (params, opt_state, metrics)` for a stacked ensemble of E members.
 
     params / opt_state: stacked trees (`ensemble_init`, `opt_init`). batch: (x, y) of
-    [E, B, T], or [E, A, B, T] to accumulate A micro-batches. lr and weight_decay: a float or
-    an [E] tensor (weight_decay None: `hp.weight_decay`). key: [E] dropout keys or None.
+    [E, B, T], or [E, A, B, T] to accumulate A micro-batches. lr, weight_decay and the
+    optimizer's other `member_hparams` (Muon: `muon_lr`, `momentum`): a float or an [E]
+    tensor (None: `hp`'s own value). key: [E] dropout keys or None.
     metrics = {"loss", "grad_norm"}, each [E]. Member i's result equals
     `make_train_step(model, cfg, hp)` on member i with lr[i], key[i] and its own batch rows,
     clipped by its own gradient norm.
@@ -101,26 +103,31 @@ def make_ensemble_step(
         grads, (_, member_losses) = total_grads(params, batch, key)
         return tree_map(torch.Tensor.contiguous, grads), member_losses
 
-    def pure_step(params, opt_state, batch, lr, key, weight_decay):
+    def pure_step(params, opt_state, batch, lr, key, hparams):
         if batch[0].dim() == 3:
             grads, value = grads_of(params, batch, key)
         else:
             grads, value = accumulate_grads(partial(grads_of, params), batch, key, axis=1)
         grads, norm = optim.clip_by_global_norm(grads, grad_clip, members=True)
-        params, opt_state = optim.update(
-            grads, opt_state, params, lr, hp, weight_decay=weight_decay
-        )
+        params, opt_state = hp.update(grads, opt_state, params, lr, **hparams)
         return params, opt_state, {"loss": value, "grad_norm": norm}
 
-    inner = torch.compile(pure_step, dynamic=False) if compile else pure_step
+    inner = jit.compile(pure_step) if compile else pure_step
 
-    def step(params, opt_state, batch, lr, key, weight_decay=None):
+    def step(params, opt_state, batch, lr, key, weight_decay=None, **hparams):
+        unknown = set(hparams) - set(hp.member_hparams)
+        if unknown:
+            raise TypeError(f"{type(hp).__name__} takes no per-member {sorted(unknown)}")
         step_count = opt_state.step
         members, device = step_count.shape[0], step_count.device
+        hparams["weight_decay"] = weight_decay
+        per_member = {
+            k: _member_tensor(getattr(hp, k) if hparams.get(k) is None else hparams[k],
+                              members, device)
+            for k in hp.member_hparams
+        }  # fmt: skip
         lr = _member_tensor(lr, members, device)
-        wd = _member_tensor(hp.weight_decay if weight_decay is None else weight_decay, members,
-                            device)  # fmt: skip
-        return inner(params, opt_state, batch, lr, key, wd)
+        return inner(params, opt_state, batch, lr, key, per_member)
 
     step.__doc__ = make_ensemble_step.__doc__
     return step

@@ -1,4 +1,6 @@
-"""Functional AdamW: `init(params) -> state`, `update(grads, state, params, lr, hp)`.
+"""Functional AdamW: `init(params) -> state`, `update(grads, state, params, lr, hp)`; the
+optimizer protocol the train steps use (`Optimizer`: `hp.init`, `hp.update`, which
+`muon.Muon` follows too); fp16 loss scaling, clipping and the learning-rate schedules.
 
 State is data (an `OptState` of tensors), updates return new trees, and the arithmetic runs
 through `torch._foreach_*` over flat leaf lists: a handful of multi-tensor kernels per step
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -27,6 +29,19 @@ Tensor = torch.Tensor
 Scalar = float | Tensor
 
 
+class Optimizer(Protocol):
+    """What the train steps need of an optimizer: `init`, `update` and the names of the
+    hyper-parameters an ensemble may give each member (`update`'s keyword arguments)."""
+
+    member_hparams: tuple[str, ...]
+
+    def init(self, params: Params) -> Any: ...
+
+    def update(
+        self, grads: Params, state: Any, params: Params, lr: Scalar, **hparams: Scalar
+    ) -> tuple[Params, Any]: ...
+
+
 @dataclass(frozen=True)
 class AdamW:
     """AdamW hyper-parameters (torch.optim.AdamW's defaults, weight decay as in training)."""
@@ -35,6 +50,17 @@ class AdamW:
     b2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.1
+
+    member_hparams = ("weight_decay",)  # what an ensemble may set per member
+
+    def init(self, params: Params) -> OptState:
+        return zeros(params)
+
+    def update(
+        self, grads: Params, state: OptState, params: Params, lr: Scalar, *,
+        weight_decay: Scalar | None = None,
+    ) -> tuple[Params, OptState]:  # fmt: skip
+        return update(grads, state, params, lr, self, weight_decay=weight_decay)
 
 
 class LossScale(NamedTuple):
@@ -51,9 +77,9 @@ class OptState(NamedTuple):
 
 
 class ScaledState(NamedTuple):
-    """AdamW state plus the loss scale, for fp16 training (a wrapper, as optax does)."""
+    """An optimizer's state plus the loss scale, for fp16 training (a wrapper, as optax does)."""
 
-    inner: OptState
+    inner: Any
     loss_scale: LossScale
 
 
@@ -96,15 +122,25 @@ def decay_mask(params: Params, members: bool = False) -> Params:
     }
 
 
-def init(params: Params, loss_scale: DynamicLossScale | None = None) -> OptState | ScaledState:
-    """Zeroed AdamW state; wrapped with a loss scale when `loss_scale` is given (fp16)."""
-    device = tree_leaves(params)[0].device
-    state = OptState(
+def init(
+    params: Params, loss_scale: DynamicLossScale | None = None, hp: Optimizer | None = None
+) -> Any:
+    """Zeroed state of `hp` (AdamW by default); wrapped with a loss scale when `loss_scale`
+    is given (fp16)."""
+    state = zeros(params) if hp is None else hp.init(params)
+    if loss_scale is None:
+        return state
+    return ScaledState(state, loss_scale.init(tree_leaves(params)[0].device))
+
+
+def zeros(params: Params, device: torch.device | None = None) -> OptState:
+    """Zeroed AdamW moments and step counter (on `device`, default the params')."""
+    device = device or tree_leaves(params)[0].device
+    return OptState(
         step=torch.zeros((), dtype=torch.float32, device=device),
         mu=tree_map(torch.zeros_like, params),
         nu=tree_map(torch.zeros_like, params),
     )
-    return state if loss_scale is None else ScaledState(state, loss_scale.init(device))
 
 
 def scale_tree(tree: Params, factor: Tensor) -> Params:
@@ -261,3 +297,23 @@ def cosine_with_warmup(
     span = max(1, max_iters - warmup_iters)
     progress = min(1.0, (step - warmup_iters) / span)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def wsd(
+    step: int, *, lr: float, warmup_iters: int, max_iters: int, min_lr: float,
+    decay_fraction: float,
+) -> float:  # fmt: skip
+    """Warmup, stable, decay: linear warmup as in `cosine_with_warmup`, the peak rate until
+    the last `decay_fraction` of `max_iters`, then a straight line down to `min_lr` at
+    `max_iters` (and `min_lr` past it).
+
+    The stable phase does not depend on the run's length, so a checkpoint taken in it can
+    be extended to any longer run by resuming it with a later end: only the decay moves.
+    """
+    if step < warmup_iters:
+        return lr * (step + 1) / warmup_iters
+    decay_start = max(warmup_iters, round(max_iters * (1.0 - decay_fraction)))
+    if step < decay_start:
+        return lr
+    progress = min(1.0, (step + 1 - decay_start) / max(1, max_iters - decay_start))
+    return lr + (min_lr - lr) * progress

@@ -16,6 +16,7 @@ cached per device, torch version and thread count in `$XDG_CACHE_HOME/yocto_fn/p
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -31,6 +32,7 @@ import torch
 from . import fileio, models, optim, rng
 from .config import ModelConfig
 from .ensemble import ensemble_init, make_ensemble_step, opt_init
+from .muon import Muon
 from .params import to
 from .train import make_train_step
 
@@ -79,6 +81,7 @@ class StepSpec:
     members: int = 0  # a sweep's ensemble of this many members; 0: one model
     compile: bool = False
     activation_checkpointing: bool = False
+    optimizer: str = "adamw"  # or "muon"
 
     @property
     def tokens(self) -> int:
@@ -91,14 +94,23 @@ class StepSpec:
             extra.append("compiled")
         if self.activation_checkpointing:
             extra.append("activation checkpointing")
+        if self.optimizer != "adamw":
+            extra.append(self.optimizer)
         return "|".join([key(device, self.model, self.cfg, self.batch), *extra])
 
 
 def stepper(
-    spec: StepSpec, device: torch.device, amp_dtype: torch.dtype | None
-) -> Callable[[int], None]:
-    """`one(i)` runs optimizer step i of `spec` under `amp_dtype` and waits for the device."""
+    spec: StepSpec,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    hp: optim.Optimizer | None = None,
+) -> Callable[[int], float]:
+    """`one(i)` runs optimizer step i of `spec` under `amp_dtype`, waits for the device and
+    returns the step's loss (summed over members). `hp` overrides the optimizer's default
+    settings (for benchmarks)."""
     m, cfg = models.get(spec.model), spec.cfg
+    if hp is None:
+        hp = Muon() if spec.optimizer == "muon" else optim.AdamW()
     gen = torch.Generator().manual_seed(0)
     lead = ((spec.members,) if spec.members else ()) + ((spec.accum,) if spec.accum > 1 else ())
     x = torch.randint(cfg.vocab_size, (*lead, spec.batch, cfg.block_size), generator=gen)
@@ -106,27 +118,27 @@ def stepper(
     base = rng.key(0, device)
     if spec.members:
         params = ensemble_init(m, cfg, range(spec.members), device)
-        state = opt_init(params)
-        step = make_ensemble_step(m, cfg, optim.AdamW(), amp_dtype=amp_dtype,
+        state = opt_init(params, hp)
+        step = make_ensemble_step(m, cfg, hp, amp_dtype=amp_dtype,
                                   compile=spec.compile)  # fmt: skip
 
         def keys(i: int) -> torch.Tensor:
             return torch.stack([rng.fold_in(base, i + j) for j in range(spec.members)])
     else:
         params = to(m.init(cfg, 0), device)
-        state = optim.init(params)
+        state = optim.init(params, hp=hp)
         step = make_train_step(
-            m, cfg, optim.AdamW(), amp_dtype=amp_dtype, compile=spec.compile,
+            m, cfg, hp, amp_dtype=amp_dtype, compile=spec.compile,
             activation_checkpointing=spec.activation_checkpointing,
         )  # fmt: skip
 
         def keys(i: int) -> torch.Tensor:
             return rng.fold_in(base, i)
 
-    def one(i: int) -> None:
+    def one(i: int) -> float:
         nonlocal params, state
         params, state, metrics = step(params, state, (x, x), 1e-3, keys(i))
-        metrics["loss"].sum().item()  # wait for the device
+        return metrics["loss"].sum().item()  # waits for the device
 
     return one
 
@@ -170,7 +182,7 @@ AMP_CONTENDERS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def timed_rounds(
-    ones: dict[str, Callable[[int], None]],
+    ones: dict[str, Callable[[int], Any]],
     tokens: int,
     rounds: int,
     min_steps: int,
@@ -197,10 +209,23 @@ def timed_rounds(
 
 def amp_rates(spec: StepSpec, device: torch.device) -> dict[str, float]:
     """Training tokens per second of `spec` in fp32 and under bf16 autocast, each the
-    median of its `timed_rounds`."""
-    ones = {name: stepper(spec, device, dtype) for name, dtype in AMP_CONTENDERS.items()}
+    median of its `timed_rounds`. A dtype whose loss is not finite after the rounds
+    counts as 0 tokens/s: a fast step that trains to NaN is never the pick."""
+    finite: dict[str, bool] = {}
+
+    def watched(name: str, one: Callable[[int], float]) -> Callable[[int], None]:
+        def run(i: int) -> None:
+            finite[name] = math.isfinite(one(i))
+
+        return run
+
+    ones = {
+        name: watched(name, stepper(spec, device, dtype)) for name, dtype in AMP_CONTENDERS.items()
+    }
     rounds = timed_rounds(ones, spec.tokens, AMP_ROUNDS, AMP_ROUND_STEPS, AMP_ROUND_SECONDS)
-    return {name: round(statistics.median(r), 1) for name, r in rounds.items()}
+    return {
+        name: round(statistics.median(r), 1) if finite[name] else 0.0 for name, r in rounds.items()
+    }
 
 
 @dataclass(frozen=True)

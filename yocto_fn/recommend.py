@@ -275,7 +275,8 @@ def train_command(cfg: RecommendConfig, p: Plan, mode: str, device: str) -> str:
         "--n-layer", p.n_layer, "--n-head", p.n_head, "--n-embd", p.n_embd,
         "--block-size", p.block_size, "--batch-size", p.batch_size,
         "--grad-accum-steps", p.grad_accum_steps, "--max-iters", p.max_iters,
-        "--lr", p.lr, "--cosine-lr", "--warmup-iters", p.warmup_iters, "--min-lr", p.lr / 10,
+        "--optimizer", "adamw", "--lr", p.lr, "--schedule", "cosine",
+        "--warmup-iters", p.warmup_iters, "--min-lr", p.lr / 10,
         "--dropout", p.dropout, "--eval-interval", p.eval_interval, "--eval-iters", p.eval_iters,
     ]  # fmt: skip
     if p.expected_seconds is not None:

@@ -20,10 +20,18 @@ import torch
 
 from . import checkpoint, distributed, fileio, metrics, models, optim, probe, rng
 from . import tokenizer as tokenizers
-from .config import DEFAULT_MODEL, DEFAULT_SHAPE, ModelConfig, TrainConfig, TrainingOptions
+from .config import (
+    DEFAULT_MODEL,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_SHAPE,
+    ModelConfig,
+    TrainConfig,
+    TrainingOptions,
+)
 from .data import Dataset
 from .device import bf16_is_native
 from .errors import UserError
+from .muon import Muon
 from .params import Params, count, to
 from .train import loss_fn
 
@@ -43,6 +51,46 @@ def check_flags(cfg: TrainConfig) -> None:
         raise UserError(f"--ema-decay must be in [0, 1) (got {cfg.ema_decay})")
     if cfg.resume and cfg.init_from:
         raise UserError("use either --resume (continue a run) or --init-from (warm start)")
+    if cfg.muon_lr <= 0:
+        raise UserError(f"--muon-lr must be positive (got {cfg.muon_lr})")
+    check_schedule(cfg)
+
+
+def check_schedule(cfg: TrainingOptions) -> None:
+    """Flags of the optimizer and the schedule that `train` and `sweep` share."""
+    if not 0.0 <= cfg.muon_momentum < 1.0:
+        raise UserError(f"--muon-momentum must be in [0, 1) (got {cfg.muon_momentum})")
+    if cfg.cosine_lr and cfg.schedule not in (None, "cosine"):
+        raise UserError(f"--cosine-lr means --schedule cosine, not {cfg.schedule}: drop one")
+    if not 0.0 < cfg.decay_fraction <= 1.0:
+        raise UserError(f"--decay-fraction must be in (0, 1] (got {cfg.decay_fraction})")
+    if cfg.warmup_iters < 0:
+        raise UserError(f"--warmup-iters must be >= 0 (got {cfg.warmup_iters})")
+
+
+def schedule_of(cfg: TrainingOptions) -> str:
+    return cfg.schedule or ("cosine" if cfg.cosine_lr else "constant")
+
+
+def optimizer_setup(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> optim.Optimizer:
+    """The optimizer: --optimizer, else (on resume) the checkpoint's, else the default.
+
+    On resume another optimizer than the checkpoint's is an error: its state would not fit.
+    """
+    saved = None if ckpt is None else checkpoint.optimizer_name(ckpt["opt_state"])
+    if saved and cfg.optimizer and cfg.optimizer != saved:
+        raise UserError(
+            f"--resume {cfg.resume} was trained with --optimizer {saved}, not "
+            f"{cfg.optimizer}: drop --optimizer, or start afresh with --init-from {cfg.resume}"
+        )
+    name = cfg.optimizer or saved or DEFAULT_OPTIMIZER
+    if name == "adamw":
+        return optim.AdamW(weight_decay=cfg.weight_decay)
+    return Muon(muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+
+
+def optimizer_name(hp: optim.Optimizer) -> str:
+    return "muon" if isinstance(hp, Muon) else "adamw"
 
 
 def load_tokenizer(cfg: TrainingOptions, ds: Dataset) -> tokenizers.TextTokenizer:
@@ -110,9 +158,10 @@ def choose_amp(
         choice = probe.AmpChoice(dtype, choice.tokens_per_sec, choice.source)
     rates = choice.tokens_per_sec
     if say and world.main and choice.source == "measured" and rates:
+        shown = ", ".join(f"{r:,.0f} {n}" if r else f"{n} trained to NaN" for n, r in rates.items())
         print(
-            f"--amp auto: {choice.name} for this step ({rates['fp32']:,.0f} tokens/s fp32, "
-            f"{rates['bf16']:,.0f} bf16; measured once, cached in {probe.cache_path()})",
+            f"--amp auto: {choice.name} for this step (tokens/s: {shown}; measured once, "
+            f"cached in {probe.cache_path()})",
             file=sys.stderr,
         )
     return choice
@@ -191,13 +240,14 @@ class RunState:
         ds.check_block_size(self.mcfg.block_size)
         self.model = models.get(self.arch)
         self.params = to(self.model.init(self.mcfg, cfg.seed), device)
+        self.hp = optimizer_setup(cfg, ckpt)
         self.progress = Progress()
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.ema: Params | None = None
         if ckpt is not None:
             self._restore(ckpt)
         else:
-            self.opt_state = optim.init(self.params, loss_scale)
+            self.opt_state = optim.init(self.params, loss_scale, self.hp)
         self.micro_batch, self.accum = cfg.batch_size, cfg.grad_accum_steps
         self.base_key = rng.key(cfg.seed, device)
         self.meta_written = False
@@ -251,12 +301,37 @@ class RunState:
         return path
 
     def lr(self, it: int, end: int) -> float:
+        """The --lr schedule at step `it` of a run that ends at step `end`."""
         c = self.cfg
-        if not c.cosine_lr:
+        name = schedule_of(c)
+        if name == "constant":
             return optim.constant(it, lr=c.lr)
-        return optim.cosine_with_warmup(
-            it, lr=c.lr, warmup_iters=c.warmup_iters, max_iters=end, min_lr=c.min_lr
-        )
+        if name == "cosine":
+            return optim.cosine_with_warmup(
+                it, lr=c.lr, warmup_iters=c.warmup_iters, max_iters=end, min_lr=c.min_lr
+            )
+        return optim.wsd(it, lr=c.lr, warmup_iters=c.warmup_iters, max_iters=end,
+                         min_lr=c.min_lr, decay_fraction=c.decay_fraction)  # fmt: skip
+
+    def hparams(self, it: int, end: int) -> dict[str, float]:
+        """The step's other scheduled settings: Muon's rate follows --lr's schedule in
+        proportion (warmup, decay, and --min-lr / --lr at the end)."""
+        if not isinstance(self.hp, Muon):
+            return {}
+        return {"muon_lr": self.cfg.muon_lr * self.lr(it, end) / self.cfg.lr}
+
+    def optimizer_meta(self) -> dict[str, Any]:
+        """What run_meta.json says of the optimizer and its schedule."""
+        c = self.cfg
+        meta: dict[str, Any] = {"name": optimizer_name(self.hp), "lr": c.lr,
+                                "weight_decay": c.weight_decay}  # fmt: skip
+        if isinstance(self.hp, Muon):
+            meta |= {"muon_lr": c.muon_lr, "momentum": self.hp.momentum,
+                     "nesterov": self.hp.nesterov, "ns_steps": self.hp.ns_steps,
+                     "ns_dtype": str(self.hp.ns_dtype).removeprefix("torch."),
+                     "lr_scaling": "sqrt(max(1, rows/cols))"}  # fmt: skip
+        return meta | {"schedule": schedule_of(c), "warmup_iters": c.warmup_iters,
+                       "min_lr": c.min_lr, "decay_fraction": c.decay_fraction}  # fmt: skip
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step's rows; with accumulation shaped [A, B, T]."""
@@ -325,6 +400,7 @@ class RunState:
             "dtype": "float32" if self.amp_dtype is None else f"autocast {self.amp_name}",
             "amp": {"flag": self.cfg.amp, "autocast": self.amp_name}
             | (self.amp_choice.to_dict() if self.amp_choice else {}),
+            "optimizer": self.optimizer_meta(),
             "parameters": count(self.params),
             "tokens_per_step": self.tokens_per_step,
             "torch": torch.__version__, "git_commit": git_commit(),

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import checkpoint, models
+from . import checkpoint, jit, models
 from . import tokenizer as tokenizers
 from .cache import KVCache
 from .config import InferenceOptions, ModelConfig, SampleConfig
@@ -80,7 +80,7 @@ def decode_step(model: Model, compiled: bool) -> DecodeStep:
         logits, cache = model.forward(params, tokens, cfg, cache=cache)
         return logits[:, -1].float(), cache
 
-    return torch.compile(step, dynamic=False) if compiled else step
+    return jit.compile(step) if compiled else step
 
 
 def _stop_tensor(stop_ids: int | Collection[int] | None, device: torch.device) -> torch.Tensor:

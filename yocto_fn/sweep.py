@@ -1,12 +1,14 @@
-"""`cli.py sweep`: a grid of learning rates x seeds x weight decays trained as one ensemble.
+"""`cli.py sweep`: a grid of learning rates (and Muon rates) x seeds x weight decays trained
+as one ensemble.
 
 Every grid point is a member: a `RunState` built exactly as `train` builds it for
-`--lr lr_i --seed seed_i --weight-decay wd_i` (same initialisation, data generator, dropout
-keys, schedule, evaluation and checkpoints, in OUT/member-XX/). So a member's files are what
-`train` would write, and `train --resume OUT/member-XX/latest.pt` continues it alone. Only
-the step differs: all members move in one `ensemble.make_ensemble_step` call, their params
-and optimizer states stacked on a leading member axis; a member's slice is copied out only
-to evaluate or save it, so the ensemble is held once.
+`--lr lr_i [--muon-lr m_i] --seed seed_i --weight-decay wd_i` (same initialisation, data
+generator, dropout keys, schedule, evaluation and checkpoints, in OUT/member-XX/). So a
+member's files are what `train` would write, and `train --resume OUT/member-XX/latest.pt`
+continues it alone. Only the step differs: all members move in one
+`ensemble.make_ensemble_step` call, their params and optimizer states stacked on a leading
+member axis; a member's slice is copied out only to evaluate or save it, so the ensemble
+is held once.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, fileio, optim, probe, recommend, rng
-from .config import ModelConfig, SweepConfig, TrainConfig, TrainingOptions
+from . import checkpoint, distributed, fileio, probe, recommend, rng
+from .config import DEFAULT_OPTIMIZER, ModelConfig, SweepConfig, TrainConfig, TrainingOptions
 from .data import Dataset
 from .device import amp_dtype as amp_dtype_of
 from .device import resolve
@@ -40,34 +42,50 @@ from .runstate import Interrupt, RunState, check_flags, choose_amp, load_tokeniz
 MAX_MEMBERS = 64
 SWEEP_FILE = "sweep.json"
 FREE_ON_RESUME = frozenset({"max_iters", "resume", "out_dir", "device", "compile"})
-SUMMARY_COLUMNS = ("member", "lr", "seed", "weight_decay", "best_val_loss", "final_val_loss",
-                   "rank")  # fmt: skip
+SUMMARY_COLUMNS = ("member", "lr", "muon_lr", "seed", "weight_decay", "best_val_loss",
+                   "final_val_loss", "rank")  # fmt: skip
 
 GridPoint = dict[str, Any]
 
 
 def make_grid(cfg: SweepConfig) -> list[GridPoint]:
-    """--lrs x --seeds x --weight-decays, in that order; a grid that cannot run is a UserError."""
-    lists = (("--lrs", cfg.lrs), ("--seeds", cfg.seeds), ("--weight-decays", cfg.weight_decays))
+    """--lrs x (--muon-lrs with --optimizer muon) x --seeds x --weight-decays, in that order;
+    a grid that cannot run is a UserError."""
+    muon = (cfg.optimizer or DEFAULT_OPTIMIZER) == "muon"
+    if not muon and cfg.muon_lrs != SweepConfig.muon_lrs:
+        raise UserError("--muon-lrs sets Muon's rates: add --optimizer muon, or drop it")
+    lists = (("--lrs", cfg.lrs), ("--muon-lrs", cfg.muon_lrs), ("--seeds", cfg.seeds),
+             ("--weight-decays", cfg.weight_decays))  # fmt: skip
     for flag, values in lists:
         if not values:
             raise UserError(f"{flag} needs at least one value")
         if len(set(values)) < len(values):
             raise UserError(f"{flag} lists a value twice ({' '.join(map(str, values))})")
-    bad_lr = [lr for lr in cfg.lrs if not lr > 0]
-    if bad_lr:
-        raise UserError(f"--lrs must all be positive (got {bad_lr[0]})")
+    for flag, values in lists[:2]:
+        bad = [lr for lr in values if not lr > 0]
+        if bad:
+            raise UserError(f"{flag} must all be positive (got {bad[0]})")
     bad_wd = [wd for wd in cfg.weight_decays if not wd >= 0]
     if bad_wd:
         raise UserError(f"--weight-decays must all be >= 0 (got {bad_wd[0]})")
-    n = len(cfg.lrs) * len(cfg.seeds) * len(cfg.weight_decays)
+    muon_lrs = cfg.muon_lrs if muon else (None,)
+    n = len(cfg.lrs) * len(muon_lrs) * len(cfg.seeds) * len(cfg.weight_decays)
     if n > MAX_MEMBERS:
         raise UserError(
-            f"the grid has {n} members (--lrs x --seeds x --weight-decays); one sweep trains "
-            f"at most {MAX_MEMBERS}: split it into several sweeps"
+            f"the grid has {n} members ({' x '.join(f for f, v in lists if len(v) > 1)}); "
+            f"one sweep trains at most {MAX_MEMBERS}: split it into several sweeps"
         )
-    product = itertools.product(cfg.lrs, cfg.seeds, cfg.weight_decays)
-    return [{"lr": lr, "seed": seed, "weight_decay": wd} for lr, seed, wd in product]
+    product = itertools.product(cfg.lrs, muon_lrs, cfg.seeds, cfg.weight_decays)
+    return [
+        {"lr": lr} | ({"muon_lr": mlr} if muon else {}) | {"seed": seed, "weight_decay": wd}
+        for lr, mlr, seed, wd in product
+    ]
+
+
+def point_label(point: GridPoint) -> str:
+    """A grid point as the log, the table and the plot name it."""
+    muon = f", muon lr {point['muon_lr']:g}" if "muon_lr" in point else ""
+    return f"lr {point['lr']:g}{muon}, seed {point['seed']}, wd {point['weight_decay']:g}"
 
 
 def member_dir(out_dir: Path, i: int) -> Path:
@@ -80,7 +98,8 @@ def member_config(cfg: SweepConfig, i: int, point: GridPoint) -> TrainConfig:
     ckpt_dir = member_dir(cfg.out_dir, i)
     return TrainConfig(
         **shared, ckpt_dir=ckpt_dir, lr=point["lr"], seed=point["seed"],
-        weight_decay=point["weight_decay"], resume=ckpt_dir / "latest.pt" if cfg.resume else None,
+        muon_lr=point.get("muon_lr", TrainConfig.muon_lr), weight_decay=point["weight_decay"],
+        resume=ckpt_dir / "latest.pt" if cfg.resume else None,
     )  # fmt: skip
 
 
@@ -159,7 +178,8 @@ def summary(grid: list[GridPoint], members: list[RunState]) -> list[dict[str, An
 def write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
     """summary.csv, losses as metrics.csv writes them (6 significant digits)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    columns = [c for c in SUMMARY_COLUMNS if c != "muon_lr" or "muon_lr" in rows[0]]
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
@@ -167,11 +187,13 @@ def write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'rank':>4}  {'member':<9} {'lr':>9} {'seed':>6} {'wd':>7}  {'best val':>9}  "
-             f"{'final val':>9}"]  # fmt: skip
+    muon = "muon_lr" in rows[0]
+    head = f"{'rank':>4}  {'member':<9} {'lr':>9} " + (f"{'muon lr':>9} " if muon else "")
+    lines = [head + f"{'seed':>6} {'wd':>7}  {'best val':>9}  {'final val':>9}"]
     for r in rows:
+        mlr = f"{r['muon_lr']:>9.3g} " if muon else ""
         lines.append(
-            f"{r['rank']:>4}  member-{r['member']:02d} {r['lr']:>9.3g} {r['seed']:>6} "
+            f"{r['rank']:>4}  member-{r['member']:02d} {r['lr']:>9.3g} {mlr}{r['seed']:>6} "
             f"{r['weight_decay']:>7.3g}  {r['best_val_loss']:>9.4f}  {r['final_val_loss']:>9.4f}"
         )
     return "\n".join(lines)
@@ -187,7 +209,7 @@ def plot_val_curves(path: Path, grid: list[GridPoint], members: list[RunState]) 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     for i, (point, m) in enumerate(zip(grid, members, strict=True)):
         rows = [r for r in m.progress.rows if r.get("val_loss") is not None]
-        label = f"{i:02d}: lr {point['lr']:g}, seed {point['seed']}, wd {point['weight_decay']:g}"
+        label = f"{i:02d}: {point_label(point)}"
         ax.plot([r["iter"] for r in rows], [r["val_loss"] for r in rows], label=label,
                 marker="." if len(rows) < 30 else None)  # fmt: skip
     ax.set_xlabel("iteration")
@@ -208,6 +230,7 @@ def sweep_plan(cfg: SweepConfig) -> tuple[SweepConfig, list[GridPoint]]:
     if cfg.resume is not None:
         saved = load_saved(cfg.resume)
         return resumed_config(cfg, saved), saved["grid"]
+    cfg = dataclasses.replace(cfg, optimizer=cfg.optimizer or DEFAULT_OPTIMIZER)
     grid = make_grid(cfg)
     if (cfg.out_dir / SWEEP_FILE).exists():
         raise UserError(
@@ -244,7 +267,8 @@ class Sweep:
         choice = None
         if cfg.amp == "auto":
             spec = probe.StepSpec(arch, mcfg, cfg.batch_size, cfg.grad_accum_steps,
-                                  members=len(grid), compile=cfg.compile)  # fmt: skip
+                                  members=len(grid), compile=cfg.compile,
+                                  optimizer=cfg.optimizer or DEFAULT_OPTIMIZER)  # fmt: skip
             choice = choose_amp(spec, self.device, distributed.SINGLE)
         amp_dtype = choice.dtype if choice else amp_dtype_of(cfg.amp, "bf16", self.device)
         self.members = [RunState(configs[0], ds, tok, self.device, amp_dtype, ckpt=first)] + [
@@ -261,9 +285,8 @@ class Sweep:
         self.opt_state = stack([m.opt_state for m in self.members])
         for m in self.members:
             m.params = m.opt_state = None  # the stacked ensemble holds them (see `member`)
-        self.weight_decay = torch.tensor([p["weight_decay"] for p in grid], device=self.device)
         self.step = make_ensemble_step(
-            self.members[0].model, mcfg, optim.AdamW(), label_smoothing=cfg.label_smoothing,
+            self.members[0].model, mcfg, self.members[0].hp, label_smoothing=cfg.label_smoothing,
             grad_clip=cfg.grad_clip, amp_dtype=amp_dtype, compile=cfg.compile,
         )  # fmt: skip
 
@@ -287,17 +310,22 @@ class Sweep:
         keys = torch.stack([rng.fold_in(m.base_key, it) for m in self.members])
         lrs = torch.tensor([m.lr(it, end) for m in self.members], device=self.device)
         self.params, self.opt_state, out = self.step(
-            self.params, self.opt_state, (x, y), lrs, keys, self.weight_decay
+            self.params, self.opt_state, (x, y), lrs, keys, **self.hparams(it, end)
         )
         losses, norms = out["loss"].tolist(), out["grad_norm"].tolist()
         for i, loss in enumerate(losses):
             if not math.isfinite(loss):
                 raise UserError(
-                    f"member-{i:02d} (lr {self.grid[i]['lr']:g}): loss became {loss} at step "
+                    f"member-{i:02d} ({point_label(self.grid[i])}): loss became {loss} at step "
                     f"{it + 1}; stopped without saving, so the last good checkpoints are "
-                    "intact: drop that --lrs value, raise --warmup-iters or use --grad-clip"
+                    "intact: drop that grid value, raise --warmup-iters or use --grad-clip"
                 )
         return [{"loss": a, "grad_norm": b} for a, b in zip(losses, norms, strict=True)]
+
+    def hparams(self, it: int, end: int) -> dict[str, torch.Tensor]:
+        """Each member's weight decay and scheduled optimizer settings, as [E] tensors."""
+        rows = [m.hparams(it, end) | {"weight_decay": m.cfg.weight_decay} for m in self.members]
+        return {k: torch.tensor([r[k] for r in rows], device=self.device) for k in rows[0]}
 
     def write_sweep_file(self) -> None:
         self.cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -317,8 +345,8 @@ class Sweep:
         latest = [m.progress.rows[-1] for m in self.members]
         i = min(range(len(latest)), key=lambda i: latest[i]["val_loss"])
         p, row = self.grid[i], latest[i]
-        return (f"step {row['iter']}: best member-{i:02d} (lr {p['lr']:g}, seed {p['seed']}, "
-                f"wd {p['weight_decay']:g}) val {row['val_loss']:.4f}")  # fmt: skip
+        best = f"best member-{i:02d} ({point_label(p)})"
+        return f"step {row['iter']}: {best} val {row['val_loss']:.4f}"
 
     def save_latest(self) -> None:
         self.write_sweep_file()

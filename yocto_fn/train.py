@@ -1,4 +1,5 @@
-"""The pure train step: loss, gradients by `torch.func`, clipping and AdamW in one function.
+"""The pure train step: loss, gradients by `torch.func`, clipping and the optimizer in one
+function.
 
 `make_train_step` returns `step(params, opt_state, batch, lr, key) -> (params, opt_state,
 metrics)`. Because the whole step is one pure function of tensors it can be compiled whole
@@ -14,7 +15,7 @@ from functools import partial
 
 import torch
 
-from . import layers, optim, rng
+from . import jit, layers, optim, rng
 from .config import ModelConfig
 from .device import autocast
 from .models import Model
@@ -115,7 +116,7 @@ def accumulate_grads(
 def make_train_step(
     model: Model,
     cfg: ModelConfig,
-    hp: optim.AdamW = optim.AdamW(),
+    hp: optim.Optimizer = optim.AdamW(),
     *,
     label_smoothing: float = 0.0,
     grad_clip: float = 1.0,
@@ -128,8 +129,10 @@ def make_train_step(
 ) -> TrainStep:
     """Build `step(params, opt_state, batch, lr, key) -> (params, opt_state, metrics)`.
 
-    `lr` may be a float or a 0-d tensor and `key` is an `rng` key; both are turned into
-    tensors before the compiled region, so changing them never triggers a recompile.
+    `hp` is the optimizer (`optim.AdamW`, `muon.Muon`); `step(..., **hparams)` passes its
+    scheduled hyper-parameters (Muon's `muon_lr`, `momentum`) to `hp.update`. `lr`, those,
+    and `key` (an `rng` key) may be floats or 0-d tensors; all are tensors before the
+    compiled region, so changing them never triggers a recompile.
     metrics = {"loss", "grad_norm"} as 0-d tensors (no host sync inside the step).
 
     Gradient accumulation: give `batch` a leading micro-batch axis, (x, y) of [A, B, T]; the
@@ -157,7 +160,7 @@ def make_train_step(
     # recomputes the checkpointed blocks there) and the optimizer apart from it.
     split = compile and activation_checkpointing
     if split:
-        loss = torch.compile(loss, dynamic=False)
+        loss = jit.compile(loss)
     grad_and_loss = grad_and_value(loss, eager_autograd)
     grad_and_scaled_loss = grad_and_value(lambda p, b, k, s: loss(p, b, k) * s, eager_autograd)
 
@@ -186,15 +189,15 @@ def make_train_step(
         params, opt_state, metrics = out
         return params, opt_state, metrics if stop is None else metrics | {"stop": stop}
 
-    def apply(grads, value, params, opt_state, lr):
+    def apply(grads, value, params, opt_state, lr, hparams):
         """Clip and update (and with fp16, skip a step whose gradients overflowed)."""
         if loss_scale is None:
             grads, norm = optim.clip_by_global_norm(grads, grad_clip)
-            params, opt_state = optim.update(grads, opt_state, params, lr, hp)
+            params, opt_state = hp.update(grads, opt_state, params, lr, **hparams)
             return params, opt_state, {"loss": value.detach(), "grad_norm": norm}
         inner, scaler = opt_state
         grads, norm = optim.clip_by_global_norm(grads, grad_clip)
-        new_params, new_inner = optim.update(grads, inner, params, lr, hp)
+        new_params, new_inner = hp.update(grads, inner, params, lr, **hparams)
         finite = torch.isfinite(norm)
         new_state = optim.ScaledState(
             optim.keep_if(finite, new_inner, inner), loss_scale.adjust(scaler, finite)
@@ -206,25 +209,27 @@ def make_train_step(
     def scale_of(opt_state):
         return None if loss_scale is None else opt_state.loss_scale.scale
 
-    def pure_step(params, opt_state, batch, lr, key, stop):
+    def pure_step(params, opt_state, batch, lr, key, stop, hparams):
         grads, value = accumulate(params, batch, key, scale_of(opt_state))
         grads, value, stop = synced(grads, value, stop)
-        return with_stop(apply(grads, value, params, opt_state, lr), stop)
+        return with_stop(apply(grads, value, params, opt_state, lr, hparams), stop)
 
     if split:
-        compiled_apply = torch.compile(apply, dynamic=False)
+        compiled_apply = jit.compile(apply)
 
-        def inner(params, opt_state, batch, lr, key, stop):
+        def inner(params, opt_state, batch, lr, key, stop, hparams):
             grads, value = accumulate(params, batch, key, scale_of(opt_state))
             grads, value, stop = synced(grads, value, stop)
-            return with_stop(compiled_apply(grads, value, params, opt_state, lr), stop)
+            return with_stop(compiled_apply(grads, value, params, opt_state, lr, hparams), stop)
 
     else:
-        inner = torch.compile(pure_step, dynamic=False) if compile else pure_step
+        inner = jit.compile(pure_step) if compile else pure_step
 
-    def step(params, opt_state, batch, lr, key, stop=None):
-        lr = torch.as_tensor(lr, dtype=torch.float32, device=tree_leaves(opt_state)[0].device)
-        return inner(params, opt_state, batch, lr, key, stop)
+    def step(params, opt_state, batch, lr, key, stop=None, **hparams):
+        device = tree_leaves(opt_state)[0].device
+        as_tensor = partial(torch.as_tensor, dtype=torch.float32, device=device)
+        hparams = {k: as_tensor(v) for k, v in hparams.items() if v is not None}
+        return inner(params, opt_state, batch, as_tensor(lr), key, stop, hparams)
 
     step.__doc__ = make_train_step.__doc__
     return step

@@ -26,7 +26,14 @@ from .device import amp_dtype as amp_dtype_of
 from .device import resolve
 from .errors import UserError
 from .params import clone, count, tree_leaves
-from .runstate import Interrupt, RunState, check_flags, choose_amp, load_tokenizer
+from .runstate import (
+    Interrupt,
+    RunState,
+    check_flags,
+    choose_amp,
+    load_tokenizer,
+    optimizer_name,
+)
 from .train import make_train_step
 
 
@@ -71,6 +78,7 @@ class Trainer(RunState):
             spec = probe.StepSpec(
                 self.arch, self.mcfg, cfg.batch_size, cfg.grad_accum_steps, compile=cfg.compile,
                 activation_checkpointing=cfg.activation_checkpointing,
+                optimizer=optimizer_name(self.hp),
             )  # fmt: skip
             self.amp_choice = choose_amp(spec, device, world)
             self.amp_dtype = self.amp_choice.dtype
@@ -103,7 +111,7 @@ class Trainer(RunState):
     def _build_step(self) -> None:
         sync = partial(distributed.average, world=self.world) if self.world.launched else None
         self.step = make_train_step(
-            self.model, self.mcfg, optim.AdamW(weight_decay=self.cfg.weight_decay),
+            self.model, self.mcfg, self.hp,
             label_smoothing=self.cfg.label_smoothing, grad_clip=self.cfg.grad_clip,
             amp_dtype=self.amp_dtype, compile=self.cfg.compile,
             activation_checkpointing=self.cfg.activation_checkpointing, loss_scale=self.loss_scale,
@@ -120,7 +128,13 @@ class Trainer(RunState):
         while True:
             try:
                 self.params, self.opt_state, m = self.step(
-                    self.params, self.opt_state, batch, self.lr(it, end), key, **stop
+                    self.params,
+                    self.opt_state,
+                    batch,
+                    self.lr(it, end),
+                    key,
+                    **stop,
+                    **self.hparams(it, end),
                 )
                 break
             except torch.OutOfMemoryError:

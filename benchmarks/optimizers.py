@@ -1,0 +1,226 @@
+"""AdamW against the default recipe (Muon): val loss by step and by wall time, and step cost.
+
+curves: for every seed, each recipe trains once with `cli.py train` (seed-major, recipes
+alternating, so a drift in the machine's speed hits both alike). "adamw" is AdamW at
+--adamw-lr with warmup and cosine decay; "default" is `train` with no optimizer or schedule
+flags, i.e. the shipped recipe. From each run's metrics.csv (time_sec counts training
+steps only, not evaluation) the table gives the final val loss, the training seconds, and
+the seconds to reach AdamW's final val loss (its median over seeds), interpolated between
+evaluations.
+
+step: the compiled train step of AdamW and of Muon at the same shape, timed in
+interleaved rounds (`probe.timed_rounds`); the ratio is Muon's step time over AdamW's.
+
+    python benchmarks/optimizers.py --shape demo --max-iters 2000 --seeds 1 2 3
+    python benchmarks/optimizers.py --parts step --shape demo
+
+Writes results.jsonl, table.md and curves.png to --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.proc import cli  # noqa: E402
+from yocto_fn import fileio, probe  # noqa: E402
+from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.muon import Muon  # noqa: E402
+from yocto_fn.optim import AdamW  # noqa: E402
+
+SHAPES = {  # name: (model, n_layer, n_head, n_embd, block, batch)
+    "demo": ("gpt-fast", 4, 4, 128, 128, 32),
+    "wide": ("gpt-fast", 6, 6, 384, 256, 8),
+}
+
+
+def recipes(adamw_lr: float) -> dict[str, list[str]]:
+    return {
+        "adamw": ["--optimizer", "adamw", "--lr", str(adamw_lr), "--schedule", "cosine",
+                  "--warmup-iters", "100", "--min-lr", str(adamw_lr / 10)],
+        "default": [],
+    }  # fmt: skip
+
+
+def shape_flags(shape: str) -> list[str]:
+    model, layers, heads, embd, block, batch = SHAPES[shape]
+    return ["--model", model, "--n-layer", str(layers), "--n-head", str(heads), "--n-embd",
+            str(embd), "--block-size", str(block), "--batch-size", str(batch)]  # fmt: skip
+
+
+def train_run(data: Path, shape: str, flags: list[str], seed: int, args) -> list[dict]:
+    """One `train` run; its evaluations as {iter, time_sec, val_loss}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cli("train", "--data-dir", str(data), "--ckpt-dir", tmp, *shape_flags(shape),
+            "--max-iters", str(args.max_iters), "--eval-interval", str(args.eval_interval),
+            "--eval-iters", str(args.eval_iters), "--seed", str(seed), "--device", "cpu",
+            "--save-strategy", "none", *flags)  # fmt: skip
+        with (Path(tmp) / "metrics.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    return [{"iter": int(r["iter"]), "time_sec": float(r["time_sec"]),
+             "val_loss": float(r["val_loss"])} for r in rows]  # fmt: skip
+
+
+def seconds_to(rows: list[dict], target: float) -> float | None:
+    """Training seconds at which the val loss first reaches `target`, linear between
+    evaluations (None: never)."""
+    prev = {"time_sec": 0.0, "val_loss": float("inf")}
+    for r in rows:
+        if r["val_loss"] <= target:
+            if prev["val_loss"] == float("inf"):
+                return r["time_sec"]
+            frac = (prev["val_loss"] - target) / (prev["val_loss"] - r["val_loss"])
+            return prev["time_sec"] + frac * (r["time_sec"] - prev["time_sec"])
+        prev = r
+    return None
+
+
+def curves(args) -> list[dict]:
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        prep = ["prepare-char", "--out-dir", str(data)]
+        if args.text_path:
+            prep += ["--text-path", str(args.text_path)]
+        cli(*prep)
+        for seed in args.seeds:
+            for name, flags in recipes(args.adamw_lr).items():
+                rows = train_run(data, args.shape, flags, seed, args)
+                row = {"part": "curves", "shape": args.shape, "recipe": name, "seed": seed,
+                       "corpus": args.text_path.name if args.text_path else "default",
+                       "flags": flags, "evals": rows}  # fmt: skip
+                print(orjson.dumps({k: v for k, v in row.items() if k != "evals"}
+                                   | {"final": rows[-1]}).decode(), flush=True)  # fmt: skip
+                out.append(row)
+    return out
+
+
+def curves_table(runs: list[dict]) -> str:
+    by = {}
+    for r in runs:
+        by.setdefault(r["recipe"], []).append(r["evals"])
+    target = statistics.median(e[-1]["val_loss"] for e in by["adamw"])
+    base = statistics.median(e[-1]["time_sec"] for e in by["adamw"])
+    lines = [
+        f"AdamW's final val loss (median of {len(by['adamw'])} seeds): {target:.4f}\n",
+        "| recipe | final val (median, min-max) | train s | s to AdamW's final | vs AdamW's s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, evals in by.items():
+        finals = [e[-1]["val_loss"] for e in evals]
+        reach = [seconds_to(e, target) for e in evals]
+        hit = [s for s in reach if s is not None]
+        med = statistics.median(hit) if len(hit) == len(reach) else None
+        lines.append(
+            f"| {name} | {statistics.median(finals):.4f} ({min(finals):.4f}-{max(finals):.4f}) "
+            f"| {statistics.median(e[-1]['time_sec'] for e in evals):.0f} "
+            f"| {'-' if med is None else f'{med:.0f}'} "
+            f"| {'-' if med is None else f'{med / base:.2f}x'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, runs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, sharey=True)
+    colors = {"adamw": "tab:blue", "default": "tab:red"}
+    for r in runs:
+        e = r["evals"]
+        label = f"{r['recipe']} (seed {r['seed']})"
+        for ax, x in zip(axes, ("iter", "time_sec"), strict=True):
+            ax.plot([p[x] for p in e], [p["val_loss"] for p in e], color=colors[r["recipe"]],
+                    alpha=0.7, label=label)  # fmt: skip
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("training seconds")
+    axes[0].set_ylabel("val loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    fileio.atomic_write_bytes(path, buf.getvalue())
+
+
+def step_cost(args) -> dict:
+    model, layers, heads, embd, block, batch = SHAPES[args.shape]
+    cfg = ModelConfig(vocab_size=65, n_layer=layers, n_head=heads, n_embd=embd,
+                      block_size=block, tie_weights=False)  # fmt: skip
+    cpu = torch.device("cpu")
+    contenders = {"adamw": AdamW(), "muon": Muon(), "muon-bf16-ns": Muon(ns_dtype=torch.bfloat16)}
+    ones = {
+        name: probe.stepper(probe.StepSpec(model, cfg, batch, compile=True,
+                                           optimizer=name.split("-")[0]), cpu, None, hp)
+        for name, hp in contenders.items()
+    }  # fmt: skip
+    tokens = batch * block
+    rates = probe.timed_rounds(ones, tokens, args.rounds, 3, 0.0)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {"part": "step", "shape": args.shape, "compiled": True, "amp": "fp32",
+            "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
+            "muon_step_over_adamw": round(med["adamw"] / med["muon"], 3),
+            "muon_bf16_ns_step_over_adamw": round(med["adamw"] / med["muon-bf16-ns"], 3),
+            "rounds": args.rounds, "torch": torch.__version__,
+            "cpu": probe.device_name(cpu), "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", nargs="+", default=["curves", "step"], choices=["curves", "step"])
+    ap.add_argument("--shape", default="demo", choices=list(SHAPES))
+    ap.add_argument("--text-path", type=Path, help="corpus (default: the embedded one)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--max-iters", type=int, default=2000)
+    ap.add_argument("--eval-interval", type=int, default=100)
+    ap.add_argument("--eval-iters", type=int, default=10)
+    ap.add_argument("--adamw-lr", type=float, default=3e-3, help="AdamW's best rate (sweep)")
+    ap.add_argument("--rounds", type=int, default=15, help="step part: interleaved rounds")
+    today = dt.date.today().isoformat()
+    ap.add_argument(
+        "--out-dir", type=Path, default=Path(f"benchmarks/results/{today}-cpu-optimizers")
+    )
+    args = ap.parse_args()
+    rows, text = [], ""
+    if "curves" in args.parts:
+        runs = curves(args)
+        rows += runs
+        text += f"## {args.shape}, {runs[0]['corpus']} corpus, {args.max_iters} steps\n\n"
+        text += curves_table(runs) + "\n"
+    if "step" in args.parts:
+        row = step_cost(args)
+        print(orjson.dumps(row).decode(), flush=True)
+        rows.append(row)
+        rates = row["tokens_per_s"]
+        text += (f"Compiled fp32 step at {args.shape}, tokens/s (median of {args.rounds} "
+                 f"interleaved rounds): AdamW {rates['adamw']:,.0f}, Muon {rates['muon']:,.0f} "
+                 f"({row['muon_step_over_adamw']:.2f}x AdamW's step time), Muon with bf16 "
+                 f"Newton-Schulz {rates['muon-bf16-ns']:,.0f} "
+                 f"({row['muon_bf16_ns_step_over_adamw']:.2f}x).\n")  # fmt: skip
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    fileio.atomic_write_bytes(args.out_dir / "results.jsonl",
+                              b"".join(orjson.dumps(r) + b"\n" for r in rows))  # fmt: skip
+    fileio.atomic_write_bytes(args.out_dir / "table.md", text.encode())
+    if "curves" in args.parts:
+        plot(args.out_dir / "curves.png", [r for r in rows if r["part"] == "curves"])
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
