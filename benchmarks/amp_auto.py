@@ -30,7 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.presets import PRESETS  # noqa: E402
-from yocto_fn import fileio, models, probe  # noqa: E402
+from yocto_fn import fileio, jit, models, probe  # noqa: E402
 from yocto_fn.device import bf16_is_native  # noqa: E402
 
 
@@ -92,6 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     if not bf16_is_native(torch.device("cpu")):
         sys.exit("this CPU has no native bf16: auto is fp32 by rule, nothing to measure")
+    jit.use_safe_cxx()  # in the real cache, before `measure` points XDG_CACHE_HOME elsewhere
     rows = []
     for preset in args.presets:
         for mode in args.modes:

@@ -19,11 +19,13 @@ GCC = shutil.which("g++")
 @pytest.mark.skipif(GCC is None or not jit._is_gcc(GCC), reason="needs GCC as g++")
 def test_gcc_is_wrapped_with_the_flag_and_the_wrapper_compiles(tmp_path, monkeypatch):
     monkeypatch.setattr(jit, "_checked", False)
+    monkeypatch.setattr(jit, "_wrapped", None)
     with inductor.patch({"cpp.cxx": (None, "g++")}):
         jit.use_safe_cxx()
         wrapper = inductor.cpp.cxx[-1]
-        jit.use_safe_cxx()  # once per process: nothing changes
-        assert inductor.cpp.cxx[-1] == wrapper
+        Path(wrapper).unlink()  # a cleared cache: the next compile writes it again
+        jit.use_safe_cxx()
+        assert inductor.cpp.cxx[-1] == wrapper and Path(wrapper).is_file()
     assert wrapper == str(jit.wrapper_dir() / "g++")
     script = Path(wrapper).read_text()
     assert jit.FLAG in script and GCC in script
@@ -36,6 +38,7 @@ def test_gcc_is_wrapped_with_the_flag_and_the_wrapper_compiles(tmp_path, monkeyp
 
 def test_a_compiler_other_than_gcc_is_left_alone(monkeypatch):
     monkeypatch.setattr(jit, "_checked", False)
+    monkeypatch.setattr(jit, "_wrapped", None)
     with inductor.patch({"cpp.cxx": (None, "no-such-compiler++")}):
         jit.use_safe_cxx()
         assert inductor.cpp.cxx == (None, "no-such-compiler++")

@@ -19,6 +19,7 @@ SHARED = (
     *TINY, "--batch-size", "2", "--grad-accum-steps", "2", "--eval-iters", "2",
     "--eval-interval", "2", "--max-iters", "4", "--dropout", "0.2", "--cosine-lr",
     "--warmup-iters", "2", "--min-lr", "1e-4", "--model", "gpt-plus", "--device", "cpu",
+    "--optimizer", "adamw",
 )  # fmt: skip
 GRID = ("--lrs", "1e-3", "4e-3", "--seeds", "7", "--weight-decays", "0.05")
 
@@ -75,7 +76,7 @@ def test_member_equals_a_train_run(swept, char_dir, tmp_path):
 
 def test_muon_member_equals_a_train_run(char_dir, tmp_path):
     """A Muon grid (--lrs x --muon-lrs, WSD): member 1 is `train` with its two rates."""
-    shared = (*SHARED, "--optimizer", "muon", "--schedule", "wsd", "--decay-fraction", "0.5")
+    shared = (*SHARED[:-2], "--optimizer", "muon", "--schedule", "wsd", "--decay-fraction", "0.5")
     shared = tuple(f for f in shared if f != "--cosine-lr")
     out = tmp_path / "s"
     grid = ("--lrs", "2e-3", "--muon-lrs", "0.01", "0.04", "--seeds", "7")

@@ -35,8 +35,8 @@ def record_steps(monkeypatch) -> list[dict]:
     def build(*args, **kwargs):
         step = real(*args, **kwargs)
 
-        def recorded(params, opt_state, batch, lr, key):
-            out = step(params, opt_state, batch, lr, key)
+        def recorded(params, opt_state, batch, lr, key, **hparams):
+            out = step(params, opt_state, batch, lr, key, **hparams)
             calls.append({"lr": float(lr), "params": clone(out[0])})
             return out
 

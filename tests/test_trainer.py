@@ -44,7 +44,7 @@ LOSSES = ("iter", "train_loss", "val_loss", "val_loss_raw", "best_val_loss", "gr
 
 def test_resume_equals_uninterrupted_run(char_dir, tmp_path):
     """8 steps == 4 steps + --resume 4 more, with dropout on (data and dropout RNG restored)."""
-    common = ("--model", "gpt-plus", "--dropout", "0.2", "--max-iters")
+    common = ("--model", "gpt-plus", "--optimizer", "adamw", "--dropout", "0.2", "--max-iters")
     assert train(char_dir, tmp_path / "full", *common, "8") == 0
     assert train(char_dir, tmp_path / "half", *common, "4") == 0
     latest = tmp_path / "half" / "latest.pt"
@@ -77,6 +77,27 @@ def test_muon_resume_equals_uninterrupted_run_and_records_the_optimizer(char_dir
     assert max_abs_diff(a["opt_state"]["adam"]["nu"], b["opt_state"]["adam"]["nu"]) == 0.0
     meta = json.loads((tmp_path / "half" / "run_meta.json").read_text())["optimizer"]
     assert meta["name"] == "muon" and meta["muon_lr"] == 0.03 and meta["schedule"] == "constant"
+
+
+def test_a_wsd_run_extended_from_pre_decay_equals_the_longer_run(char_dir, tmp_path):
+    """WSD keeps pre_decay.pt (the state before the first decay step). Resumed with more
+    steps it continues exactly as the longer run asked for from the start: same rows, same
+    weights, because both were still in the stable phase there."""
+    wsd = ("--schedule", "wsd", "--warmup-iters", "2", "--decay-fraction", "0.5",
+           "--eval-interval", "2", "--lr", "3e-3")  # fmt: skip
+    assert train(char_dir, tmp_path / "long", *wsd, "--max-iters", "12") == 0
+    assert train(char_dir, tmp_path / "short", *wsd, "--max-iters", "8") == 0
+    pre = tmp_path / "short" / "pre_decay.pt"
+    assert ckpt(pre)["iter"] == 4  # round(8 * 0.5)
+    assert train(char_dir, tmp_path / "short", *wsd, "--max-iters", "8", "--resume", str(pre)) == 0
+    long, extended = rows(tmp_path / "long"), rows(tmp_path / "short")
+    assert [r["iter"] for r in extended] == [str(i) for i in range(2, 13, 2)]
+    assert [{k: r[k] for k in LOSSES} for r in long] == [
+        {k: r[k] for k in LOSSES} for r in extended
+    ]
+    a, b = ckpt(tmp_path / "long" / "latest.pt"), ckpt(tmp_path / "short" / "latest.pt")
+    assert max_abs_diff(a["params"], b["params"]) == 0.0
+    assert float(extended[-1]["lr"]) == pytest.approx(1e-4)  # decayed to --min-lr at the end
 
 
 def test_init_from_a_muon_run_starts_a_fresh_adamw_state(char_dir, tmp_path):

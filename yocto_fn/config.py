@@ -78,7 +78,8 @@ ModelName = Literal["gpt", "gpt-plus", "gpt-fast", "gpt_plus", "gpt_fast"]
 MODEL_CHOICES = "{gpt,gpt-plus,gpt-fast}"  # the help's spelling: the underscore ones work too
 LRS_NEEDED = "(required unless --resume)"  # the help's hint for --lrs, instead of `()`
 DEFAULT_MODEL = "gpt"
-DEFAULT_OPTIMIZER = "adamw"
+DEFAULT_OPTIMIZER = "muon"  # chosen by the sweeps in benchmarks/results/2026-12-02-cpu-recipe
+DEFAULT_SCHEDULE = "cosine"
 DEFAULT_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
 
 
@@ -133,7 +134,7 @@ class TrainingOptions:
     """Muon's Nesterov momentum."""
     schedule: Annotated[
         Literal["constant", "cosine", "wsd"] | None,
-        unset_means("cosine with --cosine-lr, else constant", "{constant,cosine,wsd}"),
+        unset_means(DEFAULT_SCHEDULE, "{constant,cosine,wsd}"),
     ] = None
     """Learning-rate schedule: constant; cosine (linear warmup, cosine decay to --min-lr);
     wsd (warmup, stable, then a linear decay to --min-lr over the last --decay-fraction)."""
@@ -175,9 +176,9 @@ class TrainConfig(TrainingOptions):
 
     ckpt_dir: Path = Path("checkpoints/run")
     """Where latest.pt, best.pt, metrics.csv, run_meta.json and loss.png go."""
-    lr: float = 1e-3
+    lr: float = 3e-3
     """Peak learning rate (with --optimizer muon: of the tensors AdamW trains)."""
-    muon_lr: float = 0.02
+    muon_lr: float = 0.05
     """Peak Muon rate of the block matrices (--optimizer muon), scaled by sqrt(max(1,
     rows/cols)) per matrix."""
     weight_decay: float = 0.1
@@ -223,7 +224,7 @@ class SweepConfig(TrainingOptions):
 
     lrs: Annotated[tuple[float, ...], tyro.conf.arg(help_behavior_hint=LRS_NEEDED)] = ()
     """Peak learning rates of the grid."""
-    muon_lrs: tuple[float, ...] = (0.02,)
+    muon_lrs: tuple[float, ...] = (0.05,)
     """Peak Muon rates of the grid (--optimizer muon)."""
     seeds: tuple[int, ...] = (1337,)
     """Seeds of the grid (initialisation, batch sampling and dropout of a member)."""

@@ -43,12 +43,13 @@ def _is_gcc(cxx: str) -> bool:
     return "Free Software Foundation" in out.stdout and "clang" not in out.stdout.lower()
 
 
-def gcc_wrapper(cxx: str) -> Path:
-    """An executable `g++` in the cache that runs `cxx` with FLAG appended (written once).
+def gcc_wrapper(cxx: str, directory: Path | None = None) -> Path:
+    """An executable `g++` in `directory` (default `wrapper_dir()`) that runs `cxx` with
+    FLAG appended (written once).
 
     Its name must say g++: Inductor picks its GCC-only flags by the compiler's name.
     """
-    path = wrapper_dir() / "g++"
+    path = (directory or wrapper_dir()) / "g++"
     script = f'#!/bin/sh\nexec "{cxx}" "$@" {FLAG}\n'.encode()
     if not path.is_file() or path.read_bytes() != script:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,13 +59,20 @@ def gcc_wrapper(cxx: str) -> Path:
 
 
 _checked = False
+_wrapped: tuple[Path, str] | None = None  # (wrapper, real compiler) this process uses
 
 
 def use_safe_cxx() -> None:
     """Point Inductor's CPU compiler at `gcc_wrapper` when it is GCC (Linux only), once per
     process; clang, MSVC, a compiler the user set to something else, or an unwritable cache
-    are left alone."""
-    global _checked
+    are left alone. A wrapper removed since (a cleared cache) is written again, so later
+    compiles never point at a missing file."""
+    global _checked, _wrapped
+    if _wrapped is not None:
+        wrapper, real = _wrapped
+        if not wrapper.is_file():
+            gcc_wrapper(real, wrapper.parent)
+        return
     if _checked or not sys.platform.startswith("linux"):
         return
     _checked = True
@@ -75,9 +83,11 @@ def use_safe_cxx() -> None:
     if found is None or Path(found).parent == wrapper_dir() or not _is_gcc(found):
         return
     try:
-        inductor.cpp.cxx = (None, str(gcc_wrapper(found)))
+        wrapper = gcc_wrapper(found)
     except OSError:
         return
+    inductor.cpp.cxx = (None, str(wrapper))
+    _wrapped = (wrapper, found)
 
 
 def compile(fn: F) -> F:  # noqa: A001 - the one compile entry point of the project

@@ -64,6 +64,11 @@ def split(params: Params, members: bool = False) -> tuple[dict[str, Tensor], dic
     return muon, {n: p for n, p in flat.items() if n not in muon}
 
 
+def matrix_shape(name: str, shape: torch.Size) -> tuple[int, int]:
+    """(rows, cols) of each matrix a leaf holds: a fused leaf is several along its rows."""
+    return shape[-2] // FUSED.get(name.rsplit(".", 1)[-1], 1), shape[-1]
+
+
 def lr_scale(rows: int, cols: int) -> float:
     """Shape scaling of the Muon rate for a [rows, cols] matrix (see the module docstring)."""
     return math.sqrt(max(1.0, rows / cols))
@@ -104,18 +109,18 @@ def _per_member(value: Scalar, like: Tensor, members: bool) -> Scalar:
 class Muon:
     """Muon on the block matrices, AdamW (`adamw`'s moments) on the rest.
 
-    `muon_lr` is Muon's rate; AdamW's is the step's own `lr` argument. `weight_decay` is decoupled
-    and applies to every decayed leaf at its own optimizer's rate: Muon's matrices and
-    AdamW's 2-D leaves other than the embeddings (`optim.decay_mask`).
+    `muon_lr` is Muon's rate; AdamW's is the step's own `lr` argument. `weight_decay` is
+    decoupled and applies to every decayed leaf at its own optimizer's rate: Muon's
+    matrices and AdamW's 2-D leaves other than the embeddings (`optim.decay_mask`).
     """
 
-    muon_lr: float = 0.02
+    muon_lr: float = 0.05
     momentum: float = 0.95
     nesterov: bool = True
     ns_steps: int = 5
     ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS
     eps: float = 1e-7
-    weight_decay: float = 0.0
+    weight_decay: float = 0.1
     ns_dtype: torch.dtype = torch.float32
     adamw: AdamW = field(default_factory=AdamW)
 
@@ -163,7 +168,7 @@ class Muon:
         new_p = dict(new_rest)
         for n in names:
             p = flat_p[n]
-            rows, cols = p.shape[-2] // FUSED.get(n.rsplit(".", 1)[-1], 1), p.shape[-1]
+            rows, cols = matrix_shape(n, p.shape)
             rate = _per_member(mlr, p, members)
             shrink = 1.0 - rate * _per_member(wd, p, members)
             new_p[n] = p * shrink - (rate * lr_scale(rows, cols)) * ortho[n].to(p.dtype)
@@ -175,8 +180,7 @@ class Muon:
         groups: dict[tuple[int, int], list[str]] = {}
         views: dict[str, Tensor] = {}
         for n, d in directions.items():
-            k = FUSED.get(n.rsplit(".", 1)[-1], 1)
-            rows, cols = d.shape[-2] // k, d.shape[-1]
+            rows, cols = matrix_shape(n, d.shape)
             views[n] = d.reshape(-1, rows, cols)  # [E * k or k, rows, cols]
             groups.setdefault((rows, cols), []).append(n)
         out: dict[str, Tensor] = {}

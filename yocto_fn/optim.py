@@ -307,13 +307,20 @@ def wsd(
     the last `decay_fraction` of `max_iters`, then a straight line down to `min_lr` at
     `max_iters` (and `min_lr` past it).
 
-    The stable phase does not depend on the run's length, so a checkpoint taken in it can
-    be extended to any longer run by resuming it with a later end: only the decay moves.
+    The stable phase does not depend on the run's length, so a checkpoint taken in it (the
+    trainer keeps `pre_decay.pt`, the state just before the first decay step) resumed with
+    a later end continues exactly as a longer run from the start would: only the decay
+    moves.
     """
     if step < warmup_iters:
         return lr * (step + 1) / warmup_iters
-    decay_start = max(warmup_iters, round(max_iters * (1.0 - decay_fraction)))
+    decay_start = wsd_decay_start(warmup_iters, max_iters, decay_fraction)
     if step < decay_start:
         return lr
     progress = min(1.0, (step + 1 - decay_start) / max(1, max_iters - decay_start))
     return lr + (min_lr - lr) * progress
+
+
+def wsd_decay_start(warmup_iters: int, max_iters: int, decay_fraction: float) -> int:
+    """The first step of `wsd`'s decay (never inside the warmup)."""
+    return max(warmup_iters, round(max_iters * (1.0 - decay_fraction)))

@@ -23,6 +23,7 @@ from . import tokenizer as tokenizers
 from .config import (
     DEFAULT_MODEL,
     DEFAULT_OPTIMIZER,
+    DEFAULT_SCHEDULE,
     DEFAULT_SHAPE,
     ModelConfig,
     TrainConfig,
@@ -69,7 +70,8 @@ def check_schedule(cfg: TrainingOptions) -> None:
 
 
 def schedule_of(cfg: TrainingOptions) -> str:
-    return cfg.schedule or ("cosine" if cfg.cosine_lr else "constant")
+    """--schedule, else cosine for --cosine-lr (the older spelling), else the default."""
+    return cfg.schedule or ("cosine" if cfg.cosine_lr else DEFAULT_SCHEDULE)
 
 
 def optimizer_setup(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> optim.Optimizer:

@@ -33,6 +33,7 @@ from .runstate import (
     choose_amp,
     load_tokenizer,
     optimizer_name,
+    schedule_of,
 )
 from .train import make_train_step
 
@@ -184,6 +185,8 @@ class Trainer(RunState):
         with Interrupt() as interrupt:
             self.interrupt = interrupt
             for it in range(start, end):
+                if it == self.decay_start(end) and it > start:
+                    self.save_pre_decay()
                 t0 = time.perf_counter()
                 last = self.train_step(it, end)
                 dt = time.perf_counter() - t0
@@ -218,6 +221,20 @@ class Trainer(RunState):
             print(stopped)
         return {"iter": prog.iter, "best_val_loss": prog.best_val_loss, "last_loss": last["loss"],
                 "stopped": stopped, "main": self.world.main}  # fmt: skip
+
+    def decay_start(self, end: int) -> int | None:
+        """The first decaying step of a wsd run that ends at `end` (None: another schedule)."""
+        c = self.cfg
+        if schedule_of(c) != "wsd":
+            return None
+        return optim.wsd_decay_start(c.warmup_iters, end, c.decay_fraction)
+
+    def save_pre_decay(self) -> None:
+        """`pre_decay.pt`: the run as it stands before its first decay step. Resumed with a
+        larger --max-iters it extends the run: the stable phase goes on and the decay moves
+        to the new end, as if the longer run had been asked for from the start."""
+        if self.cfg.save_strategy != "none":
+            self.save("pre_decay.pt")
 
     def _after_eval(self, row: metrics.Row, bar: tqdm) -> None:
         self.record(row)
