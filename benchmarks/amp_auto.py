@@ -35,6 +35,9 @@ from yocto_fn.device import bf16_is_native  # noqa: E402
 
 
 def measure(preset: str, variant: str, compiled: bool, rounds: int, steps: int) -> dict:
+    # Every stepper compiles the same step function: past Dynamo's recompile limit (8 per
+    # function) later ones would silently run eager, so each row starts from a clean slate.
+    torch._dynamo.reset()
     p = PRESETS[preset]
     spec = probe.StepSpec(variant, p.model_config(), p.batch_size, compile=compiled)
     cpu = torch.device("cpu")

@@ -132,7 +132,7 @@ BAD_GRIDS = [
     (("--lrs", "1e-3", "--weight-decays", "-0.1"), ">= 0"),
     (("--lrs", "1e-3", "1e-3"), "twice"),
     (("--lrs", *[f"{i}e-4" for i in range(1, 10)], "--seeds", *map(str, range(8))), "at most 64"),
-    (("--lrs", "1e-3", "--muon-lrs", "0.01", "0.03"), "add --optimizer muon"),
+    (("--lrs", "1e-3", "--optimizer", "adamw", "--muon-lrs", "0.01", "0.03"), "--optimizer muon"),
     (
         ("--lrs", "1e-3", "--optimizer", "muon", "--muon-lrs", "0"),
         "--muon-lrs must all be positive",

@@ -140,6 +140,7 @@ def test_compiled_step_equals_eager_and_does_not_recompile():
     assert params.max_abs_diff(runs["compiled"][0], runs["eager"][0]) < 1e-4
 
 
+@pytest.mark.slow  # about a minute of compiling on 2 cores; the eager checkpointing test stays
 def test_compiled_step_with_activation_checkpointing_equals_eager(monkeypatch):
     """--compile with --activation-checkpointing: the forward compiled alone (its blocks
     recomputed in the compiled backward), the optimizer compiled apart; both run the

@@ -91,7 +91,7 @@ def test_step_flags_reach_the_train_step(char_dir, tmp_path, monkeypatch):
     def build(model, cfg, hp, **kwargs):
         seen.update(kwargs, weight_decay=hp.weight_decay)
         step = real(model, cfg, hp, **kwargs)
-        return lambda *args: steps.append(1) or step(*args)
+        return lambda *args, **kw: steps.append(1) or step(*args, **kw)
 
     monkeypatch.setattr(trainer, "make_train_step", build)
     flags = ("--label-smoothing", "0.1", "--weight-decay", "0.05", "--grad-clip", "0.5",
@@ -182,11 +182,11 @@ def oom_once(monkeypatch) -> None:
     def build(*args, **kwargs):
         step, raised = real(*args, **kwargs), []
 
-        def flaky(*step_args):
+        def flaky(*step_args, **hparams):
             if not raised:
                 raised.append(1)
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return step(*step_args)
+            return step(*step_args, **hparams)
 
         return flaky
 

@@ -62,12 +62,13 @@ def test_resume_equals_uninterrupted_run(char_dir, tmp_path):
 def test_muon_resume_equals_uninterrupted_run_and_records_the_optimizer(char_dir, tmp_path):
     """The same with --optimizer muon: the momentum and AdamW's moments come back exactly,
     the checkpoint names its optimizer, and a later --resume takes it without the flag."""
-    common = ("--optimizer", "muon", "--muon-lr", "0.03", "--dropout", "0.1", "--max-iters")
+    common = ("--optimizer", "muon", "--muon-lr", "0.03", "--schedule", "constant",
+              "--dropout", "0.1", "--max-iters")  # fmt: skip
     assert train(char_dir, tmp_path / "full", *common, "8") == 0
     assert train(char_dir, tmp_path / "half", *common, "4") == 0
     latest = tmp_path / "half" / "latest.pt"
-    assert train(char_dir, tmp_path / "half", "--max-iters", "4", "--dropout", "0.1",
-                 "--muon-lr", "0.03", "--resume", str(latest)) == 0  # fmt: skip
+    again = ("--max-iters", "4", "--dropout", "0.1", "--muon-lr", "0.03", "--schedule", "constant")
+    assert train(char_dir, tmp_path / "half", *again, "--resume", str(latest)) == 0
     full, resumed = rows(tmp_path / "full"), rows(tmp_path / "half")
     assert [{k: r[k] for k in LOSSES} for r in full] == [{k: r[k] for k in LOSSES} for r in resumed]
     a, b = ckpt(tmp_path / "full" / "latest.pt"), ckpt(latest)
@@ -311,7 +312,7 @@ def test_bad_inputs_exit_2_with_one_line(char_dir, tmp_path, capsys):
         (lambda: train(char_dir, run, "--batch-size", "0"), "--batch-size"),
         (lambda: train(char_dir, run, "--model", "gpt-huge"), "gpt-huge"),
         (lambda: train(char_dir, run, "--resume", str(tmp_path / "none.pt")), "not found"),
-        (lambda: train(char_dir, run, "--resume", latest, "--optimizer", "muon"), "adamw, not"),
+        (lambda: train(char_dir, run, "--resume", latest, "--optimizer", "adamw"), "muon, not"),
         (lambda: train(char_dir, run, "--optimizer", "sgd"), "sgd"),
         (lambda: train(char_dir, run, "--optimizer", "muon", "--muon-lr", "0"), "--muon-lr"),
         (lambda: train(char_dir, run, "--muon-momentum", "1.0"), "--muon-momentum"),
