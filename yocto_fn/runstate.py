@@ -18,12 +18,10 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, distributed, fileio, metrics, models, optim, probe, rng
+from . import checkpoint, distributed, fileio, metrics, models, optim, probe, recipe, rng
 from . import tokenizer as tokenizers
 from .config import (
     DEFAULT_MODEL,
-    DEFAULT_OPTIMIZER,
-    DEFAULT_SCHEDULE,
     DEFAULT_SHAPE,
     ModelConfig,
     TrainConfig,
@@ -32,7 +30,6 @@ from .config import (
 from .data import Dataset
 from .device import bf16_is_native
 from .errors import UserError
-from .muon import Muon
 from .params import Params, count, to
 from .train import loss_fn
 
@@ -54,45 +51,7 @@ def check_flags(cfg: TrainConfig) -> None:
         raise UserError("use either --resume (continue a run) or --init-from (warm start)")
     if cfg.muon_lr <= 0:
         raise UserError(f"--muon-lr must be positive (got {cfg.muon_lr})")
-    check_schedule(cfg)
-
-
-def check_schedule(cfg: TrainingOptions) -> None:
-    """Flags of the optimizer and the schedule that `train` and `sweep` share."""
-    if not 0.0 <= cfg.muon_momentum < 1.0:
-        raise UserError(f"--muon-momentum must be in [0, 1) (got {cfg.muon_momentum})")
-    if cfg.cosine_lr and cfg.schedule not in (None, "cosine"):
-        raise UserError(f"--cosine-lr means --schedule cosine, not {cfg.schedule}: drop one")
-    if not 0.0 < cfg.decay_fraction <= 1.0:
-        raise UserError(f"--decay-fraction must be in (0, 1] (got {cfg.decay_fraction})")
-    if cfg.warmup_iters < 0:
-        raise UserError(f"--warmup-iters must be >= 0 (got {cfg.warmup_iters})")
-
-
-def schedule_of(cfg: TrainingOptions) -> str:
-    """--schedule, else cosine for --cosine-lr (the older spelling), else the default."""
-    return cfg.schedule or ("cosine" if cfg.cosine_lr else DEFAULT_SCHEDULE)
-
-
-def optimizer_setup(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> optim.Optimizer:
-    """The optimizer: --optimizer, else (on resume) the checkpoint's, else the default.
-
-    On resume another optimizer than the checkpoint's is an error: its state would not fit.
-    """
-    saved = None if ckpt is None else checkpoint.optimizer_name(ckpt["opt_state"])
-    if saved and cfg.optimizer and cfg.optimizer != saved:
-        raise UserError(
-            f"--resume {cfg.resume} was trained with --optimizer {saved}, not "
-            f"{cfg.optimizer}: drop --optimizer, or start afresh with --init-from {cfg.resume}"
-        )
-    name = cfg.optimizer or saved or DEFAULT_OPTIMIZER
-    if name == "adamw":
-        return optim.AdamW(weight_decay=cfg.weight_decay)
-    return Muon(muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
-
-
-def optimizer_name(hp: optim.Optimizer) -> str:
-    return "muon" if isinstance(hp, Muon) else "adamw"
+    recipe.check_schedule(cfg)
 
 
 def load_tokenizer(cfg: TrainingOptions, ds: Dataset) -> tokenizers.TextTokenizer:
@@ -242,7 +201,7 @@ class RunState:
         ds.check_block_size(self.mcfg.block_size)
         self.model = models.get(self.arch)
         self.params = to(self.model.init(self.mcfg, cfg.seed), device)
-        self.hp = optimizer_setup(cfg, ckpt)
+        self.hp = recipe.optimizer_setup(cfg, ckpt)
         self.progress = Progress()
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.ema: Params | None = None
@@ -304,36 +263,11 @@ class RunState:
 
     def lr(self, it: int, end: int) -> float:
         """The --lr schedule at step `it` of a run that ends at step `end`."""
-        c = self.cfg
-        name = schedule_of(c)
-        if name == "constant":
-            return optim.constant(it, lr=c.lr)
-        if name == "cosine":
-            return optim.cosine_with_warmup(
-                it, lr=c.lr, warmup_iters=c.warmup_iters, max_iters=end, min_lr=c.min_lr
-            )
-        return optim.wsd(it, lr=c.lr, warmup_iters=c.warmup_iters, max_iters=end,
-                         min_lr=c.min_lr, decay_fraction=c.decay_fraction)  # fmt: skip
+        return recipe.lr_at(self.cfg, it, end)
 
     def hparams(self, it: int, end: int) -> dict[str, float]:
-        """The step's other scheduled settings: Muon's rate follows --lr's schedule in
-        proportion (warmup, decay, and --min-lr / --lr at the end)."""
-        if not isinstance(self.hp, Muon):
-            return {}
-        return {"muon_lr": self.cfg.muon_lr * self.lr(it, end) / self.cfg.lr}
-
-    def optimizer_meta(self) -> dict[str, Any]:
-        """What run_meta.json says of the optimizer and its schedule."""
-        c = self.cfg
-        meta: dict[str, Any] = {"name": optimizer_name(self.hp), "lr": c.lr,
-                                "weight_decay": c.weight_decay}  # fmt: skip
-        if isinstance(self.hp, Muon):
-            meta |= {"muon_lr": c.muon_lr, "momentum": self.hp.momentum,
-                     "nesterov": self.hp.nesterov, "ns_steps": self.hp.ns_steps,
-                     "ns_dtype": str(self.hp.ns_dtype).removeprefix("torch."),
-                     "lr_scaling": "sqrt(max(1, rows/cols))"}  # fmt: skip
-        return meta | {"schedule": schedule_of(c), "warmup_iters": c.warmup_iters,
-                       "min_lr": c.min_lr, "decay_fraction": c.decay_fraction}  # fmt: skip
+        """The step's other scheduled settings (`recipe.hparams_at`)."""
+        return recipe.hparams_at(self.cfg, self.hp, it, end)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step's rows; with accumulation shaped [A, B, T]."""
@@ -402,7 +336,7 @@ class RunState:
             "dtype": "float32" if self.amp_dtype is None else f"autocast {self.amp_name}",
             "amp": {"flag": self.cfg.amp, "autocast": self.amp_name}
             | (self.amp_choice.to_dict() if self.amp_choice else {}),
-            "optimizer": self.optimizer_meta(),
+            "optimizer": recipe.optimizer_meta(self.cfg, self.hp),
             "parameters": count(self.params),
             "tokens_per_step": self.tokens_per_step,
             "torch": torch.__version__, "git_commit": git_commit(),

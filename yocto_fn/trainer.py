@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, fileio, metrics, optim, probe, rng
+from . import checkpoint, distributed, fileio, metrics, optim, probe, recipe, rng
 from .config import TrainConfig
 from .data import Dataset
 from .device import amp_dtype as amp_dtype_of
@@ -32,8 +32,6 @@ from .runstate import (
     check_flags,
     choose_amp,
     load_tokenizer,
-    optimizer_name,
-    schedule_of,
 )
 from .train import make_train_step
 
@@ -79,7 +77,7 @@ class Trainer(RunState):
             spec = probe.StepSpec(
                 self.arch, self.mcfg, cfg.batch_size, cfg.grad_accum_steps, compile=cfg.compile,
                 activation_checkpointing=cfg.activation_checkpointing,
-                optimizer=optimizer_name(self.hp),
+                optimizer=recipe.optimizer_name(self.hp),
             )  # fmt: skip
             self.amp_choice = choose_amp(spec, device, world)
             self.amp_dtype = self.amp_choice.dtype
@@ -225,7 +223,7 @@ class Trainer(RunState):
     def decay_start(self, end: int) -> int | None:
         """The first decaying step of a wsd run that ends at `end` (None: another schedule)."""
         c = self.cfg
-        if schedule_of(c) != "wsd":
+        if recipe.schedule_of(c) != "wsd":
             return None
         return optim.wsd_decay_start(c.warmup_iters, end, c.decay_fraction)
 
