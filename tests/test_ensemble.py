@@ -100,6 +100,7 @@ def test_scalar_hyper_parameters_and_no_key_broadcast_to_every_member():
     assert metrics["loss"].shape == (2,)
 
 
+@pytest.mark.slow  # about 40 s of compilation; `sweep --compile` is its only user
 def test_compiled_ensemble_step_equals_eager_without_recompiling():
     torch._dynamo.reset()
     cfg = tiny_config(dropout=0.1)

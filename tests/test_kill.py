@@ -1,4 +1,4 @@
-"""SIGKILL at random moments of a training run, a dozen times, some inside checkpoint
+"""SIGKILL at random moments of a training run, six times, some inside checkpoint
 writes: every time the run directory stays usable, and resuming after the last kill ends
 exactly where an uninterrupted run ends."""
 
@@ -18,7 +18,7 @@ from yocto_fn import checkpoint, fileio, metrics
 from yocto_fn.params import named_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS, EVERY, KILLS = 96, 4, 12
+STEPS, EVERY, KILLS = 64, 4, 6
 FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
          "--batch-size", "4", "--eval-iters", "1", "--amp", "off", "--device", "cpu",
          "--eval-interval", str(EVERY), "--cosine-lr", "--warmup-iters", "8",
@@ -78,7 +78,7 @@ def check_usable(out: Path) -> int:
     return saved
 
 
-def test_sigkill_a_dozen_times_then_resume_matches_an_uninterrupted_run(char_dir, tmp_path):
+def test_sigkill_six_times_then_resume_matches_an_uninterrupted_run(char_dir, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "killed"
     proc = start(char_dir, ref, 0.0)
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
@@ -109,7 +109,7 @@ def test_sigkill_a_dozen_times_then_resume_matches_an_uninterrupted_run(char_dir
 
     proc = start(char_dir, out, 0.0)
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
-    assert inside >= 3, "too few kills landed inside a write"
+    assert inside >= 2, "too few kills landed inside a write"
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert check_usable(out) == STEPS
     a, b = metrics.read(ref / "metrics.csv"), metrics.read(out / "metrics.csv")

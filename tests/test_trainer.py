@@ -80,6 +80,23 @@ def test_muon_resume_equals_uninterrupted_run_and_records_the_optimizer(char_dir
     assert meta["name"] == "muon" and meta["muon_lr"] == 0.03 and meta["schedule"] == "constant"
 
 
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        (("--amp", "on"), "bfloat16"),  # auto follows the bf16 autocast
+        (("--amp", "off"), "float32"),
+        (("--amp", "off", "--muon-ns-dtype", "bf16"), "bfloat16"),
+        (("--amp", "on", "--muon-ns-dtype", "fp32"), "float32"),
+    ],
+)
+def test_newton_schulz_runs_in_the_dtype_the_flags_ask_for(char_dir, tmp_path, flags, want):
+    """run_meta.json records the precision the step was built with: auto follows the
+    autocast dtype, an explicit --muon-ns-dtype wins."""
+    assert train(char_dir, tmp_path, "--optimizer", "muon", "--max-iters", "2", *flags) == 0
+    meta = json.loads((tmp_path / "run_meta.json").read_text())["optimizer"]
+    assert meta["ns_dtype"] == want
+
+
 def test_a_wsd_run_extended_from_pre_decay_equals_the_longer_run(char_dir, tmp_path):
     """WSD keeps pre_decay.pt (the state before the first decay step). Resumed with more
     steps it continues exactly as the longer run asked for from the start: same rows, same

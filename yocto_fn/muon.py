@@ -74,6 +74,15 @@ def lr_scale(rows: int, cols: int) -> float:
     return math.sqrt(max(1.0, rows / cols))
 
 
+def ns_dtype_for(flag: str, amp_dtype: torch.dtype | None) -> torch.dtype:
+    """--muon-ns-dtype as a dtype. auto follows the step's autocast: where the forward runs
+    in bf16 (so bf16 matmuls are native and measured faster), Newton-Schulz runs in bf16 too;
+    its iteration is self-correcting, so bf16 rounding costs no loss (see the README)."""
+    if flag == "auto":
+        return torch.bfloat16 if amp_dtype is torch.bfloat16 else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[flag]
+
+
 def newton_schulz(
     x: Tensor, steps: int = 5, coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
     eps: float = 1e-7, dtype: torch.dtype = torch.float32,
@@ -176,13 +185,16 @@ class Muon:
         return tree_unflatten_like(params, leaves), MuonState(state.step + 1, new_m, adam)
 
     def _orthogonalise(self, directions: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Newton–Schulz on every matrix, one batched call per matrix shape."""
+        """Newton–Schulz on every matrix, one batched call per shape up to transposition:
+        a tall matrix goes in transposed (Newton–Schulz works on the wide orientation
+        anyway), so an MLP's [4C, C] and [C, 4C] share one call."""
         groups: dict[tuple[int, int], list[str]] = {}
         views: dict[str, Tensor] = {}
         for n, d in directions.items():
             rows, cols = matrix_shape(n, d.shape)
-            views[n] = d.reshape(-1, rows, cols)  # [E * k or k, rows, cols]
-            groups.setdefault((rows, cols), []).append(n)
+            v = d.reshape(-1, rows, cols)  # [E * k or k, rows, cols]
+            views[n] = v.mT if rows > cols else v
+            groups.setdefault(tuple(views[n].shape[-2:]), []).append(n)
         out: dict[str, Tensor] = {}
         for group in groups.values():
             stacked = torch.cat([views[n] for n in group]) if len(group) > 1 else views[group[0]]
@@ -190,5 +202,6 @@ class Muon:
                 stacked, self.ns_steps, self.ns_coefficients, self.eps, self.ns_dtype
             )
             for n, part in zip(group, done.split([views[n].shape[0] for n in group]), strict=True):
-                out[n] = part.reshape(directions[n].shape)
+                rows, cols = matrix_shape(n, directions[n].shape)
+                out[n] = (part.mT if rows > cols else part).reshape(directions[n].shape)
         return out

@@ -32,7 +32,7 @@ import torch
 from . import fileio, models, optim, rng
 from .config import ModelConfig
 from .ensemble import ensemble_init, make_ensemble_step, opt_init
-from .muon import Muon
+from .muon import Muon, ns_dtype_for
 from .params import to
 from .train import make_train_step
 
@@ -82,6 +82,7 @@ class StepSpec:
     compile: bool = False
     activation_checkpointing: bool = False
     optimizer: str = "adamw"  # or "muon"
+    muon_ns_dtype: str = "auto"  # --muon-ns-dtype
 
     @property
     def tokens(self) -> int:
@@ -95,7 +96,7 @@ class StepSpec:
         if self.activation_checkpointing:
             extra.append("activation checkpointing")
         if self.optimizer != "adamw":
-            extra.append(self.optimizer)
+            extra.append(f"{self.optimizer} (newton-schulz {self.muon_ns_dtype})")
         return "|".join([key(device, self.model, self.cfg, self.batch), *extra])
 
 
@@ -110,7 +111,8 @@ def stepper(
     settings (for benchmarks)."""
     m, cfg = models.get(spec.model), spec.cfg
     if hp is None:
-        hp = Muon() if spec.optimizer == "muon" else optim.AdamW()
+        muon = Muon(ns_dtype=ns_dtype_for(spec.muon_ns_dtype, amp_dtype))
+        hp = muon if spec.optimizer == "muon" else optim.AdamW()
     gen = torch.Generator().manual_seed(0)
     lead = ((spec.members,) if spec.members else ()) + ((spec.accum,) if spec.accum > 1 else ())
     x = torch.randint(cfg.vocab_size, (*lead, spec.batch, cfg.block_size), generator=gen)

@@ -7,12 +7,15 @@ step, and what run_meta.json records of them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+import torch
 
 from . import checkpoint, optim
 from .config import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULE, TrainConfig, TrainingOptions
 from .errors import UserError
-from .muon import Muon
+from .muon import Muon, ns_dtype_for
 
 
 def check_schedule(cfg: TrainingOptions) -> None:
@@ -47,6 +50,16 @@ def optimizer_setup(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> optim.Opti
     if name == "adamw":
         return optim.AdamW(weight_decay=cfg.weight_decay)
     return Muon(muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+
+
+def for_step(
+    hp: optim.Optimizer, cfg: TrainingOptions, amp_dtype: torch.dtype | None
+) -> optim.Optimizer:
+    """The optimizer's settings that depend on the step's autocast dtype, once it is known
+    (after --amp auto has measured): Muon's Newton-Schulz precision (--muon-ns-dtype)."""
+    if not isinstance(hp, Muon):
+        return hp
+    return dataclasses.replace(hp, ns_dtype=ns_dtype_for(cfg.muon_ns_dtype, amp_dtype))
 
 
 def optimizer_name(hp: optim.Optimizer) -> str:

@@ -27,7 +27,7 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, fileio, probe, recommend, rng
+from . import checkpoint, distributed, fileio, probe, recipe, recommend, rng
 from .config import DEFAULT_OPTIMIZER, ModelConfig, SweepConfig, TrainConfig, TrainingOptions
 from .data import Dataset
 from .device import amp_dtype as amp_dtype_of
@@ -194,7 +194,8 @@ class Sweep:
         if cfg.amp == "auto":
             spec = probe.StepSpec(arch, mcfg, cfg.batch_size, cfg.grad_accum_steps,
                                   members=len(grid), compile=cfg.compile,
-                                  optimizer=cfg.optimizer or DEFAULT_OPTIMIZER)  # fmt: skip
+                                  optimizer=cfg.optimizer or DEFAULT_OPTIMIZER,
+                                  muon_ns_dtype=cfg.muon_ns_dtype)  # fmt: skip
             choice = choose_amp(spec, self.device, distributed.SINGLE)
         amp_dtype = choice.dtype if choice else amp_dtype_of(cfg.amp, "bf16", self.device)
         self.members = [RunState(configs[0], ds, tok, self.device, amp_dtype, ckpt=first)] + [
@@ -203,6 +204,7 @@ class Sweep:
         ]
         for m in self.members:
             m.amp_choice = choice
+            m.hp = recipe.for_step(m.hp, cfg, amp_dtype)
         if len({m.progress.iter for m in self.members}) > 1:
             raise UserError(f"--resume {cfg.resume}: the members' latest.pt are at different "
                             "steps; resume them one by one with `train --resume`")  # fmt: skip

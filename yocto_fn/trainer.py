@@ -77,7 +77,7 @@ class Trainer(RunState):
             spec = probe.StepSpec(
                 self.arch, self.mcfg, cfg.batch_size, cfg.grad_accum_steps, compile=cfg.compile,
                 activation_checkpointing=cfg.activation_checkpointing,
-                optimizer=recipe.optimizer_name(self.hp),
+                optimizer=recipe.optimizer_name(self.hp), muon_ns_dtype=cfg.muon_ns_dtype,
             )  # fmt: skip
             self.amp_choice = choose_amp(spec, device, world)
             self.amp_dtype = self.amp_choice.dtype
@@ -109,6 +109,7 @@ class Trainer(RunState):
 
     def _build_step(self) -> None:
         sync = partial(distributed.average, world=self.world) if self.world.launched else None
+        self.hp = recipe.for_step(self.hp, self.cfg, self.amp_dtype)
         self.step = make_train_step(
             self.model, self.mcfg, self.hp,
             label_smoothing=self.cfg.label_smoothing, grad_clip=self.cfg.grad_clip,
