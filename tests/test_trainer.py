@@ -83,15 +83,15 @@ def test_muon_resume_equals_uninterrupted_run_and_records_the_optimizer(char_dir
 @pytest.mark.parametrize(
     ("flags", "want"),
     [
-        (("--amp", "on"), "bfloat16"),  # auto follows the bf16 autocast
-        (("--amp", "off"), "float32"),
+        (("--amp", "on"), "float32"),  # the default
+        (("--amp", "on", "--muon-ns-dtype", "auto"), "bfloat16"),  # follows the autocast
+        (("--amp", "off", "--muon-ns-dtype", "auto"), "float32"),
         (("--amp", "off", "--muon-ns-dtype", "bf16"), "bfloat16"),
-        (("--amp", "on", "--muon-ns-dtype", "fp32"), "float32"),
     ],
 )
 def test_newton_schulz_runs_in_the_dtype_the_flags_ask_for(char_dir, tmp_path, flags, want):
-    """run_meta.json records the precision the step was built with: auto follows the
-    autocast dtype, an explicit --muon-ns-dtype wins."""
+    """run_meta.json records the precision the step was built with: fp32 unless asked,
+    auto following the autocast dtype."""
     assert train(char_dir, tmp_path, "--optimizer", "muon", "--max-iters", "2", *flags) == 0
     meta = json.loads((tmp_path / "run_meta.json").read_text())["optimizer"]
     assert meta["ns_dtype"] == want

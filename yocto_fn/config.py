@@ -132,9 +132,9 @@ class TrainingOptions:
     at --muon-lr and the embeddings, head, norms and biases with AdamW at --lr."""
     muon_momentum: float = 0.95
     """Muon's Nesterov momentum."""
-    muon_ns_dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    """Precision of Muon's Newton-Schulz iterations: auto = bf16 when the step autocasts to
-    bf16 (--amp on, or --amp auto choosing bf16), else fp32."""
+    muon_ns_dtype: Literal["fp32", "bf16", "auto"] = "fp32"
+    """Precision of Muon's Newton-Schulz iterations; auto = bf16 when the step autocasts to
+    bf16. bf16 is a few percent faster but ended 0.002-0.009 higher in each of 3 seeds."""
     schedule: Annotated[
         Literal["constant", "cosine", "wsd"] | None,
         unset_means(DEFAULT_SCHEDULE, "{constant,cosine,wsd}"),

@@ -82,7 +82,7 @@ class StepSpec:
     compile: bool = False
     activation_checkpointing: bool = False
     optimizer: str = "adamw"  # or "muon"
-    muon_ns_dtype: str = "auto"  # --muon-ns-dtype
+    muon_ns_dtype: str = "fp32"  # --muon-ns-dtype
 
     @property
     def tokens(self) -> int:
