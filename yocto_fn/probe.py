@@ -111,8 +111,8 @@ def stepper(
     settings (for benchmarks)."""
     m, cfg = models.get(spec.model), spec.cfg
     if hp is None:
-        muon = Muon(ns_dtype=ns_dtype_for(spec.muon_ns_dtype, amp_dtype))
-        hp = muon if spec.optimizer == "muon" else optim.AdamW()
+        ns_dtype = ns_dtype_for(spec.muon_ns_dtype, amp_dtype)
+        hp = Muon(ns_dtype=ns_dtype) if spec.optimizer == "muon" else optim.AdamW()
     gen = torch.Generator().manual_seed(0)
     lead = ((spec.members,) if spec.members else ()) + ((spec.accum,) if spec.accum > 1 else ())
     x = torch.randint(cfg.vocab_size, (*lead, spec.batch, cfg.block_size), generator=gen)
