@@ -6,6 +6,7 @@
     python cli.py sweep --lrs 1e-3 3e-4 [--seeds 0 1] [--out-dir sweeps/run] ...
     python cli.py sample --ckpt checkpoints/run/best.pt [--prompt "Hello"] ...
     python cli.py chat --ckpt checkpoints/run/best.pt [--system-prompt "..."] ...
+    python cli.py serve --ckpt checkpoints/run/best.pt [--port 8000] [--max-batch 16] ...
     python cli.py recommend [--data-dir data/char] [--priority speed|quality] ...
     python cli.py export --ckpt checkpoints/run/best.pt --out exported --format safetensors|hf
     python cli.py import --hf-dir DIR --out checkpoints/imported.pt
@@ -40,6 +41,7 @@ from yocto_fn.config import (
     ImportConfig,
     RecommendConfig,
     SampleConfig,
+    ServeConfig,
     SmokeCpuConfig,
     SmokeTrainConfig,
     SweepConfig,
@@ -95,6 +97,16 @@ def _chat(cfg: ChatConfig) -> None:
     chat.run(cfg)
 
 
+def _serve(cfg: ServeConfig) -> None:
+    try:
+        from yocto_fn import serve
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("fastapi", "uvicorn", "starlette"):
+            raise
+        raise UserError(f"serve needs {exc.name}: pip install -e '.[serve]'") from None
+    serve.run(cfg)
+
+
 def _recommend(cfg: RecommendConfig) -> None:
     from yocto_fn.recommend import recommend
 
@@ -138,6 +150,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
     "sweep": (SweepConfig, _sweep),
     "sample": (SampleConfig, _sample),
     "chat": (ChatConfig, _chat),
+    "serve": (ServeConfig, _serve),
     "recommend": (RecommendConfig, _recommend),
     "export": (ExportConfig, _export),
     "import": (ImportConfig, _import),

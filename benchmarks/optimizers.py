@@ -11,10 +11,12 @@ loss (its median over seeds), interpolated between evaluations.
 step: the compiled train step of AdamW and of Muon at the same shape, timed in
 interleaved rounds (`probe.timed_rounds`); the ratio is Muon's step time over AdamW's.
 
-    python benchmarks/optimizers.py --shape demo --max-iters 2000 --seeds 1 2 3 --adamw-lrs 4e-3
+    python benchmarks/optimizers.py --shape demo --max-iters 2000 --seeds 1 2 3 --adamw-lrs 4e-3 \
+        --default-iters 1000 2000
     python benchmarks/optimizers.py --parts step --shape demo
 
-Writes results.jsonl, table.md and curves.png to --out-dir.
+Writes results.jsonl, table.md and curves.png to --out-dir, and each run's metrics.csv
+under --out-dir/runs/ as soon as it ends.
 """
 
 from __future__ import annotations
@@ -46,11 +48,17 @@ SHAPES = {  # name: (model, n_layer, n_head, n_embd, block, batch)
 }
 
 
-def recipes(adamw_lrs: list[float]) -> dict[str, list[str]]:
-    """AdamW at each rate, with the sweeps' warmup, cosine and --min-lr; then the defaults."""
-    adamw = {f"adamw {lr:g}": ["--optimizer", "adamw", "--lr", str(lr), "--schedule", "cosine",
-                               "--warmup-iters", "100"] for lr in adamw_lrs}  # fmt: skip
-    return adamw | {"default": []}
+def recipes(args) -> dict[str, tuple[list[str], int]]:
+    """Name: (flags, steps). AdamW at each rate over --max-iters, with the sweeps' warmup,
+    cosine and --min-lr; then the defaults over each of --default-iters (a schedule that
+    ends where a small corpus runs out beats a longer one that overfits)."""
+    adamw = {f"adamw {lr:g}": (["--optimizer", "adamw", "--lr", str(lr), "--schedule", "cosine",
+                                "--warmup-iters", "100"], args.max_iters)
+             for lr in args.adamw_lrs}  # fmt: skip
+    lengths = args.default_iters or [args.max_iters]
+    return adamw | {
+        "default" if n == args.max_iters else f"default {n} steps": ([], n) for n in lengths
+    }
 
 
 def shape_flags(shape: str) -> list[str]:
@@ -59,15 +67,18 @@ def shape_flags(shape: str) -> list[str]:
             str(embd), "--block-size", str(block), "--batch-size", str(batch)]  # fmt: skip
 
 
-def train_run(data: Path, shape: str, flags: list[str], seed: int, args) -> list[dict]:
-    """One `train` run; its evaluations as {iter, time_sec, val_loss}."""
+def train_run(data: Path, shape: str, flags: list[str], steps: int, seed: int, args,
+              keep: Path) -> list[dict]:  # fmt: skip
+    """One `train` run; its evaluations as {iter, time_sec, val_loss}. Its metrics.csv is
+    copied to `keep` at once, so a stopped benchmark loses no finished run."""
     with tempfile.TemporaryDirectory() as tmp:
         cli("train", "--data-dir", str(data), "--ckpt-dir", tmp, *shape_flags(shape),
-            "--max-iters", str(args.max_iters), "--eval-interval", str(args.eval_interval),
+            "--max-iters", str(steps), "--eval-interval", str(args.eval_interval),
             "--eval-iters", str(args.eval_iters), "--seed", str(seed), "--device", "cpu",
             "--save-strategy", "none", *flags)  # fmt: skip
-        with (Path(tmp) / "metrics.csv").open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        raw = (Path(tmp) / "metrics.csv").read_bytes()
+    fileio.atomic_write_bytes(keep, raw)
+    rows = list(csv.DictReader(io.StringIO(raw.decode())))
     return [{"iter": int(r["iter"]), "time_sec": float(r["time_sec"]),
              "val_loss": float(r["val_loss"])} for r in rows]  # fmt: skip
 
@@ -94,11 +105,14 @@ def curves(args) -> list[dict]:
         if args.text_path:
             prep += ["--text-path", str(args.text_path)]
         cli(*prep)
+        runs_dir = args.out_dir / "runs"
+        runs_dir.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            for name, flags in recipes(args.adamw_lrs).items():
-                rows = train_run(data, args.shape, flags, seed, args)
-                row = {"part": "curves", "shape": args.shape, "recipe": name, "seed": seed,
-                       "corpus": args.text_path.name if args.text_path else "default",
+            for name, (flags, steps) in recipes(args).items():
+                keep = runs_dir / f"{name.replace(' ', '_')}_seed{seed}.metrics.csv"
+                rows = train_run(data, args.shape, flags, steps, seed, args, keep)
+                row = {"part": "curves", "shape": args.shape, "recipe": name, "steps": steps,
+                       "seed": seed, "corpus": args.text_path.name if args.text_path else "default",
                        "flags": flags, "evals": rows}  # fmt: skip
                 print(orjson.dumps({k: v for k, v in row.items() if k != "evals"}
                                    | {"final": rows[-1]}).decode(), flush=True)  # fmt: skip
@@ -204,6 +218,8 @@ def main() -> None:
     ap.add_argument("--eval-iters", type=int, default=10)
     ap.add_argument("--adamw-lrs", nargs="+", type=float, default=[4e-3],
                     help="AdamW's rates: its best from a sweep, or a few")  # fmt: skip
+    ap.add_argument("--default-iters", nargs="+", type=int,
+                    help="the default recipe's lengths (default: --max-iters)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=15, help="step part: interleaved rounds")
     ap.add_argument(
         "--out-dir", type=Path, help="default: benchmarks/results/DATE-cpu-optimizers-SHAPE"
@@ -215,7 +231,9 @@ def main() -> None:
     if "curves" in args.parts:
         runs = curves(args)
         rows += runs
-        text += f"## {args.shape}, {runs[0]['corpus']} corpus, {args.max_iters} steps\n\n"
+        text += (
+            f"## {args.shape}, {runs[0]['corpus']} corpus, AdamW over {args.max_iters} steps\n\n"
+        )
         text += curves_table(runs) + "\n"
     if "step" in args.parts:
         row = step_cost(args)

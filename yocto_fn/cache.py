@@ -1,8 +1,10 @@
 """The KV cache as an explicit value.
 
 `KVCache(k, v, pos)` holds static, preallocated per-layer buffers [L, B, H, Tmax, Dh] and the
-number of filled positions as a 0-d int64 tensor. A forward call with a cache writes the new
-keys/values at `pos` and returns the cache with `pos` advanced. Keeping `pos` a tensor (not a
+number of filled positions as an int64 tensor: 0-d when every row is at the same position, or
+[B], a position per row, when rows hold unrelated sequences (a server's batch, where requests
+join and leave between steps). A forward call with a cache writes the new keys/values at
+`pos` and returns the cache with `pos` advanced. Keeping `pos` a tensor (not a
 Python int) keeps shapes and guards static, so a compiled single-token step compiles once
 for every position.
 
@@ -42,15 +44,24 @@ def init_cache(
     max_len: int | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    per_row: bool = False,
 ) -> KVCache:
-    """Zeroed buffers for `max_len` positions (default: the model's `block_size`)."""
+    """Zeroed buffers for `max_len` positions (default: the model's `block_size`);
+    `per_row` gives each row its own position ([B] instead of one shared 0-d `pos`)."""
     max_len = cfg.block_size if max_len is None else max_len
     shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_dim)
     return KVCache(
         k=torch.zeros(shape, dtype=dtype, device=device),
         v=torch.zeros(shape, dtype=dtype, device=device),
-        pos=torch.zeros((), dtype=torch.int64, device=device),
+        pos=torch.zeros((batch,) if per_row else (), dtype=torch.int64, device=device),
     )
+
+
+def row(cache: KVCache, i: int) -> KVCache:
+    """Row `i` of a per-row cache as a one-row cache that shares its buffers (a view): a
+    forward over it (a prompt's prefill) writes into the batch's buffers in place. Its `pos`
+    is that row's, 0-d; the caller stores the advanced position back into the batch."""
+    return KVCache(cache.k[:, i : i + 1], cache.v[:, i : i + 1], cache.pos[i].clone())
 
 
 def check_room(cache: KVCache, new_tokens: int) -> None:
@@ -63,7 +74,7 @@ def check_room(cache: KVCache, new_tokens: int) -> None:
     """
     if torch.compiler.is_compiling() or torch._C._functorch.is_batchedtensor(cache.pos):
         return
-    pos = int(cache.pos)
+    pos = int(cache.pos.max())
     if pos + new_tokens > cache.max_len:
         raise UserError(
             f"KV cache is full: {pos} cached + {new_tokens} new tokens > max_len "
@@ -74,16 +85,19 @@ def check_room(cache: KVCache, new_tokens: int) -> None:
 def positions_and_mask(
     cache: KVCache | None, new_tokens: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Absolute positions of the new tokens and, with a cache, the [T, Tmax] attention mask.
+    """Absolute positions of the new tokens and, with a cache, the attention mask.
 
-    Without a cache the mask is None, meaning plain causal attention over the T tokens.
+    Positions are [T], or [B, T] for a per-row cache; the mask is [T, Tmax], or [B, 1, T,
+    Tmax] (broadcast over heads). Without a cache the mask is None, meaning plain causal
+    attention over the T tokens.
     """
     offsets = torch.arange(new_tokens, device=device)
     if cache is None:
         return offsets, None
-    positions = cache.pos + offsets
+    positions = cache.pos[..., None] + offsets
     keys = torch.arange(cache.max_len, device=device)
-    return positions, keys[None, :] <= positions[:, None]
+    mask = keys <= positions[..., None]
+    return positions, (mask[:, None] if positions.dim() == 2 else mask)
 
 
 class Writes:
@@ -111,7 +125,7 @@ class Writes:
 
     def result(self) -> KVCache:
         """The cache to return: positions advanced past the new tokens."""
-        cache = advance(self.cache, len(self.positions))
+        cache = advance(self.cache, self.positions.shape[-1])
         if self.copies is None:
             return cache
         ks, vs = zip(*self.copies, strict=True)
@@ -121,16 +135,21 @@ class Writes:
 def write(
     cache: KVCache, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Store layer `layer`'s new keys/values [B, H, T, D] at `positions`, in place; return the
-    layer's whole buffers [B, H, Tmax, D].
+    """Store layer `layer`'s new keys/values [B, H, T, D] at `positions` ([T], or [B, T] per
+    row), in place; return the layer's whole buffers [B, H, Tmax, D].
 
     The write is one `index_put_` on the full [L, B, H, Tmax, D] buffer rather than on a view
     of it: written that way the compiler updates the cache in place, where a write into a
     view made it copy every layer's buffer twice per token.
     """
-    where = [torch.full_like(positions, layer), None, None, positions]  # None: a full slice
+    layers = torch.full_like(positions, layer)
+    if positions.dim() == 1:  # None: a full slice; the indexed axes lead the values' shape
+        where, order = [layers, None, None, positions], (2, 0, 1, 3)
+    else:
+        rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        where, order = [layers, rows, None, positions], (0, 2, 1, 3)
     for buf, new in ((cache.k, k), (cache.v, v)):
-        torch.ops.aten.index_put_(buf, where, new.to(buf.dtype).permute(2, 0, 1, 3))
+        torch.ops.aten.index_put_(buf, where, new.to(buf.dtype).permute(*order))
     return cache.k[layer], cache.v[layer]
 
 

@@ -65,28 +65,28 @@ def prompt_ids(
     return (head + history + tail)[-budget:]
 
 
-def reply_end(text: str) -> int | None:
-    """Where the reply in generated `text` ends: at its first blank line or turn marker (a
-    line that starts `User:`, `System:` or `Assistant:`); None while neither has appeared."""
-    found = [i for i in (text.find(end) for end in REPLY_ENDS) if i >= 0]
+def reply_end(text: str, ends: Sequence[str] = REPLY_ENDS) -> int | None:
+    """Where the reply in generated `text` ends: at the first of `ends` (by default its first
+    blank line or turn marker, a line that starts `User:`, `System:` or `Assistant:`); None
+    while none has appeared."""
+    found = [i for i in (text.find(end) for end in ends if end) if i >= 0]
     return min(found) if found else None
 
 
-def reply_text(text: str) -> str:
-    """The reply that generated `text` surely holds, stripped: up to its end, or while it is
-    still open, without a tail that may yet become an end (`\n`, `\nUs`, ...) or an
-    unfinished multi-byte character. It only grows as `text` grows, so a stream of it never
-    shows what is later cut."""
-    end = reply_end(text)
-    if end is None:
-        end = len(text) - _open_end(text)
-        return text[:end].rstrip("\ufffd").strip()
-    return text[:end].strip()
+def reply_text(text: str, ends: Sequence[str] = REPLY_ENDS, strip: bool = True) -> str:
+    """The reply that generated `text` surely holds (stripped, unless `strip` is False): up
+    to its end, or while it is still open, without a tail that may yet become an end (`\n`,
+    `\nUs`, ...) or an unfinished multi-byte character. It only grows as `text` grows, so a
+    stream of it never shows what is later cut."""
+    end = reply_end(text, ends)
+    held = text[: len(text) - _open_end(text, ends)].rstrip("\ufffd")
+    text = held if end is None else text[:end]
+    return text.strip() if strip else text
 
 
-def _open_end(text: str) -> int:
-    """Length of the longest tail of `text` that is the start of a reply end."""
-    starts = (k for end in REPLY_ENDS for k in range(1, len(end)) if text.endswith(end[:k]))
+def _open_end(text: str, ends: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that is the start of one of `ends`."""
+    starts = (k for end in ends for k in range(1, len(end)) if text.endswith(end[:k]))
     return max(starts, default=0)
 
 

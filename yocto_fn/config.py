@@ -80,6 +80,7 @@ LRS_NEEDED = "(required unless --resume)"  # the help's hint for --lrs, instead 
 DEFAULT_MODEL = "gpt"
 DEFAULT_OPTIMIZER = "muon"  # chosen by the sweeps in benchmarks/results/2026-12-02-cpu-recipe
 DEFAULT_SCHEDULE = "cosine"
+DEFAULT_SYSTEM_PROMPT = "You are yocto_fn, a concise and helpful assistant."
 DEFAULT_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
 
 
@@ -290,7 +291,7 @@ class SampleConfig(InferenceOptions):
 class ChatConfig(InferenceOptions):
     """Chat with a checkpoint: `/reset` clears the history, `/exit` or end of input quits."""
 
-    system_prompt: str = "You are yocto_fn, a concise and helpful assistant."
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
     """First line of every context (kept when old turns are trimmed)."""
     max_new_tokens: int = 128
     """Longest reply in tokens (a reply also ends at a blank line, at a `User:`, `System:` or
@@ -301,6 +302,38 @@ class ChatConfig(InferenceOptions):
     """Sample from the k most likely tokens only (0 disables)."""
     top_p: float = 0.95
     """Nucleus sampling threshold (0 or 1 disables)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig(InferenceOptions):
+    """Serve a checkpoint over an OpenAI-compatible HTTP API, with a chat page at `/`.
+
+    The sampling flags are the defaults of requests that leave a field out (as in the
+    OpenAI API: temperature 1, no top-k or top-p filter)."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    """A chat's first line when its messages have no system message."""
+    host: str = "127.0.0.1"
+    """Address to bind (the default takes connections from this machine only)."""
+    port: int = 8000
+    """TCP port."""
+    max_batch: int = 16
+    """Rows of the shared KV cache: requests (and choices of `n`) generated at once."""
+    max_queue: int = 64
+    """Requests that may wait for a row; beyond it a request gets a 429."""
+    prefill_chunk: int = 64
+    """Prompt tokens prefilled between two decode steps (bounds the stall a long prompt
+    causes the running streams)."""
+    max_tokens_limit: int = 4096
+    """Largest `max_tokens` a request may ask for."""
+    max_body_kb: int = 256
+    """Largest request body in KiB; larger ones get a 413."""
+    api_key: str | None = None
+    """Require `Authorization: Bearer KEY` on /v1/ (unset: no key)."""
+    model_id: str = "yocto_fn"
+    """The model's name in /v1/models and in replies; requests may name it or leave it out."""
+    grace_s: float = 10.0
+    """On SIGTERM: seconds in-flight requests get to finish before they are cut."""
 
 
 @dataclass(frozen=True)

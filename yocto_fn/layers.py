@@ -103,7 +103,8 @@ def dropout(x: Tensor, p: float, key: Tensor | None) -> Tensor:
 def rope_angles(
     positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
-    """cos/sin tables [T, head_dim/2] for the given absolute positions.
+    """cos/sin tables [T, head_dim/2] for the given absolute positions [T]; for positions
+    [B, T] (a row per sequence) [B, 1, T, head_dim/2], broadcast over the heads.
 
     Computed from positions rather than read from a fixed table, so a cached decode at any
     offset (or a rolled cache) needs no maximum length. The frequencies are rounded as
@@ -112,7 +113,9 @@ def rope_angles(
     """
     exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
     inv_freq = 1.0 / theta ** (exponents / head_dim)
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    if angles.dim() == 3:
+        angles = angles[:, None]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 

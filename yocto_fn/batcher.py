@@ -1,0 +1,299 @@
+"""Continuous batching: many generations share one KV cache and one decode step.
+
+A `Batcher` owns a cache of `max_batch` rows, each with its own position (`cache.row`), and
+one worker thread that is the only code touching the model. Between decode steps it admits
+waiting jobs into free rows, prefills one chunk of one prompt (so a long prompt delays the
+live rows by one chunk at most), then runs the decode step over every row at once: the
+weights are read once for all of them. A row that finishes, hits a stop, or whose client
+has gone is freed at once and the next job can take it.
+
+Each job keeps its own sampling settings and `torch.Generator` and picks from its own
+logits row, so a seeded job draws the same tokens alone or in company; with temperature 0 it
+gives the tokens of `sample.generate` (up to the last bits of the batched matmuls). The
+context slides as `generate` slides it: when a row is full, its last `block_size // 2`
+tokens are prefilled again from position 0.
+
+Rows that are free or still prefilling ride along in the decode step; their garbage
+key/value lands at a position their next real write overwrites before anything reads it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from . import cache as kv
+from .chat import Masks, banned, reply_end, reply_text
+from .models import Model
+from .params import Params
+from .sample import DecodeStep, decode_step, sample_next
+from .tokenizer import TextTokenizer
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One job's sampling settings (`sample_next`'s): temperature 0 is greedy."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+
+
+class Event(NamedTuple):
+    """What a job reports, from the worker thread: `text` is new visible text; a final
+    event has `finish` ("stop", "length", or "error" with the message in `text`)."""
+
+    text: str
+    finish: str | None = None
+    tokens: int = 0  # tokens generated so far
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation. `emit` is called on the worker thread with each `Event` (hand it to
+    an event loop with `call_soon_threadsafe`). `ends` are the strings that end it (stop
+    sequences; a chat reply's turn markers), cut from the text and never shown; `strip`
+    strips the text (a chat reply); `masks` turns on chat's rule that no reply is blank."""
+
+    prompt: Sequence[int]
+    max_tokens: int
+    sampling: Sampling
+    emit: Callable[[Event], None]
+    ends: tuple[str, ...] = ()
+    strip: bool = False
+    masks: Masks | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Free the job's row at the next step (a client that has gone)."""
+        self.cancelled.set()
+
+
+@dataclass(eq=False)
+class _Row:
+    """A job in a cache row: the tokens it has (context + generated) and what is cached."""
+
+    job: Job
+    generator: torch.Generator
+    context: list[int]  # the prompt's last block_size tokens
+    new: list[int] = field(default_factory=list)
+    filled: int = 0  # positions of this row the cache holds
+    shown: str = ""
+    pending: int | None = None  # a picked token the next decode step feeds
+
+
+class QueueFull(Exception):
+    """No room for a job: the waiting queue is at its bound."""
+
+
+class Batcher:
+    """The scheduler. `submit` from any thread; `start` / `stop` the worker."""
+
+    def __init__(
+        self,
+        model: Model,
+        params: Params,
+        cfg,
+        tok: TextTokenizer,
+        *,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        prefill_chunk: int = 64,
+        step: DecodeStep | None = None,
+    ) -> None:
+        self.model, self.params, self.cfg, self.tok = model, params, cfg, tok
+        self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
+        self.device = params["wte"].device
+        self.cache = kv.init_cache(
+            cfg, max_batch, cfg.block_size, params["wte"].dtype, self.device, per_row=True
+        )
+        self.step = step or decode_step(model, False)
+        self.eager = decode_step(model, False)
+        self.rows: list[_Row | None] = [None] * max_batch
+        self.waiting: queue.Queue[Job] = queue.Queue(max_queue)
+        self.lock = threading.Lock()
+        self.running = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.steps = 0  # decode steps run (for tests and stats)
+
+    # ------------------------------------------------------------------ the public side
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue `jobs` all or none; QueueFull when the queue has no room for all."""
+        with self.lock:
+            if self.waiting.maxsize - self.waiting.qsize() < len(jobs):
+                raise QueueFull(f"{self.waiting.qsize()} requests are waiting")
+            for job in jobs:
+                self.waiting.put_nowait(job)
+
+    def start(self) -> None:
+        self.running.set()
+        self.thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the worker; jobs still running or waiting get a final "error" event."""
+        self.running.clear()
+        if self.thread is not None:
+            self.thread.join(timeout)
+        for i, row in enumerate(self.rows):
+            if row is not None:
+                self._finish(i, "error", "the server is shutting down")
+        while not self.waiting.empty():
+            self.waiting.get_nowait().emit(Event("the server is shutting down", "error"))
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Run the decode step twice over the idle rows (a compiled step compiles here, not
+        in the first request); idle rows' writes are garbage that prefills overwrite."""
+        tokens = torch.zeros((self.max_batch, 1), dtype=torch.long, device=self.device)
+        pos = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
+        for _ in range(2):
+            self.step(self.params, tokens, self.cfg, kv.KVCache(self.cache.k, self.cache.v, pos))
+
+    def busy_rows(self) -> int:
+        return sum(r is not None for r in self.rows)
+
+    # ------------------------------------------------------------------ the worker
+
+    def _loop(self) -> None:
+        while self.running.is_set():
+            try:
+                self.iterate(block=0.05)
+            except Exception as exc:  # a fault in a shared step: fail its jobs, keep serving
+                for i, row in enumerate(self.rows):
+                    if row is not None:
+                        self._finish(i, "error", f"generation failed: {exc}")
+
+    @torch.no_grad()
+    def iterate(self, block: float = 0.0) -> None:
+        """One round: admit, one prefill chunk, one decode step. `block` waits up to that
+        many seconds for a job when there is nothing to do."""
+        self._drop_cancelled()
+        self._admit(block if self.busy_rows() == 0 else 0.0)
+        self._prefill_one_chunk()
+        decoding = [i for i, r in enumerate(self.rows) if r is not None and r.pending is not None]
+        if decoding:
+            self._decode(decoding)
+
+    def _drop_cancelled(self) -> None:
+        for i, row in enumerate(self.rows):
+            if row is not None and row.job.cancelled.is_set():
+                self.rows[i] = None
+
+    def _admit(self, block: float) -> None:
+        for i in range(self.max_batch):
+            if self.rows[i] is not None:
+                continue
+            try:
+                job = self.waiting.get(timeout=block) if block else self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            block = 0.0
+            if job.cancelled.is_set():
+                continue
+            gen = torch.Generator(self.device).manual_seed(job.sampling.seed)
+            self.rows[i] = _Row(job, gen, list(job.prompt)[-self.cfg.block_size :])
+
+    def _prefill_one_chunk(self) -> None:
+        """The next chunk of the first row still prefilling; after its last chunk, the row
+        picks its first token."""
+        for i, row in enumerate(self.rows):
+            if row is None or row.filled >= len(row.context) or row.pending is not None:
+                continue
+            if row.new:  # only a new row prefills here; a slide is done in _pick
+                continue
+            chunk = row.context[row.filled : row.filled + self.prefill_chunk]
+            logits = self._row_forward(i, chunk, row.filled)
+            row.filled += len(chunk)
+            if row.filled == len(row.context):
+                self._pick(i, logits)
+            return
+
+    def _row_forward(self, i: int, tokens: list[int], start: int) -> torch.Tensor:
+        """Eager forward of `tokens` into row `i` from position `start`: last logits [1, V]."""
+        one = kv.row(self.cache, i)
+        one = kv.KVCache(one.k, one.v, torch.tensor(start, device=self.device))
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        logits, _ = self.eager(self.params, ids, self.cfg, one)
+        return logits
+
+    def _decode(self, decoding: list[int]) -> None:
+        tokens = torch.zeros((self.max_batch, 1), dtype=torch.long)
+        pos = torch.zeros(self.max_batch, dtype=torch.long)
+        for i, row in enumerate(self.rows):
+            if row is not None:
+                pos[i] = row.filled
+                if row.pending is not None:
+                    tokens[i, 0] = row.pending
+        cache = kv.KVCache(self.cache.k, self.cache.v, pos.to(self.device))
+        logits, _ = self.step(self.params, tokens.to(self.device), self.cfg, cache)
+        self.steps += 1
+        for i in decoding:
+            row = self.rows[i]
+            if row is None:
+                continue
+            row.filled += 1
+            row.pending = None
+            self._pick(i, logits[i : i + 1])
+
+    def _pick(self, i: int, logits: torch.Tensor) -> None:
+        """Choose row i's next token from its logits [1, V], report it, then finish the
+        job, slide a full context, or leave the token for the next decode step. A fault
+        here (in this job's sampling or text) fails this job only."""
+        row = self.rows[i]
+        try:
+            while True:
+                job, s = row.job, row.job.sampling
+                text = self.tok.decode(row.new)
+                if job.masks is not None:
+                    ban = banned(text, job.masks)
+                    if ban is not None:
+                        logits = logits.masked_fill(ban, float("-inf"))
+                token = int(sample_next(logits, s.temperature, s.top_k, s.top_p, row.generator)[0])
+                if token == self.tok.eos_id:
+                    return self._finish(i, "stop")
+                row.new.append(token)
+                text = self.tok.decode(row.new)
+                shown = reply_text(text, job.ends, job.strip)
+                if len(shown) > len(row.shown):
+                    job.emit(Event(shown[len(row.shown) :], tokens=len(row.new)))
+                    row.shown = shown
+                if job.ends and reply_end(text, job.ends) is not None:
+                    return self._finish(i, "stop")
+                if len(row.new) >= job.max_tokens:
+                    return self._finish(i, "length")
+                if row.filled < self.cfg.block_size:
+                    row.pending = token
+                    return None
+                keep = max(1, self.cfg.block_size // 2)
+                recent = (row.context + row.new)[-keep:]
+                logits = self._row_forward(i, recent, 0)
+                row.filled = len(recent)
+        except Exception as exc:
+            self._finish(i, "error", f"generation failed: {exc}")
+        return None
+
+    def _finish(self, i: int, reason: str, message: str = "") -> None:
+        row, self.rows[i] = self.rows[i], None
+        if row is None:
+            return
+        if reason == "error":
+            return row.job.emit(Event(message, reason, len(row.new)))
+        rest = ""
+        if not row.job.strip:  # a held-back tail that no end followed is text after all
+            text = self.tok.decode(row.new)
+            final = (
+                text
+                if reply_end(text, row.job.ends) is None
+                else reply_text(text, row.job.ends, False)
+            )
+            rest = final[len(row.shown) :]
+        row.job.emit(Event(rest, reason, len(row.new)))
+        return None
