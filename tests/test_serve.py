@@ -215,7 +215,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(demo_ckpt):
-    s = Server(demo_ckpt, "--max-batch", "8", "--max-tokens-limit", "512")
+    s = Server(demo_ckpt, "--max-batch", "8")
     yield s
     s.close()
 
@@ -281,7 +281,7 @@ def test_eight_concurrent_greedy_requests_get_the_tokens_of_sample(client, demo_
         ({"prompt": "The ", "temperature": 3}, 400, "temperature"),
         ({"prompt": "The ", "n": 0}, 400, "n"),
         ({"prompt": "The ", "n": 9}, 400, "--max-batch"),
-        ({"prompt": "The ", "max_tokens": 513}, 400, "--max-tokens-limit"),
+        ({"prompt": "The ", "max_tokens": 4097}, 400, "--max-tokens-limit"),
         ({"prompt": "The ", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({"prompt": "The ", "seed": -1}, 400, "seed"),
         ({"prompt": "The ", "model": "gpt-4"}, 404, "gpt-4"),
@@ -317,7 +317,9 @@ def test_bad_chat_requests_bodies_and_keys_get_json_errors_and_the_server_serves
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(server):
-    body = {"prompt": "The ", "max_tokens": 500, "stream": True}
+    """The row is freed long before its 4,000 tokens would have been generated."""
+    steps = server.health()["decode_steps"]
+    body = {"prompt": "The ", "max_tokens": 4000, "stream": True}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=server.headers,
                       timeout=30) as r:  # fmt: skip
         lines = r.iter_lines()
@@ -327,6 +329,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     while server.health()["busy_rows"]:
         assert time.monotonic() < deadline, "the row stayed busy after the client left"
         time.sleep(0.1)
+    assert server.health()["decode_steps"] - steps < 2000
 
 
 def test_a_schema_fuzz_run_finds_no_server_error(demo_ckpt, tmp_path, request):

@@ -208,7 +208,8 @@ def build_app(service: Service):
     async def healthz() -> dict[str, Any]:
         b = service.batcher
         return {"status": "ok", "model": service.opts.model_id, "busy_rows": b.busy_rows(),
-                "max_batch": b.max_batch, "waiting": b.waiting.qsize()}  # fmt: skip
+                "max_batch": b.max_batch, "waiting": b.waiting.qsize(),
+                "decode_steps": b.steps}  # fmt: skip
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
