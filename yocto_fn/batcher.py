@@ -13,8 +13,13 @@ gives the tokens of `sample.generate` (up to the last bits of the batched matmul
 context slides as `generate` slides it: when a row is full, its last `block_size // 2`
 tokens are prefilled again from position 0.
 
-Rows that are free or still prefilling ride along in the decode step; their garbage
-key/value lands at a position their next real write overwrites before anything reads it.
+The decode step runs over the first `b` rows only, `b` the smallest of 1, 2, 4, ... (and
+`max_batch`) that holds every decoding row: one compiled graph per size, built at warm-up,
+so a lone stream costs what batch-1 decoding costs. Jobs take the lowest free row, and when
+a row frees, the highest busy row moves down into it (a copy of one row's cache), so the
+batch stays dense. Rows inside `b` that are free or still prefilling ride along; their
+garbage key/value lands at a position their next real write overwrites before anything
+reads it.
 """
 
 from __future__ import annotations
@@ -115,6 +120,8 @@ class Batcher:
         )
         self.step = step or decode_step(model, False)
         self.eager = decode_step(model, False)
+        self.sizes = sorted({1 << i for i in range(max_batch.bit_length())} | {max_batch})
+        self.sizes = [n for n in self.sizes if n <= max_batch]
         self.rows: list[_Row | None] = [None] * max_batch
         self.waiting: queue.Queue[Job] = queue.Queue(max_queue)
         self.lock = threading.Lock()
@@ -150,12 +157,18 @@ class Batcher:
 
     @torch.no_grad()
     def warm_up(self) -> None:
-        """Run the decode step twice over the idle rows (a compiled step compiles here, not
-        in the first request); idle rows' writes are garbage that prefills overwrite."""
-        tokens = torch.zeros((self.max_batch, 1), dtype=torch.long, device=self.device)
-        pos = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
-        for _ in range(2):
-            self.step(self.params, tokens, self.cfg, kv.KVCache(self.cache.k, self.cache.v, pos))
+        """Run the decode step twice at every batch size over the idle rows (a compiled
+        step compiles here, not in the first request); their writes are garbage that
+        prefills overwrite."""
+        for n in self.sizes:
+            tokens = torch.zeros((n, 1), dtype=torch.long, device=self.device)
+            pos = torch.zeros(n, dtype=torch.long, device=self.device)
+            for _ in range(2):
+                self.step(self.params, tokens, self.cfg, self._rows_cache(n, pos))
+
+    def _rows_cache(self, n: int, pos: torch.Tensor) -> kv.KVCache:
+        """The first n rows of the cache (views: the step writes into the batch's buffers)."""
+        return kv.KVCache(self.cache.k[:, :n], self.cache.v[:, :n], pos)
 
     def busy_rows(self) -> int:
         return sum(r is not None for r in self.rows)
@@ -225,23 +238,35 @@ class Batcher:
         return logits
 
     def _decode(self, decoding: list[int]) -> None:
-        tokens = torch.zeros((self.max_batch, 1), dtype=torch.long)
-        pos = torch.zeros(self.max_batch, dtype=torch.long)
-        for i, row in enumerate(self.rows):
+        n = next(size for size in self.sizes if size > decoding[-1])
+        tokens = torch.zeros((n, 1), dtype=torch.long)
+        pos = torch.zeros(n, dtype=torch.long)
+        for i, row in enumerate(self.rows[:n]):
             if row is not None:
                 pos[i] = row.filled
                 if row.pending is not None:
                     tokens[i, 0] = row.pending
-        cache = kv.KVCache(self.cache.k, self.cache.v, pos.to(self.device))
+        cache = self._rows_cache(n, pos.to(self.device))
         logits, _ = self.step(self.params, tokens.to(self.device), self.cfg, cache)
         self.steps += 1
         for i in decoding:
             row = self.rows[i]
-            if row is None:
-                continue
             row.filled += 1
             row.pending = None
             self._pick(i, logits[i : i + 1])
+        self._compact()
+
+    def _compact(self) -> None:
+        """Move the highest busy rows down into lower free ones, so the step stays small."""
+        while True:
+            busy = [i for i, r in enumerate(self.rows) if r is not None]
+            free = [i for i, r in enumerate(self.rows) if r is None]
+            if not busy or not free or free[0] > busy[-1]:
+                return
+            src, dst = busy[-1], free[0]
+            for buf in (self.cache.k, self.cache.v):
+                buf[:, dst].copy_(buf[:, src])
+            self.rows[dst], self.rows[src] = self.rows[src], None
 
     def _pick(self, i: int, logits: torch.Tensor) -> None:
         """Choose row i's next token from its logits [1, V], report it, then finish the

@@ -1,0 +1,265 @@
+"""Serving under load: N concurrent streaming clients against `cli.py serve --compile`.
+
+For each shape and weight format a server starts with `--compile --max-batch 16` on a
+checkpoint trained for a few steps (the weights' values do not change the work). Each round
+runs `cli.py sample --compile --stats` once (the single-stream reference), then, for every N,
+N client threads that each stream --requests completions one after another. Rounds
+interleave the reference with the server phases; figures are medians over rounds.
+
+Per phase: aggregate tokens/s (tokens received by all clients over the phase's wall time),
+time to first token (request sent to first text chunk) and inter-token latency (between
+chunks) at p50 and p99, and the single client's steady rate (tokens after the first over
+the time since the first), to set against sample's steady decode rate.
+
+    python benchmarks/serve_load.py
+    python benchmarks/serve_load.py --shapes 4/4/128 --quantize none --clients 1 2 --rounds 1
+
+Writes results.jsonl, table.md and serve_load.png to --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx2 as httpx  # noqa: E402
+
+from benchmarks.proc import ROOT, cli  # noqa: E402
+from yocto_fn import fileio, probe  # noqa: E402
+
+SHAPES = {"4/4/128": (4, 4, 128, 128), "6/6/384": (6, 6, 384, 256)}  # layers/heads/embd, block
+PROMPT = "The "
+
+
+def checkpoint(root: Path, shape: str) -> Path:
+    layers, heads, embd, block = SHAPES[shape]
+    data, run = root / "data", root / shape.replace("/", "-")
+    if (run / "best.pt").exists():
+        return run / "best.pt"
+    if not (data / "meta.json").exists():
+        cli("prepare-char", "--out-dir", str(data))
+    cli("train", "--model", "gpt-fast", "--data-dir", str(data), "--ckpt-dir", str(run),
+        "--n-layer", str(layers), "--n-head", str(heads), "--n-embd", str(embd),
+        "--block-size", str(block), "--batch-size", "4", "--max-iters", "5",
+        "--eval-interval", "5", "--eval-iters", "1", "--device", "cpu", "--amp", "off")  # fmt: skip
+    return run / "best.pt"
+
+
+class Server:
+    def __init__(self, ckpt: Path, quantize: str, max_batch: int) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "cli.py", "serve", "--ckpt", str(ckpt), "--port", str(port),
+                "--device", "cpu", "--compile", "--max-batch", str(max_batch),
+                "--quantize", quantize]  # fmt: skip
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 900
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"serve exited: {self.proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.close()
+                raise SystemExit("serve did not come up in 900 s")
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def stream_once(url: str, max_tokens: int, seed: int) -> dict:
+    """One streamed completion: chunk arrival times and the tokens it reports."""
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    t0, times, tokens = time.perf_counter(), [], 0
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["text"]:
+                times.append(time.perf_counter())
+    return {"start": t0, "times": times, "tokens": tokens}
+
+
+def phase(url: str, clients: int, requests: int, max_tokens: int) -> dict:
+    """`clients` threads, each streaming `requests` completions back to back."""
+    results: list[dict] = []
+    lock, barrier = threading.Lock(), threading.Barrier(clients)
+
+    def work(c: int) -> None:
+        barrier.wait(timeout=60)
+        for r in range(requests):
+            one = stream_once(url, max_tokens, seed=1000 * c + r)
+            with lock:
+                results.append(one)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=1800)
+    wall = time.perf_counter() - t0
+    ttft = [r["times"][0] - r["start"] for r in results]
+    itl = [b - a for r in results for a, b in zip(r["times"], r["times"][1:], strict=False)]
+    steady = [(len(r["times"]) - 1) / (r["times"][-1] - r["times"][0]) for r in results]
+    return {"clients": clients, "tokens_per_s": sum(r["tokens"] for r in results) / wall,
+            "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "itl_p50": pct(itl, 50),
+            "itl_p99": pct(itl, 99), "steady_per_client": statistics.median(steady)}  # fmt: skip
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
+
+
+def sample_rate(ckpt: Path, quantize: str, max_tokens: int) -> float:
+    """`sample --compile --stats`'s steady decode tokens/s."""
+    argv = [sys.executable, "cli.py", "sample", "--ckpt", str(ckpt), "--prompt", PROMPT,
+            "--max-new-tokens", str(max_tokens), "--temperature", "0.8", "--compile", "--stats",
+            "--device", "cpu", "--quantize", quantize]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        raise SystemExit(f"sample failed: {done.stderr[-2000:]}")
+    return float(re.search(r"decode ([\d,.]+) tokens/s", done.stderr)[1].replace(",", ""))
+
+
+def run_config(args, root: Path, shape: str, quantize: str) -> list[dict]:
+    ckpt = checkpoint(root, shape)
+    sample_rate(ckpt, quantize, args.max_tokens)  # builds the packaged step once
+    server = Server(ckpt, quantize, args.max_batch)
+    rounds: list[dict] = []
+    try:
+        phase(server.url, 1, 1, 8)  # warm the connection path
+        for r in range(args.rounds):
+            row = {"sample_steady": sample_rate(ckpt, quantize, args.max_tokens)}
+            for n in args.clients:
+                row[n] = phase(server.url, n, args.requests, args.max_tokens)
+            rounds.append(row)
+            print(f"{shape} {quantize} round {r + 1}: " + ", ".join(
+                f"N={n} {row[n]['tokens_per_s']:.0f} tok/s" for n in args.clients),
+                flush=True)  # fmt: skip
+    finally:
+        server.close()
+    out = []
+    for n in args.clients:
+        med = {k: statistics.median(r[n][k] for r in rounds) for k in rounds[0][n]}
+        out.append({"shape": shape, "quantize": quantize, **med,
+                    "sample_steady": statistics.median(r["sample_steady"] for r in rounds),
+                    "rounds": args.rounds, "requests_per_client": args.requests,
+                    "max_tokens": args.max_tokens, "max_batch": args.max_batch})  # fmt: skip
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| shape | weights | clients | tokens/s | vs 1 client | TTFT p50 / p99 ms "
+             "| ITL p50 / p99 ms | per-client steady tok/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        one = next(x for x in rows if x["shape"] == r["shape"] and x["quantize"] == r["quantize"]
+                   and x["clients"] == 1)  # fmt: skip
+        lines.append(
+            f"| {r['shape']} | {'fp32' if r['quantize'] == 'none' else r['quantize']} "
+            f"| {r['clients']} | {r['tokens_per_s']:,.0f} "
+            f"| {r['tokens_per_s'] / one['tokens_per_s']:.2f}x "
+            f"| {r['ttft_p50'] * 1e3:.0f} / {r['ttft_p99'] * 1e3:.0f} "
+            f"| {r['itl_p50'] * 1e3:.1f} / {r['itl_p99'] * 1e3:.1f} "
+            f"| {r['steady_per_client']:,.0f} |"
+        )
+    refs = {(r["shape"], r["quantize"]): r for r in rows if r["clients"] == 1}
+    lines.append("")
+    for (shape, q), r in refs.items():
+        lines.append(f"- {shape} {q}: one client's steady {r['steady_per_client']:,.0f} tok/s "
+                     f"against `sample --compile` {r['sample_steady']:,.0f} tok/s "
+                     f"({r['steady_per_client'] / r['sample_steady']:.2f}x)")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    for key in dict.fromkeys((r["shape"], r["quantize"]) for r in rows):
+        rs = [r for r in rows if (r["shape"], r["quantize"]) == key]
+        label = f"{key[0]} {'fp32' if key[1] == 'none' else key[1]}"
+        n = [r["clients"] for r in rs]
+        axes[0].plot(n, [r["tokens_per_s"] for r in rs], marker="o", label=label)
+        axes[1].plot(n, [r["ttft_p99"] * 1e3 for r in rs], marker="o", label=label)
+    for ax, y in zip(axes, ("aggregate tokens/s", "time to first token, p99 (ms)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent streaming clients")
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    fileio.atomic_write_bytes(path, buf.getvalue())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
+    ap.add_argument("--clients", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    ap.add_argument("--requests", type=int, default=2, help="completions per client per phase")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out-dir", type=Path,
+                    help="default: benchmarks/results/DATE-cpu-serve")  # fmt: skip
+    args = ap.parse_args()
+    args.out_dir = args.out_dir or Path(f"benchmarks/results/{dt.date.today()}-cpu-serve")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape in args.shapes:
+            for q in args.quantize:
+                rows += run_config(args, Path(tmp), shape, q)
+    meta = {"cpu": probe.device_name(__import__("torch").device("cpu")),
+            "date": str(dt.date.today())}  # fmt: skip
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    fileio.atomic_write_bytes(args.out_dir / "results.jsonl",
+                              b"".join(orjson.dumps(r | meta) + b"\n" for r in rows))  # fmt: skip
+    text = table(rows)
+    fileio.atomic_write_bytes(args.out_dir / "table.md", text.encode())
+    plot(args.out_dir / "serve_load.png", rows)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
