@@ -92,19 +92,25 @@ def text_of(events: list[Event]) -> str:
     return "".join(e.text for e in events)
 
 
-def test_batched_greedy_rows_equal_generate(loaded):
-    """Rows joining at different times, a prompt longer than the context, chunked
-    prefills and windows sliding mid-reply: each row still gives `generate`'s tokens."""
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_batched_rows_equal_generate(loaded, temperature):
+    """Rows joining at different times and lengths, a prompt longer than the context,
+    chunked prefills, windows sliding mid-reply and rows moving down as others free: each
+    row still gives `generate`'s tokens (sampled rows: with a generator of the same seed;
+    their draws follow the context closely, which a small model's greedy text does not)."""
     long_prompt = "The mind is a thing that thinks, and " * 6  # > block_size characters
-    prompts = ["The ", long_prompt, "Philosophy is", "A"]
-    specs = [(p, 150, Sampling(temperature=0.0), {}) for p in prompts]
+    prompts = ["The ", long_prompt, "Philosophy is", "A", "Truth"]
+    lengths = [150, 140, 40, 160, 30]
+    specs = [(p, n, Sampling(temperature, seed=i), {})
+             for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))]  # fmt: skip
     events = run_jobs(loaded, specs, max_batch=3, prefill_chunk=16)
-    for p, ev in zip(prompts, events, strict=True):
+    for i, (p, n, ev) in enumerate(zip(prompts, lengths, events, strict=True)):
         ids = encode_prompt(loaded, p, False)
-        ref = generate(loaded.model, loaded.params, loaded.cfg, ids, max_new_tokens=150,
-                       temperature=0.0)  # fmt: skip
+        gen = torch.Generator().manual_seed(i)
+        ref = generate(loaded.model, loaded.params, loaded.cfg, ids, max_new_tokens=n,
+                       temperature=temperature, generator=gen)  # fmt: skip
         assert text_of(ev) == loaded.tok.decode(ref[0].tolist())
-        assert ev[-1].finish == "length" and ev[-1].tokens == 150
+        assert ev[-1].finish == "length" and ev[-1].tokens == n
 
 
 def test_a_seeded_job_draws_the_same_tokens_alone_and_in_company(loaded):
@@ -251,22 +257,26 @@ def test_the_openai_client_completes_and_chats_streamed_and_not(client):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
-def test_eight_concurrent_greedy_requests_get_the_tokens_of_sample(client, demo_ckpt, capsys):
+def test_concurrent_requests_get_the_tokens_of_sample(client, demo_ckpt, capsys):
+    """8 greedy requests and 8 seeded ones at once (16 for 8 rows: half wait for a row),
+    each against `cli.py sample` with the same prompt, temperature and seed."""
     n = 60
+    cases = [(p, 0.0, 1337) for p in PROMPTS] + [(p, 1.0, i) for i, p in enumerate(PROMPTS)]
     expected = {}
-    for p in PROMPTS:
-        argv = ["sample", "--ckpt", str(demo_ckpt), "--prompt", p, "--temperature", "0",
-                "--max-new-tokens", str(n), "--device", "cpu"]  # fmt: skip
+    for p, t, seed in cases:
+        argv = ["sample", "--ckpt", str(demo_ckpt), "--prompt", p, "--temperature", str(t),
+                "--seed", str(seed), "--max-new-tokens", str(n), "--device", "cpu"]  # fmt: skip
         assert cli.main(argv) == 0
-        expected[p] = capsys.readouterr().out.removeprefix(p).removesuffix("\n")
-    got, barrier = {}, threading.Barrier(len(PROMPTS))
+        expected[p, t, seed] = capsys.readouterr().out.removeprefix(p).removesuffix("\n")
+    got, barrier = {}, threading.Barrier(len(cases))
 
-    def ask(p: str) -> None:
+    def ask(case: tuple[str, float, int]) -> None:
         barrier.wait(timeout=30)
-        got[p] = client.completions.create(model="yocto_fn", prompt=p, max_tokens=n,
-                                           temperature=0).choices[0].text  # fmt: skip
+        p, t, seed = case
+        got[case] = client.completions.create(model="yocto_fn", prompt=p, max_tokens=n,
+                                              temperature=t, seed=seed).choices[0].text  # fmt: skip
 
-    threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS]
+    threads = [threading.Thread(target=ask, args=(c,)) for c in cases]
     for t in threads:
         t.start()
     for t in threads:
