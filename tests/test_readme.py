@@ -6,12 +6,17 @@ paths have their own tests). `make` targets and the GPU script are checked for e
 and syntax; the long benchmarks are parsed (and run by the slow quick-bench test).
 """
 
+import contextlib
 import importlib.util
 import io
+import json
 import re
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +47,43 @@ def uses_transformers(code: str) -> bool:
     return "from transformers" in code
 
 
+def uses_server(code: str) -> bool:
+    """The snippets that talk to `cli.py serve`: they run while the README's server is up."""
+    return "from openai" in code
+
+
+def at_port(text: str, port: int) -> str:
+    """The README's server addresses pointed at the test's own port."""
+    return re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", text)
+
+
+@contextlib.contextmanager
+def serving(argv: list[str]):
+    """`cli.py serve` as its own process on a free port; on leaving, SIGTERM and exit 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if "--port" in argv:
+        argv = argv[: argv.index("--port")] + argv[argv.index("--port") + 2 :]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *argv, "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"serve exited: {proc.stderr.read()[-1000:]}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.2)
+        yield port
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def commands() -> list[list[str]]:
     """Shell commands of the bash blocks, continuation lines joined, comments dropped."""
     out = []
@@ -68,11 +110,21 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
     (tmp_path / "texts" / "a.txt").write_text(text[:30_000], encoding="utf-8")
     (tmp_path / "texts" / "b.txt").write_text(text[30_000:], encoding="utf-8")
     ran = set()
+    server = contextlib.ExitStack()
+    port = None
     for words in commands():
         if words[0] == "make":
             continue
         if words[0] == "bash":
             subprocess.run(["bash", "-n", str(ROOT / words[1])], check=True)
+            continue
+        if words[0] == "curl":
+            if shutil.which("curl") is None:
+                continue
+            done = subprocess.run([at_port(w, port) for w in words], capture_output=True,
+                                  text=True, timeout=60)  # fmt: skip
+            assert done.returncode == 0 and "choices" in json.loads(done.stdout), done.stdout
+            ran.add("curl")
             continue
         if words[0] == "torchrun":  # multi-GPU launch lines: their train flags must parse
             cli.parse(cli.amp_switches(words[words.index("cli.py") + 1 :]))
@@ -84,13 +136,21 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
             cli.parse(argv)
             continue
         argv = [a for a in argv if a != "--compile"] + FAST.get(sub, [])
+        if sub == "serve":  # up until the end, for the curl and client lines after it
+            server.close()
+            port = server.enter_context(serving(argv))
+            for code in (c for c in blocks("python") if uses_server(c)):
+                exec(compile(at_port(code, port), "README.md", "exec"), {})
+            ran.add(sub)
+            continue
         if sub == "chat":
             monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\nwhat is a list?\n"))
         status = cli.main(argv)
         out, err = capsys.readouterr()
         assert status == 0, f"{shlex.join(words)} exited {status}: {err[-500:]}"
         ran.add(sub)
-    assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sweep", "sample", "chat",
+    server.close()
+    assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sweep", "sample", "chat", "serve",
                    "recommend", "smoke-cpu", "smoke-train", "export", "import"}  # fmt: skip
     snippets = [code for code in blocks("python") if uses_transformers(code)]
     assert snippets
@@ -104,7 +164,7 @@ def test_readme_python_blocks_run():
     """The python blocks run in order, in one namespace, as a reader would paste them."""
     namespace: dict = {}
     for code in blocks("python"):
-        if uses_transformers(code):
+        if uses_transformers(code) or uses_server(code):
             continue
         exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["logits"].shape == (4, 64, 96)

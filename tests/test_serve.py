@@ -26,10 +26,11 @@ from conftest import VARIANTS, tiny_config
 
 import cli
 from yocto_fn import cache as kv
-from yocto_fn import models
+from yocto_fn import jit, models
 from yocto_fn.batcher import Batcher, Event, Job, QueueFull, Sampling
 from yocto_fn.config import SampleConfig
-from yocto_fn.sample import encode_prompt, generate, load_model
+from yocto_fn.sample import decode_step, encode_prompt, generate, load_model
+from yocto_fn.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key"
@@ -168,6 +169,32 @@ def test_submit_is_all_or_none_within_the_queue_bound(loaded):
     assert b.waiting.qsize() == 3
 
 
+@pytest.mark.slow
+def test_the_compiled_step_equals_eager_at_every_batch_size_without_recompiling():
+    """`--compile`: one graph per batch size, all built at warm-up; rows joining and leaving
+    then never recompile, and the text is the eager step's."""
+    torch._dynamo.reset()
+    cfg = tiny_config(vocab_size=40, block_size=24)
+    model = models.get("gpt-fast")
+    params = model.init(cfg, 0)
+    tok = CharTokenizer([chr(48 + i) for i in range(40)])
+    specs = [([1, 2, 3], 40, Sampling(1.0, seed=1)), ([4] * 9, 30, Sampling(0.0)),
+             ([5, 6], 50, Sampling(0.7, 5, None, 2))]  # fmt: skip
+
+    def run(step) -> list[str]:
+        b = Batcher(model, params, cfg, tok, max_batch=2, step=step)
+        b.warm_up()
+        events = [[] for _ in specs]
+        b.submit([Job(ids, n, s, events[i].append) for i, (ids, n, s) in enumerate(specs)])
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            while not all(e and e[-1].finish for e in events):
+                b.iterate()
+        return [text_of(e) for e in events]
+
+    assert run(jit.compile(decode_step.__wrapped__(model, False))) == run(None)
+
+
+# ------------------------------------------------------------------ a server on localhost
 # ------------------------------------------------------------------ a server on localhost
 
 

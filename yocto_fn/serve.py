@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import secrets
 import signal
@@ -41,6 +40,8 @@ from .errors import UserError
 from .sample import Loaded, decode_step, encode_prompt, load_model
 from .serve_api import (
     ApiError,
+    ApiKey,
+    BodyLimit,
     ChatRequest,
     CompletionRequest,
     Sampled,
@@ -48,6 +49,7 @@ from .serve_api import (
     chat_completion,
     completion,
     completion_chunk,
+    conversation,
     error_body,
     new_id,
     usage,
@@ -133,33 +135,6 @@ class Service:
                                lambda ev, i=i: emit(i, ev), ends=ends, strip=chat_reply,
                                masks=self.masks if chat_reply else None))  # fmt: skip
         return out
-
-
-def conversation(messages, default_system: str) -> tuple[str, list[tuple[str, str]], str]:
-    """(system, [(user, reply)], user) from OpenAI messages. Each message's text becomes one
-    line (runs of whitespace, newlines among them, become one space), as the layout reads
-    one line per turn; a user message with no reply after it is a turn with an empty one."""
-
-    def line(text: str) -> str:
-        return " ".join(text.split())
-
-    systems = [line(m.content) for m in messages if m.role in ("system", "developer")]
-    rest = [m for m in messages if m.role in ("user", "assistant")]
-    if not rest or rest[-1].role != "user":
-        raise ApiError(400, "the last message must be the user's", param="messages")
-    turns: list[tuple[str, str]] = []
-    asked: str | None = None
-    for m in rest[:-1]:
-        if m.role == "user":
-            if asked is not None:
-                turns.append((asked, ""))
-            asked = line(m.content)
-        else:
-            turns.append((asked or "", line(m.content)))
-            asked = None
-    if asked is not None:
-        turns.append((asked, ""))
-    return (" ".join(systems) if systems else default_system), turns, line(rest[-1].content)
 
 
 # ---------------------------------------------------------------------------- the app
@@ -342,67 +317,6 @@ class Relay:
         finally:
             for job in jobs:
                 job.cancel()
-
-
-class ApiKey:
-    """ASGI middleware: with a key set, /v1/ needs `Authorization: Bearer KEY` (401)."""
-
-    def __init__(self, app, key: str | None) -> None:
-        self.app, self.key = app, key
-
-    async def __call__(self, scope, receive, send):
-        if self.key and scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given, f"Bearer {self.key}"):
-                message = "missing or wrong API key; send Authorization: Bearer KEY"
-                return await _send_json(send, 401, error_body(message, code="invalid_api_key"))
-        return await self.app(scope, receive, send)
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets a 413 before any parsing."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await self._refuse(send)
-            if not message.get("more_body"):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()  # later messages: the disconnect a stream waits for
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-    async def _refuse(self, send):
-        kib = self.limit // 1024
-        await _send_json(send, 413, error_body(f"request body over {kib} KiB (--max-body-kb)"))
-
-
-async def _send_json(send, status: int, body: dict) -> None:
-    raw = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": raw})
 
 
 # ---------------------------------------------------------------------------- the CLI side

@@ -1,4 +1,5 @@
-"""The OpenAI wire format `serve` speaks: request bodies (validated), replies and errors.
+"""The OpenAI wire format `serve` speaks: request bodies (validated), replies and errors,
+the message list read as a conversation, and the two ASGI guards (API key, body size).
 
 Requests are pydantic models, so FastAPI checks types and ranges and publishes them in
 `/openapi.json`; a body that fails gets a 400 with an OpenAI-style error (`error_body`).
@@ -8,6 +9,8 @@ Fields this server does not know are ignored, as OpenAI's clients send some of t
 
 from __future__ import annotations
 
+import hmac
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -148,3 +151,94 @@ def chat_chunk(rid: str, model: str, index: int, delta: dict, finish: str | None
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+
+
+def conversation(messages, default_system: str) -> tuple[str, list[tuple[str, str]], str]:
+    """(system, [(user, reply)], user) from OpenAI messages. Each message's text becomes one
+    line (runs of whitespace, newlines among them, become one space), as the layout reads
+    one line per turn; a user message with no reply after it is a turn with an empty one."""
+
+    def line(text: str) -> str:
+        return " ".join(text.split())
+
+    systems = [line(m.content) for m in messages if m.role in ("system", "developer")]
+    rest = [m for m in messages if m.role in ("user", "assistant")]
+    if not rest or rest[-1].role != "user":
+        raise ApiError(400, "the last message must be the user's", param="messages")
+    turns: list[tuple[str, str]] = []
+    asked: str | None = None
+    for m in rest[:-1]:
+        if m.role == "user":
+            if asked is not None:
+                turns.append((asked, ""))
+            asked = line(m.content)
+        else:
+            turns.append((asked or "", line(m.content)))
+            asked = None
+    if asked is not None:
+        turns.append((asked, ""))
+    return (" ".join(systems) if systems else default_system), turns, line(rest[-1].content)
+
+
+# ---------------------------------------------------------------------------- middleware
+
+
+class ApiKey:
+    """ASGI middleware: with a key set, /v1/ needs `Authorization: Bearer KEY` (401)."""
+
+    def __init__(self, app, key: str | None) -> None:
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send):
+        if self.key and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given, f"Bearer {self.key}"):
+                message = "missing or wrong API key; send Authorization: Bearer KEY"
+                return await _send_json(send, 401, error_body(message, code="invalid_api_key"))
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets a 413 before any parsing."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._refuse(send)
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later messages: the disconnect a stream waits for
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, send):
+        kib = self.limit // 1024
+        await _send_json(send, 413, error_body(f"request body over {kib} KiB (--max-body-kb)"))
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    raw = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": raw})
