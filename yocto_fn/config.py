@@ -328,8 +328,8 @@ class ServeConfig(InferenceOptions):
     """Largest `max_tokens` a request may ask for."""
     max_body_kb: int = 256
     """Largest request body in KiB; larger ones get a 413."""
-    api_key: str | None = None
-    """Require `Authorization: Bearer KEY` on /v1/ (unset: no key)."""
+    api_key: Annotated[str | None, unset_means("no key", "KEY")] = None
+    """Require `Authorization: Bearer KEY` on /v1/."""
     model_id: str = "yocto_fn"
     """The model's name in /v1/models and in replies; requests may name it or leave it out."""
     grace_s: float = 10.0
