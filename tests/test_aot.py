@@ -22,7 +22,7 @@ class FakePackages:
         monkeypatch.setattr(aot, "_build", self.build)
         monkeypatch.setattr(aot, "_load", self.load)
 
-    def build(self, dest, model, p, cfg, batch, max_len) -> None:
+    def build(self, dest, model, p, cfg, batch, max_len, rows=None) -> None:
         self.builds += 1
         dest.write_bytes(b"package")
 
@@ -64,7 +64,10 @@ def test_other_weights_dtype_or_shape_get_their_own_package(tmp_path, monkeypatc
     _step(changed, tmp_path)
     _step(params.to(p, dtype=torch.bfloat16), tmp_path)
     aot.decode_step(model, p, cfg, 2, cfg.block_size, tmp_path, log=lambda m: None)
-    assert fake.builds == 4 and len(list(tmp_path.glob("decode-*.json"))) == 4
+    aot.decode_step(model, p, cfg, 2, cfg.block_size, tmp_path, log=lambda m: None, rows=4)
+    assert fake.builds == 5 and len(list(tmp_path.glob("decode-*.json"))) == 5
+    keys = [orjson.loads(f.read_bytes()) for f in tmp_path.glob("decode-*.json")]
+    assert sorted(k.get("rows", 0) for k in keys) == [0, 0, 0, 0, 4]  # older keys unchanged
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,15 @@ from conftest import VARIANTS, tiny_config
 import cli
 from yocto_fn import cache as kv
 from yocto_fn import jit, models
-from yocto_fn.batcher import Batcher, Event, Job, QueueFull, Sampling
+from yocto_fn.batcher import (
+    Batcher,
+    Event,
+    Job,
+    QueueFull,
+    Sampling,
+    batch_sizes,
+    compiled_steps,
+)
 from yocto_fn.config import SampleConfig
 from yocto_fn.sample import decode_step, encode_prompt, generate, load_model
 from yocto_fn.tokenizer import CharTokenizer
@@ -170,9 +178,10 @@ def test_submit_is_all_or_none_within_the_queue_bound(loaded):
 
 
 @pytest.mark.slow
-def test_the_compiled_step_equals_eager_at_every_batch_size_without_recompiling():
-    """`--compile`: one graph per batch size, all built at warm-up; rows joining and leaving
-    then never recompile, and the text is the eager step's."""
+def test_the_compiled_steps_equal_eager_at_every_batch_size_without_recompiling(tmp_path):
+    """`--compile`: one step per batch size, all built at start-up (torch.compile's graphs, or
+    CPU's packaged steps over the shared per-row cache); rows joining and leaving then never
+    recompile, and the text is the eager step's."""
     torch._dynamo.reset()
     cfg = tiny_config(vocab_size=40, block_size=24)
     model = models.get("gpt-fast")
@@ -181,8 +190,8 @@ def test_the_compiled_step_equals_eager_at_every_batch_size_without_recompiling(
     specs = [([1, 2, 3], 40, Sampling(1.0, seed=1)), ([4] * 9, 30, Sampling(0.0)),
              ([5, 6], 50, Sampling(0.7, 5, None, 2))]  # fmt: skip
 
-    def run(step) -> list[str]:
-        b = Batcher(model, params, cfg, tok, max_batch=2, step=step)
+    def run(steps) -> list[str]:
+        b = Batcher(model, params, cfg, tok, max_batch=2, steps=steps)
         b.warm_up()
         events = [[] for _ in specs]
         b.submit([Job(ids, n, s, events[i].append) for i, (ids, n, s) in enumerate(specs)])
@@ -191,7 +200,10 @@ def test_the_compiled_step_equals_eager_at_every_batch_size_without_recompiling(
                 b.iterate()
         return [text_of(e) for e in events]
 
-    assert run(jit.compile(decode_step.__wrapped__(model, False))) == run(None)
+    eager = run(None)
+    compiled = jit.compile(decode_step.__wrapped__(model, False))
+    assert run(dict.fromkeys(batch_sizes(2), compiled)) == eager
+    assert run(compiled_steps(model, params, cfg, 2, tmp_path)) == eager
 
 
 # ------------------------------------------------------------------ a server on localhost

@@ -30,7 +30,7 @@ import orjson
 import torch
 
 from . import checkpoint, fileio, jit
-from .cache import KVCache
+from .cache import KVCache, init_cache
 from .config import ModelConfig
 from .errors import UserError
 from .models import Model
@@ -58,19 +58,26 @@ def code_digest() -> str:
 
 
 def package_key(
-    model: Model, params: Params, cfg: ModelConfig, batch: int, max_len: int, device: torch.device
+    model: Model,
+    params: Params,
+    cfg: ModelConfig,
+    batch: int,
+    max_len: int,
+    device: torch.device,
+    rows: int | None = None,
 ) -> dict[str, Any]:
     """What a package depends on; two steps with equal keys compute the same thing."""
     dtype = params["wte"].dtype
     where = device.type
     if device.type == "cuda":
         where += f":{torch.cuda.get_device_name(device)}:{torch.cuda.get_device_capability(device)}"
-    return {
+    key = {
         "format": FORMAT, "torch": torch.__version__, "variant": model.name,
         "model_config": cfg.to_dict(), "batch": batch, "max_len": max_len,
         "dtype": str(dtype).removeprefix("torch."), "device": where,
         "weights_sha256": weights_digest(params), "code_sha256": code_digest(),
     }  # fmt: skip
+    return key if rows is None else key | {"rows": rows}
 
 
 class _Step(torch.nn.Module):
@@ -121,12 +128,30 @@ def _load(path: Path, device: torch.device) -> Any:
     return type("Runner", (), {"run": staticmethod(lambda xs: compiled(*xs))})()
 
 
+def example_cache(
+    model: Model, params: Params, cfg: ModelConfig, batch: int, max_len: int, rows: int | None
+) -> KVCache:
+    """The cache a package is built for: one position for the batch, or with `rows`, a
+    per-row cache of `rows` rows that the batch's first `batch` rows step over (a server's)."""
+    device, dtype = params["wte"].device, params["wte"].dtype
+    if rows is None:
+        return model.init_cache(cfg, batch, max_len, dtype, device)
+    full = init_cache(cfg, rows, max_len, dtype, device, per_row=True)
+    return full._replace(pos=full.pos[:batch].clone())
+
+
 def _build(
-    dest: Path, model: Model, params: Params, cfg: ModelConfig, batch: int, max_len: int
+    dest: Path,
+    model: Model,
+    params: Params,
+    cfg: ModelConfig,
+    batch: int,
+    max_len: int,
+    rows: int | None = None,
 ) -> None:
     """Export and compile the step into `dest`, atomically (a temporary file, then rename)."""
-    device, dtype = params["wte"].device, params["wte"].dtype
-    cache = model.init_cache(cfg, batch, max_len, dtype, device)
+    device = params["wte"].device
+    cache = example_cache(model, params, cfg, batch, max_len, rows)
     tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -154,11 +179,14 @@ def decode_step(
     max_len: int,
     cache_dir: Path,
     log: Callable[[str], object] = lambda msg: print(msg, file=sys.stderr),
+    rows: int | None = None,
 ) -> PackagedStep:
     """The packaged step for these weights and shapes: loaded from `cache_dir` when a
-    package with the same key is there, else built (once, tens of seconds) and saved."""
+    package with the same key is there, else built (once, tens of seconds) and saved.
+    With `rows`, the step runs `batch` rows of a per-row cache of `rows` rows."""
     device = params["wte"].device
-    key = orjson.loads(fileio.json_bytes(package_key(model, params, cfg, batch, max_len, device)))
+    key = package_key(model, params, cfg, batch, max_len, device, rows)
+    key = orjson.loads(fileio.json_bytes(key))
     name = hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
     cache_dir = _writable(cache_dir, log)
     path, key_path = cache_dir / f"decode-{name}.pt2", cache_dir / f"decode-{name}.json"
@@ -170,11 +198,12 @@ def decode_step(
         pass
     except Exception as e:  # noqa: BLE001 - any unreadable or unloadable package is rebuilt
         log(f"compiled decode step {path} unusable ({type(e).__name__}); rebuilding")
-    log(f"compiling the decode step once for these weights (kept in {cache_dir}) ...")
+    what = "the decode step" if rows is None else f"the {batch}-row decode step"
+    log(f"compiling {what} once for these weights (kept in {cache_dir}) ...")
     t0 = time.perf_counter()
     key_path.unlink(missing_ok=True)
     try:
-        _build(path, model, params, cfg, batch, max_len)
+        _build(path, model, params, cfg, batch, max_len, rows)
     except Exception as e:  # noqa: BLE001 - the compiler's failures have many types
         reason = (str(e).splitlines() or [""])[0][:120]
         raise UserError(

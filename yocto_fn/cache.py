@@ -1,12 +1,14 @@
 """The KV cache as an explicit value.
 
-`KVCache(k, v, pos)` holds static, preallocated per-layer buffers [L, B, H, Tmax, Dh] and the
-number of filled positions as an int64 tensor: 0-d when every row is at the same position, or
-[B], a position per row, when rows hold unrelated sequences (a server's batch, where requests
-join and leave between steps). A forward call with a cache writes the new keys/values at
-`pos` and returns the cache with `pos` advanced. Keeping `pos` a tensor (not a
-Python int) keeps shapes and guards static, so a compiled single-token step compiles once
-for every position.
+`KVCache(k, v, pos)` holds static, preallocated per-layer buffers [L, B, H, Tmax, Dh] and
+the number of filled positions as an int64 tensor: 0-d when every row is at the same
+position, or [B], a position per row, when rows hold unrelated sequences (a server's batch,
+where requests join and leave between steps). A per-row cache's buffers may hold more rows
+than the batch that runs over them: a call with B tokens' rows (`pos` of shape [B]) uses the
+first B rows, so one set of buffers serves steps of every batch size up to its own. A
+forward call with a cache writes the new keys/values at `pos` and returns the cache with
+`pos` advanced. Keeping `pos` a tensor (not a Python int) keeps shapes and guards static, so
+a compiled single-token step compiles once for every position.
 
 The contract: a cache is consumed by the call that takes it; go on with the returned one.
 - In plain eager or compiled code the write is in place, into the buffers of the cache
@@ -136,7 +138,7 @@ def write(
     cache: KVCache, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Store layer `layer`'s new keys/values [B, H, T, D] at `positions` ([T], or [B, T] per
-    row), in place; return the layer's whole buffers [B, H, Tmax, D].
+    row), in place; return the layer's whole buffers [B, H, Tmax, D] (for B rows).
 
     The write is one `index_put_` on the full [L, B, H, Tmax, D] buffer rather than on a view
     of it: written that way the compiler updates the cache in place, where a write into a
@@ -144,13 +146,14 @@ def write(
     """
     layers = torch.full_like(positions, layer)
     if positions.dim() == 1:  # None: a full slice; the indexed axes lead the values' shape
-        where, order = [layers, None, None, positions], (2, 0, 1, 3)
-    else:
-        rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        where, order, n = [layers, None, None, positions], (2, 0, 1, 3), cache.k.shape[1]
+    else:  # a position per row: the first B rows of the buffers (see the module's docstring)
+        n = positions.shape[0]
+        rows = torch.arange(n, device=positions.device)[:, None]
         where, order = [layers, rows, None, positions], (0, 2, 1, 3)
     for buf, new in ((cache.k, k), (cache.v, v)):
         torch.ops.aten.index_put_(buf, where, new.to(buf.dtype).permute(*order))
-    return cache.k[layer], cache.v[layer]
+    return cache.k[layer, :n], cache.v[layer, :n]
 
 
 def advance(cache: KVCache, new_tokens: int) -> KVCache:

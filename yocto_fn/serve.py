@@ -34,10 +34,10 @@ from starlette.exceptions import HTTPException
 
 from . import chat
 from . import tokenizer as tokenizers
-from .batcher import Batcher, Event, Job, QueueFull, Sampling
+from .batcher import Batcher, Event, Job, QueueFull, Sampling, compiled_steps
 from .config import ServeConfig
 from .errors import UserError
-from .sample import Loaded, decode_step, encode_prompt, load_model
+from .sample import Loaded, encode_prompt, load_model
 from .serve_api import (
     ApiError,
     ApiKey,
@@ -184,7 +184,7 @@ def build_app(service: Service):
         b = service.batcher
         return {"status": "ok", "model": service.opts.model_id, "busy_rows": b.busy_rows(),
                 "max_batch": b.max_batch, "waiting": b.waiting.qsize(),
-                "decode_steps": b.steps}  # fmt: skip
+                "decode_steps": b.decode_steps}  # fmt: skip
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -352,14 +352,18 @@ def run(opts: ServeConfig) -> None:
     check_port(opts.host, opts.port)
     loaded = load_model(opts)
     t0 = time.perf_counter()
-    step = decode_step(loaded.model, True) if opts.compile else None
+    steps = None
+    if opts.compile:
+        beside = opts.ckpt if opts.ckpt.is_dir() else opts.ckpt.parent  # an exported directory
+        steps = compiled_steps(loaded.model, loaded.params, loaded.cfg, opts.max_batch,
+                               beside / "compiled")  # fmt: skip
     batcher = Batcher(
         loaded.model, loaded.params, loaded.cfg, loaded.tok, max_batch=opts.max_batch,
-        max_queue=opts.max_queue, prefill_chunk=opts.prefill_chunk, step=step,
+        max_queue=opts.max_queue, prefill_chunk=opts.prefill_chunk, steps=steps,
     )  # fmt: skip
     if opts.compile:
         batcher.warm_up()
-        print(f"compiled the decode step for {opts.max_batch} rows in "
+        print(f"decode steps for batches of {', '.join(map(str, batcher.sizes))} rows ready in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
     app = build_app(Service(opts, loaded, batcher))
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
