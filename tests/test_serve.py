@@ -6,6 +6,7 @@ processes are killed if they outlive their test."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -175,6 +176,30 @@ def test_submit_is_all_or_none_within_the_queue_bound(loaded):
     assert b.waiting.qsize() == 2
     b.submit([job()])
     assert b.waiting.qsize() == 3
+
+
+def test_the_mailbox_delivers_every_event_in_order_with_one_wake_up_per_burst():
+    """Events posted while the loop is busy (a decode step's, one per row) reach their
+    queues in order, and the loop is woken once for the burst, not once per event."""
+    pytest.importorskip("fastapi")
+    from yocto_fn.serve import Mailbox
+
+    async def main() -> tuple[list, list, int]:
+        box, queues, wakes = Mailbox(), [asyncio.Queue(), asyncio.Queue()], []
+        real = box.loop.call_soon_threadsafe
+        box.loop = type("Loop", (), {"call_soon_threadsafe": lambda self, f: (
+            wakes.append(1), real(f))})()  # fmt: skip
+        burst = lambda n: [box.post(queues[i % 2], i) for i in range(n)]  # noqa: E731
+        thread = threading.Thread(target=burst, args=(100,))
+        thread.start()
+        thread.join(timeout=10)  # the loop is blocked here: every post lands in one burst
+        await asyncio.sleep(0)
+        got = [[q.get_nowait() for _ in range(q.qsize())] for q in queues]
+        return got, wakes, box.armed
+
+    (evens, odds), wakes, armed = asyncio.run(main())
+    assert evens == list(range(0, 100, 2)) and odds == list(range(1, 100, 2))
+    assert len(wakes) == 1 and not armed
 
 
 @pytest.mark.slow
