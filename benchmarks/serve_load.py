@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import io
-import json
 import re
 import socket
 import statistics
@@ -31,6 +31,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -38,7 +40,6 @@ import orjson
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx2 as httpx  # noqa: E402
 
 from benchmarks.proc import ROOT, cli  # noqa: E402
 from yocto_fn import fileio, probe  # noqa: E402
@@ -77,9 +78,10 @@ class Server:
             if self.proc.poll() is not None:
                 raise SystemExit(f"serve exited: {self.proc.stderr.read()[-2000:]}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
                 pass
             if time.monotonic() > deadline:
                 self.close()
@@ -94,22 +96,33 @@ class Server:
             self.proc.kill()
 
 
-def stream_once(url: str, max_tokens: int, seed: int) -> dict:
-    """One streamed completion: chunk arrival times and the tokens it reports."""
+def stream_once(conn: http.client.HTTPConnection, max_tokens: int, seed: int) -> dict:
+    """One streamed completion over a kept-alive connection: chunk arrival times and the
+    tokens it reports. The client is the standard library's, read line by line: on a
+    2-core host every client's CPU is taken from the server, and httpx's streaming reader
+    cost about 0.6 ms of CPU a token against 0.14 ms here."""
     body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed,
             "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
     t0, times, tokens = time.perf_counter(), [], 0
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["text"]:
-                times.append(time.perf_counter())
+    conn.request("POST", "/v1/completions", orjson.dumps(body),
+                 {"Content-Type": "application/json"})  # fmt: skip
+    r = conn.getresponse()
+    if r.status != 200:
+        raise SystemExit(f"the server answered {r.status}: {r.read()[:300]!r}")
+    while line := r.readline():
+        if not line.startswith(b"data: {"):
+            continue
+        chunk = orjson.loads(line[6:])
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+        elif chunk["choices"] and chunk["choices"][0]["text"]:
+            times.append(time.perf_counter())
     return {"start": t0, "times": times, "tokens": tokens}
+
+
+def connect(url: str) -> http.client.HTTPConnection:
+    where = urllib.parse.urlsplit(url)
+    return http.client.HTTPConnection(where.hostname, where.port, timeout=600)
 
 
 def phase(url: str, clients: int, requests: int, max_tokens: int) -> dict:
@@ -118,11 +131,13 @@ def phase(url: str, clients: int, requests: int, max_tokens: int) -> dict:
     lock, barrier = threading.Lock(), threading.Barrier(clients)
 
     def work(c: int) -> None:
+        conn = connect(url)
         barrier.wait(timeout=60)
         for r in range(requests):
-            one = stream_once(url, max_tokens, seed=1000 * c + r)
+            one = stream_once(conn, max_tokens, seed=1000 * c + r)
             with lock:
                 results.append(one)
+        conn.close()
 
     threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
     t0 = time.perf_counter()

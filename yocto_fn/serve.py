@@ -2,9 +2,10 @@
 
 Endpoints: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (with
 `stream: true`, server-sent events ending `data: [DONE]`), `GET /healthz`, and `GET /`, a
-static chat page that streams replies. The model runs on one worker thread that owns a
-batched KV cache (`batcher.Batcher`); request handlers on the event loop only queue jobs and
-relay their events, so the loop never waits on the model.
+static chat page that streams replies. The model runs on the main thread, which owns a
+batched KV cache (`batcher.Batcher`); the HTTP server's event loop runs on a thread of its
+own, where request handlers only queue jobs and relay their events, so the loop never waits
+on the model.
 
 A prompt longer than the context slides as `sample` slides it: the model reads its last
 `block_size` tokens (`usage.prompt_tokens` still counts them all). A chat is laid out as
@@ -144,12 +145,12 @@ class Service:
 
 
 def build_app(service: Service):
-    """The FastAPI app over `service` (its batcher starts and stops with the app)."""
+    """The FastAPI app over `service`; its batcher's loop must run beside it (`run`), and
+    stops when the app shuts down."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         service.mailbox = Mailbox()  # bound to the loop that serves
-        service.batcher.start()
         o = service.opts
         print(f"serving {o.model_id} at http://{o.host}:{o.port} (chat page at /, API under "
               "/v1); Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)  # fmt: skip
@@ -410,11 +411,27 @@ def run(opts: ServeConfig) -> None:
     app = build_app(Service(opts, loaded, batcher))
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                             timeout_graceful_shutdown=opts.grace_s)  # fmt: skip
-    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found;
-    # a handler that does nothing lets the command end normally, with status 0
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    server = uvicorn.Server(config)
+    http = threading.Thread(target=server.run, name="http", daemon=True)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        """SIGTERM or Ctrl-C: stop admitting and drain for up to --grace-s; a second
+        Ctrl-C cuts the streams at once."""
+        if server.should_exit and signum == signal.SIGINT:
+            server.force_exit = True
+        server.should_exit = True
+
+    # the model runs here, on the main thread (see `Batcher.run`), and the event loop on its
+    # own; uvicorn leaves signals to the main thread when it runs on another
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        uvicorn.Server(config).run()
+        http.start()
+        batcher.run(alive=http.is_alive)
+        http.join(opts.grace_s + 10)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if not server.started:
+        raise UserError(f"the HTTP server did not start on {opts.host}:{opts.port}; pick "
+                        "another --port or --host")  # fmt: skip
     print("server stopped", file=sys.stderr, flush=True)
