@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import http.client
 import io
+import os
 import re
 import socket
 import statistics
@@ -125,7 +126,35 @@ def connect(url: str) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(where.hostname, where.port, timeout=600)
 
 
-def phase(url: str, clients: int, requests: int, max_tokens: int) -> dict:
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each thread of process `pid` (Linux /proc; {} elsewhere)."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_profile(pid: int, before: dict, after: dict, client_s: float, tokens: int) -> dict:
+    """CPU ms per token received: the server's main thread (the model: Python and its share
+    of the step), its other threads (the HTTP event loop, the OpenMP workers of the step),
+    and the clients; where these sum past the cores' capacity, CPU is the limit."""
+    per = lambda s: round(s / max(tokens, 1) * 1e3, 3)  # noqa: E731
+    others = sorted((after[t] - before.get(t, 0.0) for t in after if t != pid), reverse=True)
+    return {"server_main": per(after.get(pid, 0.0) - before.get(pid, 0.0)),
+            "server_others": [per(x) for x in others if x > 0],
+            "clients": per(client_s)}  # fmt: skip
+
+
+def phase(url: str, clients: int, requests: int, max_tokens: int, pid: int) -> dict:
     """`clients` threads, each streaming `requests` completions back to back."""
     results: list[dict] = []
     lock, barrier = threading.Lock(), threading.Barrier(clients)
@@ -140,18 +169,21 @@ def phase(url: str, clients: int, requests: int, max_tokens: int) -> dict:
         conn.close()
 
     threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
-    t0 = time.perf_counter()
+    cpu0, own0, t0 = thread_cpu(pid), time.process_time(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=1800)
     wall = time.perf_counter() - t0
+    cpu = cpu_profile(pid, cpu0, thread_cpu(pid), time.process_time() - own0,
+                      sum(r["tokens"] for r in results))  # fmt: skip
     ttft = [r["times"][0] - r["start"] for r in results]
     itl = [b - a for r in results for a, b in zip(r["times"], r["times"][1:], strict=False)]
     steady = [(len(r["times"]) - 1) / (r["times"][-1] - r["times"][0]) for r in results]
     return {"clients": clients, "tokens_per_s": sum(r["tokens"] for r in results) / wall,
             "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "itl_p50": pct(itl, 50),
-            "itl_p99": pct(itl, 99), "steady_per_client": statistics.median(steady)}  # fmt: skip
+            "itl_p99": pct(itl, 99), "steady_per_client": statistics.median(steady),
+            "cpu_ms_per_token": cpu}  # fmt: skip
 
 
 def pct(values: list[float], q: float) -> float:
@@ -176,11 +208,12 @@ def run_config(args, root: Path, shape: str, quantize: str) -> list[dict]:
     server = Server(ckpt, quantize, args.max_batch)
     rounds: list[dict] = []
     try:
-        phase(server.url, 1, 1, 8)  # warm the connection path
+        pid = server.proc.pid
+        phase(server.url, 1, 1, 8, pid)  # warm the connection path
         for r in range(args.rounds):
             row = {"sample_steady": sample_rate(ckpt, quantize, args.max_tokens)}
             for n in args.clients:
-                row[n] = phase(server.url, n, args.requests, args.max_tokens)
+                row[n] = phase(server.url, n, args.requests, args.max_tokens, pid)
             rounds.append(row)
             print(f"{shape} {quantize} round {r + 1}: " + ", ".join(
                 f"N={n} {row[n]['tokens_per_s']:.0f} tok/s" for n in args.clients),
@@ -189,7 +222,9 @@ def run_config(args, root: Path, shape: str, quantize: str) -> list[dict]:
         server.close()
     out = []
     for n in args.clients:
-        med = {k: statistics.median(r[n][k] for r in rounds) for k in rounds[0][n]}
+        med = {k: statistics.median(r[n][k] for r in rounds) for k in rounds[0][n]
+               if k != "cpu_ms_per_token"}  # fmt: skip
+        med["cpu_ms_per_token"] = rounds[len(rounds) // 2][n]["cpu_ms_per_token"]
         out.append({"shape": shape, "quantize": quantize, **med,
                     "sample_steady": statistics.median(r["sample_steady"] for r in rounds),
                     "rounds": args.rounds, "requests_per_client": args.requests,
@@ -217,8 +252,15 @@ def table(rows: list[dict]) -> str:
     for (shape, q), r in refs.items():
         lines.append(f"- {shape} {q}: one client's steady {r['steady_per_client']:,.0f} tok/s "
                      f"against `sample --compile` {r['sample_steady']:,.0f} tok/s "
-                     f"({r['steady_per_client'] / r['sample_steady']:.2f}x)")  # fmt: skip
+                     f"({r['steady_per_client'] / r['sample_steady']:.2f}x); CPU ms per token: "
+                     f"{cpu_line(r['cpu_ms_per_token'])}")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def cpu_line(cpu: dict) -> str:
+    others = " + ".join(f"{x:.2f}" for x in cpu["server_others"]) or "0"
+    return (f"server main thread {cpu['server_main']:.2f}, other server threads {others}, "
+            f"clients {cpu['clients']:.2f}")  # fmt: skip
 
 
 def plot(path: Path, rows: list[dict]) -> None:
