@@ -29,6 +29,7 @@ from importlib import resources
 from typing import Any
 
 import orjson
+import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +41,7 @@ from . import tokenizer as tokenizers
 from .batcher import Batcher, Event, Job, QueueFull, Sampling, compiled_steps
 from .config import ServeConfig
 from .errors import UserError
+from .params import tree_leaves
 from .sample import Loaded, encode_prompt, load_model
 from .serve_api import (
     ApiError,
@@ -68,6 +70,9 @@ class Service:
         self.masks = chat.reply_masks(loaded.tok, loaded.params["wte"].device)
         self.started = int(time.time())
         self.mailbox: Mailbox | None = None  # made when serving starts, on its event loop
+        dtypes = {leaf.dtype for leaf in tree_leaves(loaded.params)}
+        wte = str(loaded.params["wte"].dtype).removeprefix("torch.")
+        self.weights = "int8" if torch.int8 in dtypes else wte  # what is loaded, not the flag
 
     # ------------------------------------------------------------------ request checks
 
@@ -189,7 +194,7 @@ def build_app(service: Service):
         b = service.batcher
         return {"status": "ok", "model": service.opts.model_id, "busy_rows": b.busy_rows(),
                 "max_batch": b.max_batch, "waiting": b.waiting.qsize(),
-                "decode_steps": b.decode_steps}  # fmt: skip
+                "decode_steps": b.decode_steps, "weights": service.weights}  # fmt: skip
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
