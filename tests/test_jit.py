@@ -44,6 +44,7 @@ def test_a_compiler_other_than_gcc_is_left_alone(monkeypatch):
         assert inductor.cpp.cxx == (None, "no-such-compiler++")
 
 
+@pytest.mark.slow  # about 25-45 s on 2 cores
 def test_compiled_bf16_step_gradients_are_finite_and_match_eager():
     """The shape at which GCC 12's -O3 turned the compiled bf16 backward NaN at once (one
     layer, n_embd 64, block 32, batch 32 on AVX-512): finite, and eager's gradient norm."""

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ckpt
 
@@ -78,6 +79,7 @@ def check_usable(out: Path) -> int:
     return saved
 
 
+@pytest.mark.slow  # about 25-45 s on 2 cores
 def test_sigkill_six_times_then_resume_matches_an_uninterrupted_run(char_dir, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "killed"
     proc = start(char_dir, ref, 0.0)

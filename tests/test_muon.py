@@ -155,6 +155,7 @@ def test_accumulated_micro_batches_equal_one_batch():
     assert params.max_abs_diff(s1.momentum, s2.momentum) < 1e-6
 
 
+@pytest.mark.slow  # about 25-45 s on 2 cores
 def test_compiled_step_equals_eager_without_recompiling_as_rates_move():
     torch._dynamo.reset()
     cfg = tiny_config(n_layer=1)

@@ -132,6 +132,7 @@ def test_the_probe_times_the_real_step_once_per_device_and_caches_it(tmp_path, m
     assert len(calls) == 2 and other > 0
 
 
+@pytest.mark.slow  # about 25-45 s on 2 cores
 def test_the_committed_grid_reproduces_the_committed_law():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import recommend_grid
