@@ -123,6 +123,34 @@ def test_batched_rows_equal_generate(loaded, temperature):
         assert ev[-1].finish == "length" and ev[-1].tokens == n
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_short_prompts_arriving_together_prefill_in_one_forward_and_equal_generate(
+    loaded, temperature
+):
+    """Five prompts of 1-13 characters arrive at once: four fit 64 token rows together
+    (right-padded to the longest), the fifth goes alone; every row gives `generate`'s text."""
+    prompts = ["The ", "Philosophy is", "A", "Truth", "Hello there"]
+    specs = [(p, 40, Sampling(temperature, seed=i), {}) for i, p in enumerate(prompts)]
+    b = Batcher(loaded.model, loaded.params, loaded.cfg, loaded.tok, max_batch=8,
+                prefill_chunk=64)  # fmt: skip
+    events = [[] for _ in specs]
+    for i, (p, n, sampling, _) in enumerate(specs):
+        b.submit([Job(encode_prompt(loaded, p, False), n, sampling, events[i].append)])
+    started = lambda: [r is not None and bool(r.new) for r in b.rows[:5]]  # noqa: E731
+    b.iterate()
+    assert b.prefills == 1 and started() == [True] * 4 + [False]  # 4 x 13 <= 64 < 5 x 13
+    b.iterate()
+    assert b.prefills == 2 and all(started())
+    while not all(e and e[-1].finish for e in events):
+        b.iterate()
+    for i, (p, ev) in enumerate(zip(prompts, events, strict=True)):
+        ids = encode_prompt(loaded, p, False)
+        gen = torch.Generator().manual_seed(i)
+        ref = generate(loaded.model, loaded.params, loaded.cfg, ids, max_new_tokens=40,
+                       temperature=temperature, generator=gen)  # fmt: skip
+        assert text_of(ev) == loaded.tok.decode(ref[0].tolist())
+
+
 def test_a_seeded_job_draws_the_same_tokens_alone_and_in_company(loaded):
     alone = run_jobs(loaded, [("The ", 60, Sampling(1.0, None, 0.9, 7), {})], max_batch=4)
     specs = [("Hello", 60, Sampling(0.8, 5, None, 3), {}),

@@ -156,7 +156,7 @@ class Batcher:
         self.lock = threading.Lock()
         self.running, self.done = threading.Event(), threading.Event()
         self.running.set()
-        self.decode_steps = 0  # decode steps run (for tests and stats)
+        self.decode_steps = self.prefills = 0  # forwards run (for tests and stats)
 
     # ------------------------------------------------------------------ the public side
 
@@ -222,7 +222,7 @@ class Batcher:
         many seconds for a job when there is nothing to do."""
         self._drop_cancelled()
         self._admit(block if self.busy_rows() == 0 else 0.0)
-        self._prefill_one_chunk()
+        self._prefill()
         decoding = [i for i, r in enumerate(self.rows) if r is not None and r.pending is not None]
         if decoding:
             self._decode(decoding)
@@ -246,20 +246,48 @@ class Batcher:
             gen = torch.Generator(self.device).manual_seed(job.sampling.seed)
             self.rows[i] = _Row(job, gen, list(job.prompt)[-self.cfg.block_size :])
 
-    def _prefill_one_chunk(self) -> None:
-        """The next chunk of the first row still prefilling; after its last chunk, the row
-        picks its first token."""
-        for i, row in enumerate(self.rows):
-            if row is None or row.filled >= len(row.context) or row.pending is not None:
-                continue
-            if row.new:  # only a new row prefills here; a slide is done in _pick
-                continue
-            chunk = row.context[row.filled : row.filled + self.prefill_chunk]
-            logits = self._row_forward(i, chunk, row.filled)
-            row.filled += len(chunk)
-            if row.filled == len(row.context):
-                self._pick(i, logits)
+    def _prefill(self) -> None:
+        """One prefill forward of at most `prefill_chunk` token rows: new short prompts
+        together (`_prefill_together`), else the next chunk of the first row still
+        prefilling. After its last chunk, a row picks its first token."""
+        todo = [i for i, r in enumerate(self.rows)  # a slide is done in _pick, not here
+                if r is not None and not r.new and r.filled < len(r.context)]  # fmt: skip
+        if not todo:
             return
+        group, longest = [], 0  # the first waiting row, and the new rows that fit with it
+        for i in todo:
+            n, fresh = len(self.rows[i].context), self.rows[i].filled == 0
+            if fresh and (len(group) + 1) * max(longest, n) <= self.prefill_chunk:
+                group, longest = [*group, i], max(longest, n)
+            elif not group:
+                break
+        if len(group) > 1:
+            return self._prefill_together(group, longest)
+        i, row = todo[0], self.rows[todo[0]]
+        chunk = row.context[row.filled : row.filled + self.prefill_chunk]
+        logits = self._row_forward(i, chunk, row.filled)
+        row.filled += len(chunk)
+        if row.filled == len(row.context):
+            self._pick(i, logits)
+        return None
+
+    def _prefill_together(self, group: list[int], longest: int) -> None:
+        """Whole prompts of new rows in one forward, right-padded to the longest: the weights
+        are read once for all (several requests arriving together each wait for one forward,
+        not one each). It runs over a fresh cache of `longest` positions, copied into the
+        rows; a padded row's keys past its prompt are garbage that its next writes overwrite
+        before anything reads them (a row attends to positions up to its own only)."""
+        contexts = [self.rows[i].context for i in group]
+        ids = [c + [0] * (longest - len(c)) for c in contexts]
+        ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        fresh = kv.init_cache(self.cfg, len(group), longest, self.cache.k.dtype, self.device)
+        logits, fresh = self.model.forward(self.params, ids, self.cfg, cache=fresh)
+        self.prefills += 1
+        for k, (i, context) in enumerate(zip(group, contexts, strict=True)):
+            for buf, new in ((self.cache.k, fresh.k), (self.cache.v, fresh.v)):
+                buf[:, i, :, :longest].copy_(new[:, k])
+            self.rows[i].filled = len(context)
+            self._pick(i, logits[k : k + 1, len(context) - 1])
 
     def _row_forward(self, i: int, tokens: list[int], start: int) -> torch.Tensor:
         """Eager forward of `tokens` into row `i` from position `start`: last logits [1, V]."""
@@ -267,6 +295,7 @@ class Batcher:
         one = kv.KVCache(one.k, one.v, torch.tensor(start, device=self.device))
         ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
         logits, _ = self.eager(self.params, ids, self.cfg, one)
+        self.prefills += 1
         return logits
 
     def _decode(self, decoding: list[int]) -> None:
