@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # refreshes them. Every install goes through it, so a fresh clone gets what CI ran.
 LOCK := requirements.lock
 TORCH := 2.13.0
-EXTRAS := dev,interop,serve
+EXTRAS := dev,interop,serve,research
 
 .PHONY: venv test lint format demo bench mutate lock clean
 
