@@ -202,12 +202,14 @@ def swiglu(x: Tensor, p: dict[str, Tensor]) -> Tensor:
 def cross_entropy(
     logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, members: bool = False
 ) -> Tensor:
-    """Mean token cross-entropy in fp32 (also under autocast), with optional label smoothing.
+    """Mean token cross-entropy in at least fp32 (also under autocast: bf16 logits are
+    upcast; float64 ones stay float64), with optional label smoothing.
 
     members=True: logits [E, ..., V] of an ensemble; returns each member's mean, [E].
     """
     losses = F.cross_entropy(
-        logits.flatten(0, -2).float(), targets.flatten(), label_smoothing=label_smoothing,
+        logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32)),
+        targets.flatten(), label_smoothing=label_smoothing,
         reduction="none" if members else "mean",
     )  # fmt: skip
     return losses.view(logits.shape[0], -1).mean(1) if members else losses
