@@ -8,6 +8,7 @@
     python cli.py chat --ckpt checkpoints/run/best.pt [--system-prompt "..."] ...
     python cli.py serve --ckpt checkpoints/run/best.pt [--port 8000] [--max-batch 16] ...
     python cli.py recommend [--data-dir data/char] [--priority speed|quality] ...
+    python cli.py analyze --ckpt checkpoints/run/best.pt --what sharpness|trace|noise-scale|...
     python cli.py export --ckpt checkpoints/run/best.pt --out exported --format safetensors|hf
     python cli.py import --hf-dir DIR --out checkpoints/imported.pt
     python cli.py smoke-cpu | smoke-train      (end with PASS or FAIL; exit 1 on FAIL)
@@ -36,6 +37,7 @@ import tyro
 from benchmarks.presets import BenchConfig
 from yocto_fn import data
 from yocto_fn.config import (
+    AnalyzeConfig,
     ChatConfig,
     ExportConfig,
     ImportConfig,
@@ -113,6 +115,12 @@ def _recommend(cfg: RecommendConfig) -> None:
     recommend(cfg)
 
 
+def _analyze(cfg: AnalyzeConfig) -> None:
+    from yocto_fn import analyze
+
+    analyze.run(cfg)
+
+
 def _export(cfg: ExportConfig) -> None:
     from yocto_fn import interop
 
@@ -152,6 +160,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
     "chat": (ChatConfig, _chat),
     "serve": (ServeConfig, _serve),
     "recommend": (RecommendConfig, _recommend),
+    "analyze": (AnalyzeConfig, _analyze),
     "export": (ExportConfig, _export),
     "import": (ImportConfig, _import),
     "smoke-cpu": (SmokeCpuConfig, _smoke_cpu),

@@ -6,13 +6,19 @@ row at a time."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import matplotlib.image
+import orjson
 import pytest
 import torch
+from conftest import ckpt
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import cli
 from yocto_fn import analysis, models
 from yocto_fn.config import ModelConfig
+from yocto_fn.data import Dataset
 from yocto_fn.ensemble import per_example_grads
 from yocto_fn.params import count, to, tree_leaves, tree_map
 
@@ -208,3 +214,90 @@ def test_float32_parameters_of_a_small_model():
     high = analysis.top_eigenvalues(loss, to(params, dtype=torch.float64), (x, x), iters=20)
     assert low.values[0] == pytest.approx(high.values[0], rel=1e-3)
     assert count(params) > 5000
+
+
+# ----------------------------------------------------------------------------- cli analyze
+
+
+@pytest.fixture(scope="module")
+def run_ckpt(char_dir, tmp_path_factory) -> Path:
+    """A few steps of a tiny gpt-plus on real text: a checkpoint that names its data."""
+    out = tmp_path_factory.mktemp("run")
+    train = ["train", "--model", "gpt-plus", "--data-dir", str(char_dir), "--ckpt-dir",
+             str(out), "--max-iters", "6", "--eval-interval", "6", "--eval-iters", "1",
+             "--batch-size", "4", "--block-size", "16", "--n-layer", "1", "--n-embd", "16",
+             "--n-head", "2", "--amp", "off", "--device", "cpu"]  # fmt: skip
+    assert cli.main(train) == 0
+    return out / "latest.pt"
+
+
+def measured_batches(ckpt_path: Path, char_dir: Path, batches: int, rows: int, seed: int = 0):
+    """The batches `analyze` draws: --batches draws of --batch-size rows from --seed."""
+    saved = ckpt(ckpt_path)
+    mcfg = ModelConfig.from_dict(saved["model_config"])
+    gen = torch.Generator().manual_seed(seed)
+    ds = Dataset(char_dir)
+    drawn = [ds.get_batch("train", rows, mcfg.block_size, gen) for _ in range(batches)]
+    return models.get(saved["arch"]), mcfg, saved["params"], drawn
+
+
+@pytest.mark.parametrize("what", ["sharpness", "trace", "noise-scale", "landscape"])
+def test_analyze_writes_the_library_measure_with_provenance(what, run_ckpt, char_dir, tmp_path,
+                                                             capsys):  # fmt: skip
+    out = tmp_path / "a"
+    argv = ["analyze", "--ckpt", str(run_ckpt), "--what", what, "--batches", "2", "--iters",
+            "6", "--eigenvalues", "2", "--samples", "4", "--steps", "3", "--out", str(out),
+            "--device", "cpu"]  # fmt: skip
+    assert cli.main(argv) == 0
+    line = capsys.readouterr().out
+    saved = orjson.loads((out / f"{what}-iter6.json").read_bytes())
+    assert saved["what"] == what and saved["checkpoint"]["iter"] == 6
+    assert saved["data"] == {"dir": str(char_dir), "split": "train", "batches": 2, "rows": 4,
+                             "block_size": 16, "seed": 0}  # fmt: skip
+    assert saved["torch"] == torch.__version__ and saved["model_config"]["n_embd"] == 16
+    model, mcfg, params, batches = measured_batches(run_ckpt, char_dir, 2, 4)
+    loss = analysis.make_loss(model, mcfg)
+    got = saved["result"]
+    if what == "sharpness":
+        want = analysis.top_eigenvalues(loss, params, batches, k=2, iters=6)
+        assert got["values"] == pytest.approx(want.values, rel=1e-5)
+        assert f"{want.values[0]:.4g}" in line
+    elif what == "trace":
+        want = analysis.hessian_trace(loss, params, batches, samples=4)
+        assert got["estimate"] == pytest.approx(want.estimate, rel=1e-5)
+    elif what == "noise-scale":
+        want = analysis.gradient_noise_scale(per_example_grads(model, mcfg), params, batches)
+        assert got["simple"] == pytest.approx(want.simple, rel=1e-5)
+        assert got["simple_tokens"] == pytest.approx(want.simple * 16, rel=1e-5)
+    else:
+        want = analysis.loss_landscape(loss, params, batches, steps=3)
+        assert sum(got["losses"], []) == pytest.approx(sum(want.losses, []), rel=1e-5)
+        assert matplotlib.image.imread(out / "landscape-iter6.png").std() > 0.05
+
+
+def test_analyze_bad_inputs_exit_2_and_write_nothing(run_ckpt, tmp_path, capsys):
+    other = tmp_path / "other"
+    prepare = ["prepare-char", "--text-path", str(tmp_path / "t.txt"), "--out-dir", str(other)]
+    (tmp_path / "t.txt").write_text("abcab " * 2000, encoding="utf-8")
+    assert cli.main(prepare) == 0
+    capsys.readouterr()
+    out = tmp_path / "a"
+    base = ["analyze", "--ckpt", str(run_ckpt), "--out", str(out), "--device", "cpu"]
+    cases = {
+        "checkpoint not found": ["--ckpt", str(tmp_path / "none.pt")],
+        "--iters must be at least 1": ["--iters", "0"],
+        "--samples must be at least 2": ["--what", "trace", "--samples", "1"],
+        "--eigenvalues 3 needs at least as many --iters": ["--eigenvalues", "3", "--iters", "2"],
+        "--span must be positive": ["--what", "landscape", "--span", "0"],
+        "needs at least 2 rows per batch": ["--what", "noise-scale", "--batch-size", "1"],
+        "but the model has": ["--data-dir", str(other)],
+        "no prepared data": ["--data-dir", str(tmp_path / "nowhere")],
+        "expected one of landscape, noise-scale, sharpness, trace": ["--what", "curvature"],
+        "has no EMA weights": ["--ema"],
+        "is an existing file": ["--out", str(tmp_path / "t.txt")],
+    }
+    for message, flags in cases.items():
+        assert cli.main(base + flags) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (message, err)
+    assert not out.exists()

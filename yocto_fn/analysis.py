@@ -36,6 +36,7 @@ from .train import loss_fn
 
 Loss = Callable[[Params, Any], torch.Tensor]
 PerExampleGrads = Callable[[Params, Any], Params]
+Progress = Callable[[int], None]
 
 
 class Eigenvalues(NamedTuple):
@@ -116,7 +117,13 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def top_eigenvalues(
-    loss: Loss, params: Params, batch: Any, k: int = 1, iters: int = 20, seed: int = 0
+    loss: Loss,
+    params: Params,
+    batch: Any,
+    k: int = 1,
+    iters: int = 20,
+    seed: int = 0,
+    progress: Progress | None = None,
 ) -> Eigenvalues:
     """The k largest eigenvalues of the Hessian by `iters` steps of Lanczos iteration.
 
@@ -125,7 +132,7 @@ def top_eigenvalues(
     converge to the extreme eigenvalues first, faster than power iteration for the same
     number of products. The basis is re-orthogonalised in full at every step (it holds
     `iters` flat copies of the params), which keeps the Ritz values free of the spurious
-    copies plain Lanczos produces in floating point.
+    copies plain Lanczos produces in floating point. `progress(j)` follows each step.
     """
     if not 1 <= k <= iters:
         raise ValueError(f"need 1 <= k <= iters (k={k}, iters={iters})")
@@ -140,6 +147,8 @@ def top_eigenvalues(
         basis[j] = q
         w = _flat(hvp(loss, params, batch, _unflat(q, params)))
         alphas.append(float(w @ q))
+        if progress is not None:
+            progress(j)
         for _ in range(2):  # twice is enough (Kahan's "twice is enough")
             w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
         beta = float(w.norm())
@@ -171,21 +180,28 @@ def _vdot(a: Params, b: Params) -> torch.Tensor:
 
 
 def hessian_trace(
-    loss: Loss, params: Params, batch: Any, samples: int = 20, seed: int = 0
+    loss: Loss,
+    params: Params,
+    batch: Any,
+    samples: int = 20,
+    seed: int = 0,
+    progress: Progress | None = None,
 ) -> Trace:
     """Hutchinson's estimator: the mean of z^T H z over `samples` Rademacher vectors z.
 
     Unbiased, since E[z z^T] = I; one sample's variance is 2 (|H|_F^2 - sum_i H_ii^2), so
     the standard error falls as 1/sqrt(samples), and the one reported is measured from the
-    samples themselves.
+    samples themselves. `progress(i)` follows each sample.
     """
     if samples < 2:
         raise ValueError(f"need at least 2 samples for a standard error (got {samples})")
     gen = _generator(seed)
     draws = []
-    for _ in range(samples):
+    for i in range(samples):
         z = _rademacher(params, gen)
         draws.append(float(_vdot(z, hvp(loss, params, batch, z))))
+        if progress is not None:
+            progress(i)
     values = torch.tensor(draws, dtype=torch.float64)
     return Trace(float(values.mean()), float(values.std() / math.sqrt(samples)), samples)
 
@@ -248,7 +264,7 @@ def loss_landscape(
     span: float = 1.0,
     seed: int = 0,
     directions: Sequence[Params] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Landscape:
     """The loss at params + a d1 + b d2 on a `steps` x `steps` grid of a, b in [-span, span].
 

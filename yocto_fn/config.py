@@ -422,3 +422,40 @@ class ImportConfig:
     """Directory with config.json, model.safetensors or pytorch_model.bin, tokenizer.json."""
     out: Path
     """Checkpoint file to write (e.g. checkpoints/gpt2.pt)."""
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """Measure a checkpoint's loss surface: sharpness, Hessian trace, gradient noise scale or
+    a 2-D loss landscape (JSON, and a contour plot for the landscape)."""
+
+    ckpt: Path
+    """Checkpoint (latest.pt / best.pt) to measure."""
+    what: Literal["sharpness", "trace", "noise-scale", "landscape"] = "sharpness"
+    """sharpness: top eigenvalues; trace: Hutchinson; noise-scale: B_simple; landscape: 2-D."""
+    data_dir: Annotated[Path | None, unset_means("the run's own, from the checkpoint")] = None
+    """Prepared data directory to draw the batches from."""
+    split: Literal["train", "val"] = "train"
+    """The split whose loss is measured."""
+    batches: int = 4
+    """Batches the measure averages over (each a fixed draw from --seed)."""
+    batch_size: Annotated[int | None, unset_means("the run's --batch-size")] = None
+    """Rows (sequences of the model's block size) per batch."""
+    iters: int = 20
+    """sharpness: Lanczos steps (one Hessian-vector product each)."""
+    eigenvalues: int = 1
+    """sharpness: how many of the largest eigenvalues to report."""
+    samples: int = 20
+    """trace: Rademacher vectors (one Hessian-vector product each)."""
+    steps: int = 21
+    """landscape: grid points per axis."""
+    span: float = 1.0
+    """landscape: both coordinates run over [-span, span], in filter-normalised units."""
+    seed: int = 0
+    """Seeds the batches, the Lanczos start, the trace's vectors and the directions."""
+    ema: bool = False
+    """Measure the checkpoint's EMA weights instead of the raw ones."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda > mps > cpu."""
+    out: Annotated[Path | None, unset_means("analysis/ beside the checkpoint")] = None
+    """Directory for WHAT-iterN.json (and WHAT-iterN.png for the landscape)."""
