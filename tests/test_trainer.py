@@ -240,7 +240,7 @@ def test_early_stopping_stops_before_max_iters(char_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "strategy, files",
     [("both", {"best.pt", "latest.pt"}), ("best", {"best.pt"}), ("latest", {"latest.pt"}),
-     ("none", set())],
+     ("all", {"best.pt", "latest.pt", "iter-4.pt"}), ("none", set())],
 )  # fmt: skip
 def test_save_strategy_writes_only_what_it_says(char_dir, tmp_path, strategy, files):
     assert train(char_dir, tmp_path, "--max-iters", "4", "--save-strategy", strategy) == 0

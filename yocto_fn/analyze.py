@@ -214,7 +214,8 @@ def run(cfg: AnalyzeConfig) -> dict[str, Any]:
         written.append(out / f"{stem}.png")
         plot_landscape(written[1], fields)
     where = " and ".join(map(str, written))
-    print(f"{line}; {cfg.batches} {cfg.split} batches of {rows}x{mcfg.block_size} tokens at "
+    batches_said = f"{cfg.batches} {cfg.split} batch{'es' if cfg.batches > 1 else ''}"
+    print(f"{line}; {batches_said} of {rows}x{mcfg.block_size} tokens at "
           f"step {ckpt.get('iter', 0)}, {seconds:.1f} s; wrote {where}")  # fmt: skip
     return result
 

@@ -205,8 +205,8 @@ class TrainConfig(TrainingOptions):
     too: the forward is then compiled apart from the optimizer)."""
     auto_microbatch: bool = False
     """On CUDA out-of-memory, halve the micro-batch and double accumulation."""
-    save_strategy: Literal["both", "best", "latest", "none"] = "both"
-    """Which checkpoints to write at each evaluation."""
+    save_strategy: Literal["both", "best", "latest", "all", "none"] = "both"
+    """Which checkpoints to write at each evaluation (all: both, plus iter-N.pt kept)."""
     early_stopping_patience: int = 0
     """Stop after this many evaluations without improvement (0 disables)."""
     early_stopping_min_delta: float = 0.0

@@ -362,9 +362,11 @@ class RunState:
         rows = metrics.csv_bytes(self.progress.rows)
         outputs: dict[Path, fileio.Writer] = {cfg.ckpt_dir / "metrics.csv": lambda f: f.write(rows)}
         saved = checkpoint.writer(self.checkpoint_dict())
-        if cfg.save_strategy in ("both", "latest"):
+        if cfg.save_strategy in ("both", "latest", "all"):
             outputs[cfg.ckpt_dir / "latest.pt"] = saved
-        if row["improved"] and cfg.save_strategy in ("both", "best"):
+        if row["improved"] and cfg.save_strategy in ("both", "best", "all"):
             outputs[cfg.ckpt_dir / "best.pt"] = saved
+        if cfg.save_strategy == "all":
+            outputs[cfg.ckpt_dir / f"iter-{self.progress.iter}.pt"] = saved
         fileio.write_files(outputs)
         metrics.plot(cfg.ckpt_dir / "loss.png", self.progress.rows)
