@@ -149,6 +149,9 @@ def test_noise_scale_matches_an_explicit_per_example_computation(name):
     assert found.trace_cov == pytest.approx(trace_cov.item(), rel=1e-9)
     assert found.grad_sq == pytest.approx(grad_sq.item(), rel=1e-9)
     assert found.simple == pytest.approx((trace_cov / grad_sq).item(), rel=1e-9)
+    assert found.grad_sq_stderr == pytest.approx(abs(norms[0] - norms[1]).item() / 2, rel=1e-9)
+    assert found.trace_cov_stderr == pytest.approx(abs(traces[0] - traces[1]).item() / 2,
+                                                   rel=1e-9)  # fmt: skip
 
 
 def test_noise_scale_of_a_known_distribution():

@@ -58,6 +58,8 @@ class NoiseScale(NamedTuple):
     grad_sq: float  # |G|^2: the squared norm of the true (expected) gradient
     rows: int  # rows per batch
     batches: int
+    trace_cov_stderr: float  # standard errors over the batches (nan with one batch)
+    grad_sq_stderr: float
 
 
 class Landscape(NamedTuple):
@@ -213,8 +215,9 @@ def gradient_noise_scale(per_example: PerExampleGrads, params: Params, batch: An
     `ensemble.per_example_grads`). From a batch of B rows with gradients g_i and mean g,
     the unbiased estimates are tr(Sigma) = (sum_i |g_i|^2 - B |g|^2) / (B - 1) and |G|^2 =
     |g|^2 - tr(Sigma) / B (|g|^2 alone overstates |G|^2 by the noise). Over several batches
-    both are averaged before the ratio is taken. Where the noise swamps the gradient the
-    |G|^2 estimate can come out negative: measure more batches.
+    both are averaged before the ratio is taken, and their spread over the batches gives
+    standard errors. Where the noise swamps the gradient the |G|^2 estimate is small
+    against its error (or even negative): measure more batches.
     """
     traces, norms, rows = [], [], None
     for b in _batches(batch):
@@ -231,9 +234,16 @@ def gradient_noise_scale(per_example: PerExampleGrads, params: Params, batch: An
         trace = (sum_sq - n * mean_sq) / (n - 1)
         traces.append(float(trace))
         norms.append(float(mean_sq - trace / n))
-    trace_cov, grad_sq = sum(traces) / len(traces), sum(norms) / len(norms)
+    trace_cov, trace_se = _mean_and_stderr(traces)
+    grad_sq, grad_se = _mean_and_stderr(norms)
     simple = trace_cov / grad_sq if grad_sq != 0 else math.inf
-    return NoiseScale(simple, trace_cov, grad_sq, rows, len(traces))
+    return NoiseScale(simple, trace_cov, grad_sq, rows, len(traces), trace_se, grad_se)
+
+
+def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    stderr = float(t.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return float(t.mean()), stderr
 
 
 def filter_normalized_direction(params: Params, gen: torch.Generator) -> Params:

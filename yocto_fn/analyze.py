@@ -128,9 +128,13 @@ def noise_scale(cfg: AnalyzeConfig, model, mcfg, params, batches) -> tuple[dict[
         )
     return fields, (
         f"gradient noise scale B_simple = {n.simple:,.1f} sequences ({tokens:,.0f} tokens) "
-        f"per batch; tr(Sigma) {n.trace_cov:.4g}, |G|^2 {n.grad_sq:.4g} from {n.batches} "
-        f"batches of {n.rows} rows"
+        f"per batch; tr(Sigma) {n.trace_cov:.4g}{_pm(n.trace_cov_stderr)}, |G|^2 "
+        f"{n.grad_sq:.4g}{_pm(n.grad_sq_stderr)} (standard errors over the batches)"
     )
+
+
+def _pm(stderr: float) -> str:
+    return "" if math.isnan(stderr) else f" ± {stderr:.2g}"
 
 
 def plot_landscape(path: Path, scape: dict[str, Any]) -> None:
