@@ -4,6 +4,7 @@
     python cli.py prepare-tokenizer [--text-path FILE] [--vocab-size 8000] ...
     python cli.py train --model gpt-fast [--data-dir data/char] [--max-iters 1000] ...
     python cli.py sweep --lrs 1e-3 3e-4 [--seeds 0 1] [--out-dir sweeps/run] ...
+    python cli.py compare sweeps/adamw sweeps/muon [--metric best_val_loss|final_val_loss]
     python cli.py sample --ckpt checkpoints/run/best.pt [--prompt "Hello"] ...
     python cli.py chat --ckpt checkpoints/run/best.pt [--system-prompt "..."] ...
     python cli.py serve --ckpt checkpoints/run/best.pt [--port 8000] [--max-batch 16] ...
@@ -39,6 +40,7 @@ from yocto_fn import data
 from yocto_fn.config import (
     AnalyzeConfig,
     ChatConfig,
+    CompareConfig,
     ExportConfig,
     ImportConfig,
     RecommendConfig,
@@ -115,6 +117,16 @@ def _recommend(cfg: RecommendConfig) -> None:
     recommend(cfg)
 
 
+def _compare(cfg: CompareConfig) -> None:
+    try:
+        import scipy  # noqa: F401
+    except ModuleNotFoundError:
+        raise UserError("compare needs scipy: pip install -e '.[research]'") from None
+    from yocto_fn import compare
+
+    compare.run(cfg)
+
+
 def _analyze(cfg: AnalyzeConfig) -> None:
     from yocto_fn import analyze
 
@@ -156,6 +168,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
     "prepare-tokenizer": (data.PrepareTokenizerConfig, _prepare_tokenizer),
     "train": (TrainConfig, _train),
     "sweep": (SweepConfig, _sweep),
+    "compare": (CompareConfig, _compare),
     "sample": (SampleConfig, _sample),
     "chat": (ChatConfig, _chat),
     "serve": (ServeConfig, _serve),
@@ -238,9 +251,11 @@ def _one_line(tyro_message: str) -> str:
 
 
 def _choices(match: re.Match) -> str:
-    """tyro lists a flag's choices in set order, with 'None' and the underscore aliases."""
-    names = {n.strip(" '").replace("_", "-") for n in match.group(1).split(",")}
-    return "expected one of " + ", ".join(sorted(names - {"None"}))
+    """tyro lists a flag's choices in set order, with 'None' and the underscore aliases of
+    hyphenated names (a name whose only spelling has underscores is kept as it is)."""
+    names = {n.strip(" '") for n in match.group(1).split(",")} - {"None"}
+    aliases = {n for n in names if "_" in n and n.replace("_", "-") in names}
+    return "expected one of " + ", ".join(sorted(names - aliases))
 
 
 def parse(argv: list[str]) -> Any:

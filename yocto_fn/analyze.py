@@ -213,7 +213,7 @@ def run(cfg: AnalyzeConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{cfg.what}-iter{ckpt.get('iter', 0)}"
     written = [out / f"{stem}.json"]
-    fileio.atomic_write_bytes(written[0], fileio.json_bytes(_finite(result)))
+    fileio.atomic_write_bytes(written[0], fileio.json_bytes(result))
     if cfg.what == "landscape":
         written.append(out / f"{stem}.png")
         plot_landscape(written[1], fields)
@@ -222,14 +222,3 @@ def run(cfg: AnalyzeConfig) -> dict[str, Any]:
     print(f"{line}; {batches_said} of {rows}x{mcfg.block_size} tokens at "
           f"step {ckpt.get('iter', 0)}, {seconds:.1f} s; wrote {where}")  # fmt: skip
     return result
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no inf or nan: they are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

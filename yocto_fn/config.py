@@ -459,3 +459,23 @@ class AnalyzeConfig:
     """auto picks cuda > mps > cpu."""
     out: Annotated[Path | None, unset_means("analysis/ beside the checkpoint")] = None
     """Directory for WHAT-iterN.json (and WHAT-iterN.png for the landscape)."""
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Compare configurations across seeds: each one's mean ± sd, and Welch's t-test of every
+    pair (train run and sweep directories; needs the research extra).
+
+    Runs group by their configuration without the seed, device and directory; a sweep
+    directory stands for all its members."""
+
+    paths: Annotated[
+        tuple[Path, ...],
+        tyro.conf.Positional,
+        tyro.conf.arg(metavar="RUN_OR_SWEEP", help_behavior_hint="(two or more)"),
+    ]
+    """train run directories (run_meta.json, metrics.csv) and sweep directories."""
+    metric: Literal["best_val_loss", "final_val_loss"] = "best_val_loss"
+    """The compared value of each run: its lowest or its last val loss."""
+    out: Path = Path("compare")
+    """Directory for compare.json and compare.png (the val curves: mean and a ± sd band)."""
