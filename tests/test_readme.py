@@ -32,6 +32,7 @@ FAST = {
     "sweep": ["--max-iters", "3", "--eval-interval", "3", "--eval-iters", "1", "--batch-size", "2"],
     "sample": ["--max-new-tokens", "8", "--num-samples", "1"],
     "chat": ["--max-new-tokens", "8"],
+    "analyze": ["--batches", "1", "--iters", "3", "--samples", "2", "--steps", "3"],
     "smoke-cpu": ["--new-tokens", "8"],
     "smoke-train": ["--iters", "40"],
 }
@@ -151,7 +152,8 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
         ran.add(sub)
     server.close()
     assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sweep", "sample", "chat", "serve",
-                   "recommend", "smoke-cpu", "smoke-train", "export", "import"}  # fmt: skip
+                   "recommend", "smoke-cpu", "smoke-train", "export", "import", "compare",
+                   "analyze"}  # fmt: skip
     snippets = [code for code in blocks("python") if uses_transformers(code)]
     assert snippets
     if importlib.util.find_spec("transformers") is not None:  # the `interop` extra
