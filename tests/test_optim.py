@@ -25,9 +25,11 @@ def test_decay_mask_skips_norms_biases_and_embeddings():
     assert not mask["blocks.0.ln1.w"] and not mask["blocks.0.attn.qkv_b"]
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("lr_as_tensor", [False, True])
-def test_adamw_matches_torch_over_five_steps(lr_as_tensor):
-    hp = optim.AdamW(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+def test_adamw_matches_torch_over_five_steps(lr_as_tensor, fused):
+    """Both forms of the update, `_foreach_*` and torch's fused kernel, against torch.optim."""
+    hp = optim.AdamW(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, fused=fused)
     lr = 1e-2
     ours = models.get("gpt").init(tiny_config(), 0)
     theirs = params.clone(ours)
@@ -79,14 +81,50 @@ def test_adamw_under_vmap_takes_the_leaf_path_and_matches_torch():
         assert params.max_abs_diff(params.tree_map(lambda t, i=i: t[i], stacked), theirs) < 1e-6
 
 
-def test_update_is_pure():
+@pytest.mark.parametrize("fused", [False, True])
+def test_update_is_pure(fused):
+    """The fused kernel writes in place: it must write into copies, never the inputs."""
     p = models.get("gpt-fast").init(tiny_config(), 0)
     state = optim.init(p)
-    grads = params.tree_map(torch.ones_like, p)
-    p0, s0 = params.clone(p), params.clone(state)
-    new_p, new_s = optim.update(grads, state, p, 1e-3)
+    state = optim.update(params.tree_map(torch.ones_like, p), state, p, 1e-3)[1]  # nu != 0
+    grads = params.tree_map(torch.randn_like, p)
+    p0, s0, g0 = params.clone(p), params.clone(state), params.clone(grads)
+    new_p, new_s = optim.update(grads, state, p, 1e-3, optim.AdamW(fused=fused))
     assert params.max_abs_diff(p, p0) == 0.0 and params.max_abs_diff(state, s0) == 0.0
-    assert params.max_abs_diff(new_p, p) > 0.0 and int(new_s.step) == 1
+    assert params.max_abs_diff(grads, g0) == 0.0
+    assert params.max_abs_diff(new_p, p) > 0.0 and int(new_s.step) == 2
+
+
+def test_fused_update_runs_in_plain_eager_code_only():
+    """Where the fused kernel cannot serve (a transform, the compiler, an ensemble's
+    per-member rates, a tensor decay), `fused=None` takes the `_foreach_*` form with the same
+    result and `fused=True` says why it cannot."""
+    p = models.get("gpt").init(tiny_config(), 0)
+    leaves, one = params.tree_leaves(p), torch.ones(())
+    assert optim.fused_refusal(leaves, one, 1e-3, 0.1) is None
+    assert optim.fused_refusal(leaves, one, torch.tensor(1e-3), 0.1) is None
+    assert "ensemble" in optim.fused_refusal(leaves, torch.ones(2), torch.ones(2), 0.1)
+    assert "float" in optim.fused_refusal(leaves, one, 1e-3, torch.tensor(0.1))
+    half = [leaves[0].half(), *leaves[1:]]
+    assert "one device and dtype" in optim.fused_refusal(half, one, 1e-3, 0.1)
+    assert "int64" in optim.fused_refusal([torch.zeros(2, dtype=torch.long)], one, 1e-3, 0.1)
+    grads = params.tree_map(torch.randn_like, p)
+    state = optim.init(p)
+    with pytest.raises(ValueError, match=r"fused=True\) cannot run.*float"):
+        optim.update(grads, state, p, 1e-3, optim.AdamW(fused=True), weight_decay=one / 10)
+    auto = optim.update(grads, state, p, 1e-3, optim.AdamW(), weight_decay=one / 10)
+    fused = optim.update(grads, state, p, 1e-3, optim.AdamW(fused=True), weight_decay=0.1)
+    assert params.max_abs_diff(auto, fused) < 1e-6
+    seen = []
+    real = optim.fused_refusal
+    try:
+        optim.fused_refusal = lambda *a: seen.append(real(*a)) or real(*a)
+        torch.func.vmap(lambda g: optim.update(g, state, p, 1e-3)[0])(
+            params.tree_map(lambda t: t[None], grads)
+        )
+    finally:
+        optim.fused_refusal = real
+    assert seen and "eager code only" in seen[0]
 
 
 def test_clip_by_global_norm_matches_torch():

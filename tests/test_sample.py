@@ -15,6 +15,7 @@ import cli
 from yocto_fn import models
 from yocto_fn.chat import Conversation
 from yocto_fn.config import ChatConfig
+from yocto_fn.params import tree_leaves as params_leaves
 from yocto_fn.sample import decode_step, filter_logits, generate, load_model
 
 
@@ -127,6 +128,54 @@ def test_compiled_decode_equals_eager_without_recompiling():
     assert frames >= 1 and torch.equal(eager[:, :3], warm)
     assert torch.equal(eager, compiled)  # 30 tokens: slides past block_size twice
     assert counters["stats"]["unique_graphs"] == frames
+
+
+def test_graphed_step_copies_what_the_graph_overwrites_and_marks_the_buffers_static():
+    """A CUDA graph's outputs live in memory its next replay overwrites. `graphed` must hand
+    back copies (here a stand-in step returns one shared buffer, as a replayed graph does),
+    advance the caller's own position, and mark weights and k/v static (read in place)."""
+    from yocto_fn.sample import graphed
+
+    cfg = tiny_config(block_size=12)
+    model = models.get("gpt")
+    params = model.init(cfg, 0)
+    shared = {"logits": torch.zeros(1, cfg.vocab_size), "pos": torch.zeros((), dtype=torch.long)}
+
+    def replay(p, tokens, cfg, cache):
+        logits, cache = decode_step(model, False)(p, tokens, cfg, cache)
+        shared["logits"].copy_(logits)
+        shared["pos"].copy_(cache.pos)
+        return shared["logits"], cache._replace(pos=shared["pos"])
+
+    step = graphed(replay)
+    cache = model.init_cache(cfg, 1, device="cpu")
+    first, cache = step(params, torch.tensor([[1]]), cfg, cache)
+    kept_pos = cache.pos
+    second, cache = step(params, torch.tensor([[2]]), cfg, cache)
+    ref_cache = model.init_cache(cfg, 1, device="cpu")
+    ref_first, ref_cache = decode_step(model, False)(params, torch.tensor([[1]]), cfg, ref_cache)
+    assert torch.equal(first, ref_first) and not torch.equal(first, second)
+    assert int(kept_pos) == 1 and int(cache.pos) == 2
+    static = [*params_leaves(params), cache.k, cache.v]
+    assert all(getattr(t, "_dynamo_static_input_type", None) for t in static)
+
+
+def test_cuda_graph_decode_equals_eager():
+    """`generate(compile=True)` on CUDA takes the graphed reduce-overhead step; on the CPU
+    the same step compiles as the default mode does, and must give the eager tokens."""
+    from yocto_fn.sample import compiled_decode_step
+
+    torch._dynamo.reset()
+    decode_step.cache_clear()
+    cfg = tiny_config(block_size=12)
+    model = models.get("gpt-plus")
+    params = model.init(cfg, 0)
+    assert compiled_decode_step(model, torch.device("cuda")) is decode_step(model, True, True)
+    assert compiled_decode_step(model, torch.device("cpu")) is decode_step(model, True)
+    eager = generate(model, params, cfg, [1, 2, 3], max_new_tokens=20, temperature=0)
+    graphed = generate(model, params, cfg, [1, 2, 3], max_new_tokens=20, temperature=0,
+                       step=decode_step(model, True, True))  # fmt: skip
+    assert torch.equal(eager, graphed)
 
 
 # ----------------------------------------------------------------------------- CLIs
@@ -459,8 +508,9 @@ def test_sample_packaged_step_gets_the_batch_and_directory(checkpoints, tmp_path
     want = [(model, params, cfg, b, cfg.block_size, ckpt.parent / "compiled") for b in (1, 3)]
     assert calls == want
     on_meta = loaded._replace(params=params_to(loaded.params, "meta"))
-    monkeypatch.setattr(sample, "decode_step", lambda *a: ("in process", *a))
-    assert compiled_step(on_meta, opts, 1) == ("in process", model, True) and len(calls) == 2
+    monkeypatch.setattr(sample, "decode_step", lambda *a, **k: ("in process", *a, k))
+    in_process = ("in process", model, True, {})  # no CUDA graphs: they are for CUDA
+    assert compiled_step(on_meta, opts, 1) == in_process and len(calls) == 2
     exported = InferenceOptions(ckpt=tmp_path, compile=True)  # a directory, as export writes
     assert compiled_step(loaded, exported, 1) == "packaged"
     assert calls[-1][-1] == tmp_path / "compiled"

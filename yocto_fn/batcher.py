@@ -37,7 +37,7 @@ from . import cache as kv
 from .chat import Masks, banned, reply_end, reply_text
 from .models import Model
 from .params import Params
-from .sample import DecodeStep, decode_step, sample_next
+from .sample import DecodeStep, compiled_decode_step, decode_step, sample_next
 from .tokenizer import CharTokenizer, TextTokenizer
 
 
@@ -106,10 +106,11 @@ def compiled_steps(
     """`--compile`'s steps, one per batch size. On CPU each is a packaged step (`aot.py`),
     built once per checkpoint into `cache_dir` and loaded in milliseconds by later starts;
     it also skips torch.compile's Python wrappers, about 0.4 ms of a 1.3 ms token at 4/4/128.
-    Elsewhere torch.compile, one graph per size (compiled at `Batcher.warm_up`)."""
+    Elsewhere torch.compile, one graph per size (compiled at `Batcher.warm_up`), replayed as
+    CUDA graphs on CUDA."""
     sizes = batch_sizes(max_batch)
     if params["wte"].device.type != "cpu":
-        return dict.fromkeys(sizes, decode_step(model, True))
+        return dict.fromkeys(sizes, compiled_decode_step(model, params["wte"].device))
     from . import aot
 
     return {

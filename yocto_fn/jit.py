@@ -90,8 +90,10 @@ def use_safe_cxx() -> None:
     _wrapped = (wrapper, found)
 
 
-def compile(fn: F) -> F:  # noqa: A001 - the one compile entry point of the project
-    """`torch.compile(fn, dynamic=False)` after `use_safe_cxx`: every caller compiles for
-    fixed shapes (a new shape is a new graph, never a dynamic one)."""
+def compile(fn: F, mode: str | None = None) -> F:  # noqa: A001 - the one compile entry point
+    """`torch.compile(fn, dynamic=False, mode=mode)` after `use_safe_cxx`: every caller
+    compiles for fixed shapes (a new shape is a new graph, never a dynamic one).
+    `mode="reduce-overhead"` replays the compiled kernels as CUDA graphs on CUDA (on other
+    devices it compiles as the default mode does)."""
     use_safe_cxx()
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=False, mode=mode)

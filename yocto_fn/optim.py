@@ -7,6 +7,14 @@ through `torch._foreach_*` over flat leaf lists: a handful of multi-tensor kerne
 rather than a Python loop over parameters, eager or compiled. The step counter and the
 learning rate may be tensors, so a compiled train step never recompiles as they change.
 
+In eager code (CPU or CUDA) the same step can run through torch's fused AdamW kernel
+(`torch._fused_adamw_`, what `torch.optim.AdamW(fused=True)` calls): one pass over each
+leaf's parameter, gradient and moments instead of a dozen `_foreach_*` passes, and a
+kernel launch or two instead of a dozen per step, which is what an eager step on a GPU is
+bound by at small sizes. That kernel writes in place, so it runs on fresh copies of the
+parameters and moments (three multi-tensor copies): the update stays pure, the inputs
+untouched. Compiled steps keep the `_foreach_*` form, which the compiler fuses itself.
+
 Weight decay is decoupled (AdamW) and applied to >= 2-D weights only: norms and biases are
 never decayed, and neither are the embedding tables `wte`/`wpe` (a choice, shared with the
 original tool: decay pulls rarely-seen token rows towards zero). With tied weights the LM head
@@ -44,12 +52,17 @@ class Optimizer(Protocol):
 
 @dataclass(frozen=True)
 class AdamW:
-    """AdamW hyper-parameters (torch.optim.AdamW's defaults, weight decay as in training)."""
+    """AdamW hyper-parameters (torch.optim.AdamW's defaults, weight decay as in training).
+
+    `fused`: None uses the fused kernel wherever it applies (`fused_applies`), False never;
+    True insists, and an update it cannot serve is an error rather than a silent fallback.
+    """
 
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.1
+    fused: bool | None = None
 
     member_hparams = ("weight_decay",)  # what an ensemble may set per member
 
@@ -222,6 +235,15 @@ def update(
     p, m, v = tree_leaves(params), tree_leaves(state.mu), tree_leaves(state.nu)
     decay = tree_leaves(decay_mask(params, members=state.step.dim() > 0))
     step = state.step + 1
+    if hp.fused is not False:
+        why_not = fused_refusal(p, step, lr, wd)
+        if why_not is None:
+            new_p, m, v = _fused_update(p, g, m, v, decay, step, lr, wd, hp)
+            return tree_unflatten_like(params, new_p), OptState(
+                step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
+            )
+        if hp.fused:
+            raise ValueError(f"AdamW(fused=True) cannot run this update: {why_not}")
     bias1 = 1.0 - torch.pow(hp.b1, step)
     bias2_sqrt = torch.sqrt(1.0 - torch.pow(hp.b2, step))
     if under_transform():
@@ -266,6 +288,59 @@ def update(
     return tree_unflatten_like(params, new_p), OptState(
         step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
     )
+
+
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def fused_refusal(leaves: list[Tensor], step: Tensor, lr: Scalar, wd: Scalar) -> str | None:
+    """Why the fused kernel cannot run this update, or None when it can: it needs plain eager
+    code (no transform, not inside the compiler), one model (a 0-d step counter), a
+    scalar rate and a float decay, and leaves of one float dtype on one CPU or CUDA device."""
+    if under_transform() or torch.compiler.is_compiling():
+        return "it runs in eager code only (not under vmap/grad or torch.compile)"
+    if step.dim() or (isinstance(lr, Tensor) and lr.dim()):
+        return "an ensemble's per-member rates need the _foreach_ form"
+    if isinstance(wd, Tensor):
+        return "the weight decay must be a float"
+    first = leaves[0]
+    if first.device.type not in ("cpu", "cuda") or first.dtype not in FUSED_DTYPES:
+        return f"no fused kernel for {first.dtype} on {first.device.type}"
+    if any(t.device != first.device or t.dtype != first.dtype for t in leaves):
+        return "the leaves must share one device and dtype"
+    return None
+
+
+def _fused_update(
+    p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], decay: list[bool],
+    step: Tensor, lr: Scalar, wd: float, hp: AdamW,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:  # fmt: skip
+    """`update`'s arithmetic through `torch._fused_adamw_`, on copies of p, m and v.
+
+    The kernel reads the step (already advanced) per leaf and applies the decoupled decay
+    itself, so it runs twice: once over the decayed leaves with `wd`, once over the rest
+    with 0. A 0-d tensor rate stays a tensor (no host sync, no recompile)."""
+    p, m, v = (_copies(leaves) for leaves in (p, m, v))
+    lr = lr.to(p[0].device) if isinstance(lr, Tensor) else float(lr)
+    for keep in (True, False):
+        idx = [i for i, d in enumerate(decay) if bool(d and wd) == keep]
+        if not idx:
+            continue
+        pp, pg, pm, pv = ([leaves[i] for i in idx] for leaves in (p, g, m, v))
+        torch._fused_adamw_(
+            pp, pg, pm, pv, [], [step] * len(idx),
+            lr=lr, beta1=hp.b1, beta2=hp.b2, weight_decay=float(wd) if keep else 0.0,
+            eps=hp.eps, amsgrad=False, maximize=False,
+        )  # fmt: skip
+    return p, m, v
+
+
+def _copies(leaves: list[Tensor]) -> list[Tensor]:
+    """Fresh copies: one multi-tensor kernel on CUDA; on the CPU, where `_foreach_*` ops
+    loop over the leaves anyway, a plain clone of each is cheaper than a multiply by one."""
+    if leaves[0].device.type == "cuda":
+        return torch._foreach_mul(leaves, 1.0)
+    return [t.clone() for t in leaves]
 
 
 def _update_leaf(

@@ -25,7 +25,7 @@ from .config import InferenceOptions, ModelConfig, SampleConfig
 from .device import resolve
 from .errors import UserError
 from .models import Model
-from .params import Params, to
+from .params import Params, to, tree_leaves
 from .quantize import quantize
 
 Stream = Callable[[torch.Tensor], None]
@@ -68,19 +68,54 @@ def sample_next(
 
 
 @functools.cache
-def decode_step(model: Model, compiled: bool) -> DecodeStep:
+def decode_step(model: Model, compiled: bool, cuda_graphs: bool = False) -> DecodeStep:
     """`step(params, tokens[B, T], cfg, cache) -> (last logits [B, V], cache)`.
 
     The compiled version is only ever called with one token and the same preallocated
     cache, and the position is a tensor inside the cache: one graph serves every position,
     so it compiles once (memoised here per variant) and never per token.
+
+    `cuda_graphs` (with `compiled`): the compiled step is replayed as a CUDA graph
+    (`graphed`), so a token costs one graph launch instead of a launch per kernel.
     """
 
     def step(params: Params, tokens: torch.Tensor, cfg: ModelConfig, cache: KVCache):
         logits, cache = model.forward(params, tokens, cfg, cache=cache)
         return logits[:, -1].float(), cache
 
-    return jit.compile(step) if compiled else step
+    if not compiled:
+        return step
+    if cuda_graphs:
+        return graphed(jit.compile(step, mode="reduce-overhead"))
+    return jit.compile(step)
+
+
+def compiled_decode_step(model: Model, device: torch.device) -> DecodeStep:
+    """The compiled one-token step for `device`: replayed as a CUDA graph on CUDA, where a
+    batch-1 step at these sizes is bound by kernel launches; plain compiled elsewhere."""
+    return decode_step(model, True, True) if device.type == "cuda" else decode_step(model, True)
+
+
+def graphed(compiled: DecodeStep) -> DecodeStep:
+    """A `mode="reduce-overhead"` step made safe to replay as a CUDA graph.
+
+    - The weights and the cache's k/v buffers are marked static: the graph reads them where
+      they lie, instead of copying every weight into its own buffers before each token.
+      They are marked without a guard, so a new cache (the next `generate` call) or new
+      weights re-record the graph rather than recompile the step.
+    - Each call starts a new graph step, and the logits and the new position are copied out
+      of the graph's memory, which its next replay overwrites: what the caller keeps stays
+      valid. The k/v writes stay in place, in the caller's buffers.
+    """
+
+    def step(params: Params, tokens: torch.Tensor, cfg: ModelConfig, cache: KVCache):
+        for t in (*tree_leaves(params), cache.k, cache.v):
+            torch._dynamo.mark_static_address(t)
+        torch.compiler.cudagraph_mark_step_begin()
+        logits, cache = compiled(params, tokens, cfg, cache)
+        return logits.clone(), cache._replace(pos=cache.pos.clone())
+
+    return step
 
 
 def _stop_tensor(stop_ids: int | Collection[int] | None, device: torch.device) -> torch.Tensor:
@@ -125,7 +160,9 @@ def generate(
         raise ValueError("generate needs at least one prompt token (e.g. <bos> or a newline)")
     B, window, keep = prompt.shape[0], cfg.block_size, max(1, cfg.block_size // 2)
     stops = _stop_tensor(eos_id, device)
-    one_token = step or decode_step(model, compile)
+    one_token = step or (
+        compiled_decode_step(model, device) if compile else decode_step(model, False)
+    )
     cache = model.init_cache(cfg, B, window, params["wte"].dtype, device)
     context = prompt[:, -window:]
     logits, cache = decode_step(model, False)(params, context, cfg, cache)
@@ -248,12 +285,14 @@ def sampling_kwargs(opts: InferenceOptions, loaded: Loaded, batch: int = 1) -> d
 
 def compiled_step(loaded: Loaded, opts: InferenceOptions, batch: int) -> DecodeStep | None:
     """--compile: on CPU the packaged step of `aot.py`, built once per checkpoint and loaded
-    by later runs in milliseconds; elsewhere torch.compile in the process (on CUDA the
-    package is not used yet: loading it crashed under the torch build it was tried with)."""
+    by later runs in milliseconds; elsewhere torch.compile in the process, replayed as CUDA
+    graphs on CUDA (the package is not used there: loading it crashed under the torch build
+    it was tried with)."""
     if not opts.compile:
         return None
-    if loaded.params["wte"].device.type != "cpu":
-        return decode_step(loaded.model, True)
+    device = loaded.params["wte"].device
+    if device.type != "cpu":
+        return compiled_decode_step(loaded.model, device)
     from . import aot
 
     model, params, cfg = loaded.model, loaded.params, loaded.cfg
