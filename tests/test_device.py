@@ -30,3 +30,21 @@ def test_the_gpu_check_warns_about_an_untested_torch(version, warned, monkeypatc
     err = capsys.readouterr().err
     assert ("WARNING: torch " + version + " is outside the tested range" in err) is warned
     assert "CPU build" in err
+
+
+def test_floats_on_makes_float32_tensors_without_a_host_copy_for_numbers(monkeypatch):
+    """Numbers become a fill on the device (no copy from host memory, which on CUDA waits
+    for the queued kernels), lists a float32 vector, tensors float32 on the device."""
+    from yocto_fn.device import floats_on
+
+    cpu = torch.device("cpu")
+    calls = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: calls.append(a) or real(*a, **k))
+    lr = floats_on(3e-4, cpu)
+    assert lr.shape == () and lr.dtype == torch.float32 and float(lr) == pytest.approx(3e-4)
+    assert floats_on(2, cpu).dtype == torch.float32 and not calls
+    rates = floats_on([1e-3, 5e-4], cpu)
+    assert rates.dtype == torch.float32 and rates.tolist() == pytest.approx([1e-3, 5e-4])
+    ints = floats_on(torch.arange(3), cpu)
+    assert ints.dtype == torch.float32 and ints.tolist() == [0.0, 1.0, 2.0]

@@ -130,6 +130,15 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
         if words[0] == "torchrun":  # multi-GPU launch lines: their train flags must parse
             cli.parse(cli.amp_switches(words[words.index("cli.py") + 1 :]))
             continue
+        if words[:2] == [".venv/bin/python", "benchmarks/gpu_suite.py"]:
+            from benchmarks import gpu_suite
+
+            args = gpu_suite.parser().parse_args(words[2:])  # every line's flags parse
+            if args.device == "cpu":  # the dry run, cut to its quick sections
+                quick = ["--no-compile", "--rounds", "1", "--sections", "env", "adamw"]
+                assert gpu_suite.main([*words[2:], *quick, "--out", str(tmp_path / "gpu")]) == 0
+                ran.add("gpu_suite")
+            continue
         assert words[:2] == [".venv/bin/python", "cli.py"], f"unexpected command {words}"
         argv = words[2:]
         sub = argv[0]
@@ -153,7 +162,7 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
     server.close()
     assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sweep", "sample", "chat", "serve",
                    "recommend", "smoke-cpu", "smoke-train", "export", "import", "compare",
-                   "analyze"}  # fmt: skip
+                   "analyze", "gpu_suite"}  # fmt: skip
     snippets = [code for code in blocks("python") if uses_transformers(code)]
     assert snippets
     if importlib.util.find_spec("transformers") is not None:  # the `interop` extra
@@ -187,6 +196,8 @@ SCRIPTS = [
     "data_parallel.py",
     "recommend_grid.py",
     "recommend_goal.py",
+    "adamw_update.py",
+    "gpu_suite.py",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Sequence
 
 import torch
 
@@ -69,3 +70,21 @@ def autocast(device_type: str, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def floats_on(value: float | Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`value` as a float32 tensor on `device`, without making the host wait for the device.
+
+    `torch.tensor(x, device="cuda")` copies from pageable host memory, and that copy waits
+    for every kernel already queued: once per train step, the host could no longer queue
+    the next step's kernels while the GPU runs this one's. A number is written by a fill
+    kernel instead, and a list is copied from pinned memory without blocking.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float32)
+    if isinstance(value, (int, float)):
+        return torch.full((), value, dtype=torch.float32, device=device)
+    if device.type == "cuda":
+        pinned = torch.tensor(value, dtype=torch.float32).pin_memory()
+        return pinned.to(device, non_blocking=True)
+    return torch.tensor(value, dtype=torch.float32, device=device)

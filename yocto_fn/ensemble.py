@@ -29,6 +29,7 @@ import torch
 
 from . import jit, optim, rng
 from .config import ModelConfig
+from .device import floats_on
 from .models import Model
 from .params import Params, stack, to, tree_leaves, tree_map, unstack
 from .train import Batch, Metrics, accumulate_grads, grad_and_value, loss_fn
@@ -61,7 +62,7 @@ def opt_init(params: Params, hp: optim.Optimizer = optim.AdamW()) -> Any:
 
 def _member_tensor(value: float | torch.Tensor, members: int, device: torch.device):
     """A per-member hyper-parameter as a float32 [E] tensor (a scalar is broadcast)."""
-    return torch.as_tensor(value, dtype=torch.float32, device=device).expand(members).clone()
+    return floats_on(value, device).expand(members).clone()
 
 
 def make_ensemble_step(

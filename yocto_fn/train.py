@@ -17,7 +17,7 @@ import torch
 
 from . import jit, layers, optim, rng
 from .config import ModelConfig
-from .device import autocast
+from .device import autocast, floats_on
 from .models import Model
 from .params import Params, tree_leaves, tree_map, tree_unflatten_like
 
@@ -227,9 +227,8 @@ def make_train_step(
 
     def step(params, opt_state, batch, lr, key, stop=None, **hparams):
         device = tree_leaves(opt_state)[0].device
-        as_tensor = partial(torch.as_tensor, dtype=torch.float32, device=device)
-        hparams = {k: as_tensor(v) for k, v in hparams.items() if v is not None}
-        return inner(params, opt_state, batch, as_tensor(lr), key, stop, hparams)
+        hparams = {k: floats_on(v, device) for k, v in hparams.items() if v is not None}
+        return inner(params, opt_state, batch, floats_on(lr, device), key, stop, hparams)
 
     step.__doc__ = make_train_step.__doc__
     return step
