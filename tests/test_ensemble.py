@@ -66,10 +66,12 @@ def test_ensemble_step_equals_separate_train_steps(name):
     for i, batch in enumerate(batches):
         stacked, state, metrics = step(stacked, state, batch, lr, rng.fold_in(keys, i), wd)
 
+    # The ensemble's update is the `_foreach_*` form; so is the reference's here. The eager
+    # default (torch's fused kernel) agrees to an ulp per step (tests/test_optim.py), but
+    # where Adam divides by a second moment near zero an ulp at step 1 is 2e-5 at step 2.
     for e, seed in enumerate(SEEDS):
-        one = make_train_step(
-            m, cfg, optim.AdamW(weight_decay=DECAYS[e]), grad_clip=0.5, label_smoothing=0.1
-        )
+        hp_e = optim.AdamW(weight_decay=DECAYS[e], fused=False)
+        one = make_train_step(m, cfg, hp_e, grad_clip=0.5, label_smoothing=0.1)
         p = m.init(cfg, seed)
         s = optim.init(p)
         for i, (x, y) in enumerate(batches):
