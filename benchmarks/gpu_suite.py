@@ -21,6 +21,8 @@ Sections, in the order they run:
     gpt2-muon      the same with Muon
     cli            the user's path at a tiny size: train --compile (fp32, bf16), sample
                    --compile, chat --compile and the server's batched compiled step
+    aot            the packaged (AOTInductor) decode step built, loaded and run, in a child
+                   process (its load once crashed the process on CUDA)
     bench          `cli.py bench --quick` on the device
 
     python benchmarks/gpu_suite.py --device cpu --tiny                 # the dry run
@@ -78,7 +80,7 @@ from yocto_fn.sample import decode_step, generate  # noqa: E402
 from yocto_fn.train import make_train_step  # noqa: E402
 
 SECTIONS = ("env", "train-eager", "adamw", "decode", "train-compiled", "gpt2-adamw",
-            "gpt2-muon", "cli", "bench")  # fmt: skip
+            "gpt2-muon", "cli", "aot", "bench")  # fmt: skip
 LR, WD, CLIP = 3e-4, 0.1, 1.0
 
 
@@ -455,6 +457,54 @@ def section_cli(s: Suite) -> None:
               ok=False, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])  # fmt: skip
 
 
+AOT_CHILD = """
+import json, sys, tempfile, time
+from pathlib import Path
+import torch
+sys.path.insert(0, sys.argv[2])
+from yocto_fn import aot, models, params
+from yocto_fn.config import ModelConfig
+from yocto_fn.sample import generate
+device = torch.device(sys.argv[1])
+cfg = ModelConfig(vocab_size=96, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+model = models.get("gpt-fast")
+p = params.to(model.init(cfg, 0), device)
+where, quiet = Path(tempfile.mkdtemp()), lambda msg: None
+t0 = time.perf_counter()
+aot.decode_step(model, p, cfg, 1, cfg.block_size, where, log=quiet)
+t1 = time.perf_counter()
+step = aot.decode_step(model, p, cfg, 1, cfg.block_size, where, log=quiet)
+t2 = time.perf_counter()
+run = lambda **kw: generate(model, p, cfg, [1, 2, 3], max_new_tokens=32, temperature=0, **kw)
+same = torch.equal(run(), run(step=step))
+print(json.dumps({"build_s": t1 - t0, "load_s": t2 - t1, "same": same}))
+"""
+
+
+def section_aot(s: Suite) -> None:
+    """The packaged (AOTInductor) decode step built, loaded and run in a child process: on
+    CUDA the load once crashed the process, so a crash here ends only the child."""
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[1])
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-c", AOT_CHILD, s.device.type, root],
+                              capture_output=True, text=True, timeout=400)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return s.add("aot", "package build + load", time.perf_counter() - t0, "s", ok=False,
+                     error="timed out after 400 s")  # fmt: skip
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or [""])[-1][:300]
+        return s.add("aot", "package build + load", wall, "s", ok=False,
+                     error=f"exit {done.returncode}: {tail}")  # fmt: skip
+    got = orjson.loads(done.stdout.strip().splitlines()[-1])
+    s.add("aot", "package build", got["build_s"], "s")
+    s.add("aot", "package load", got["load_s"], "s")
+    s.add("checks", "packaged step tokens == eager tokens", float(got["same"]), "", ok=got["same"])
+
+
 def section_bench(s: Suite) -> None:
     import cli
 
@@ -484,6 +534,7 @@ RUNNERS: dict[str, Callable[[Suite], Any]] = {
     "gpt2-adamw": lambda s: section_gpt2(s, "adamw"),
     "gpt2-muon": lambda s: section_gpt2(s, "muon"),
     "cli": section_cli,
+    "aot": section_aot,
     "bench": section_bench,
 }
 

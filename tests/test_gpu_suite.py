@@ -53,6 +53,18 @@ def test_a_failing_section_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch
     assert walls["adamw"]["ok"] is True
 
 
+def test_a_crash_in_the_packaged_step_child_is_a_failed_check_not_the_end(tmp_path, monkeypatch):
+    """The packaged step's load once crashed the whole process on CUDA: the suite runs it in a
+    child, so a crash there is recorded with its exit status and the sections after it run."""
+    monkeypatch.setattr(gpu_suite, "AOT_CHILD", "import os; os.abort()")
+    argv = [*EAGER, "--sections", "aot", "adamw", "--out", str(tmp_path)]
+    assert gpu_suite.main(argv) == 1
+    _, records = read(tmp_path)
+    crash = next(r for r in records if r["name"] == "package build + load")
+    assert crash["ok"] is False and crash["error"].startswith("exit -6")
+    assert any(r["section"] == "adamw" and r.get("ok") for r in records)
+
+
 def test_sections_past_the_budget_are_skipped_not_run(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setitem(gpu_suite.RUNNERS, "env", lambda s: ran.append("env"))
@@ -80,3 +92,7 @@ def test_the_whole_dry_run_passes(tmp_path):
     assert checks and all(r["ok"] for r in checks)
     cli = [r for r in records if r["section"] == "cli"]
     assert len(cli) == 7 and all(r["ok"] for r in cli)
+    assert {r["name"] for r in records if r["section"] == "aot"} >= {
+        "package build",
+        "package load",
+    }
