@@ -57,8 +57,9 @@ bench: $(STAMP)
 	$(PY) cli.py bench
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml; not part of CI).
-# `make mutate MODULE=optim` runs one module (about 10-30 min on 2 cores); plain
-# `make mutate` runs all seven (hours). `.venv/bin/mutmut results` lists the survivors.
+# `make mutate MODULE=core.optim` runs one module, named by its path under yocto_fn (about
+# 10-30 min on 2 cores); plain `make mutate` runs all seven (hours).
+# `.venv/bin/mutmut results` lists the survivors.
 # One torch thread per worker: mutmut runs a worker per core, and more threads than cores
 # makes OpenMP spin (several times slower).
 mutate: $(STAMP)

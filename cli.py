@@ -73,7 +73,7 @@ def _report_prepared(out_dir, meta: dict, vocab_file: str) -> None:
 
 
 def _train(cfg: TrainConfig) -> None:
-    from yocto_fn.trainer import train
+    from yocto_fn.run.trainer import train
 
     result = train(cfg)
     if result["stopped"] != "interrupted" and result["main"]:
@@ -84,26 +84,26 @@ def _train(cfg: TrainConfig) -> None:
 
 
 def _sweep(cfg: SweepConfig) -> None:
-    from yocto_fn.sweep import sweep
+    from yocto_fn.run.sweep import sweep
 
     sweep(cfg)
 
 
 def _sample(cfg: SampleConfig) -> None:
-    from yocto_fn import sample
+    from yocto_fn.generate import sample
 
     sample.run(cfg)
 
 
 def _chat(cfg: ChatConfig) -> None:
-    from yocto_fn import chat
+    from yocto_fn.generate import chat
 
     chat.run(cfg)
 
 
 def _serve(cfg: ServeConfig) -> None:
     try:
-        from yocto_fn import serve
+        from yocto_fn.generate import serve
     except ModuleNotFoundError as exc:
         if exc.name not in ("fastapi", "uvicorn", "starlette"):
             raise
@@ -112,7 +112,7 @@ def _serve(cfg: ServeConfig) -> None:
 
 
 def _recommend(cfg: RecommendConfig) -> None:
-    from yocto_fn.recommend import recommend
+    from yocto_fn.plan.recommend import recommend
 
     recommend(cfg)
 
@@ -122,37 +122,37 @@ def _compare(cfg: CompareConfig) -> None:
         import scipy  # noqa: F401
     except ModuleNotFoundError:
         raise UserError("compare needs scipy: pip install -e '.[research]'") from None
-    from yocto_fn import compare
+    from yocto_fn.run import compare
 
     compare.run(cfg)
 
 
 def _analyze(cfg: AnalyzeConfig) -> None:
-    from yocto_fn import analyze
+    from yocto_fn.run import analyze
 
     analyze.run(cfg)
 
 
 def _export(cfg: ExportConfig) -> None:
-    from yocto_fn import interop
+    from yocto_fn.formats import interop
 
     interop.export(cfg)
 
 
 def _import(cfg: ImportConfig) -> None:
-    from yocto_fn import interop
+    from yocto_fn.formats import interop
 
     interop.import_hf(cfg)
 
 
 def _smoke_cpu(cfg: SmokeCpuConfig) -> int:
-    from yocto_fn.smoke import smoke_cpu
+    from yocto_fn.run.smoke import smoke_cpu
 
     return 0 if smoke_cpu(cfg) else 1
 
 
 def _smoke_train(cfg: SmokeTrainConfig) -> int:
-    from yocto_fn.smoke import smoke_train
+    from yocto_fn.run.smoke import smoke_train
 
     return 0 if smoke_train(cfg) else 1
 

@@ -33,7 +33,7 @@ from benchmarks.reference_module import ReferenceGPT, make_optimizer  # noqa: E4
 from benchmarks.reference_module import train_step as reference_step  # noqa: E402
 from yocto_fn import fileio, models, optim, params  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
-from yocto_fn.train import make_train_step  # noqa: E402
+from yocto_fn.core.train import make_train_step  # noqa: E402
 
 LR, WD = 3e-4, 0.1
 

@@ -30,8 +30,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.presets import PRESETS  # noqa: E402
-from yocto_fn import fileio, jit, models, probe  # noqa: E402
+from yocto_fn import fileio, jit, models  # noqa: E402
 from yocto_fn.device import bf16_is_native  # noqa: E402
+from yocto_fn.plan import probe  # noqa: E402
 
 
 def measure(preset: str, variant: str, compiled: bool, rounds: int, steps: int) -> dict:

@@ -32,10 +32,11 @@ def child(args: argparse.Namespace) -> None:
     """One rank: time train steps and the all-reduce; rank 0 prints a JSON line."""
     import torch
 
-    from yocto_fn import distributed, models, optim, rng
+    from yocto_fn import models, optim, rng
     from yocto_fn.config import ModelConfig
-    from yocto_fn.params import to
-    from yocto_fn.train import make_train_step
+    from yocto_fn.core.params import to
+    from yocto_fn.core.train import make_train_step
+    from yocto_fn.run import distributed
 
     world = distributed.from_env()
     device = distributed.start(world, args.device)

@@ -74,10 +74,10 @@ from benchmarks.reference_module import ReferenceGPT, make_optimizer  # noqa: E4
 from benchmarks.reference_module import train_step as reference_step  # noqa: E402
 from yocto_fn import fileio, models, optim, params  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.muon import Muon  # noqa: E402
+from yocto_fn.core.train import make_train_step  # noqa: E402
 from yocto_fn.device import autocast  # noqa: E402
-from yocto_fn.muon import Muon  # noqa: E402
-from yocto_fn.sample import decode_step, generate  # noqa: E402
-from yocto_fn.train import make_train_step  # noqa: E402
+from yocto_fn.generate.sample import decode_step, generate  # noqa: E402
 
 SECTIONS = ("env", "train-eager", "adamw", "decode", "train-compiled", "gpt2-adamw",
             "gpt2-muon", "cli", "aot", "bench")  # fmt: skip
@@ -393,9 +393,9 @@ def cudagraph_skips():
 
 def section_cli(s: Suite) -> None:
     import cli
-    from yocto_fn.batcher import Batcher, Job, Sampling, compiled_steps
     from yocto_fn.config import InferenceOptions
-    from yocto_fn.sample import encode_prompt, load_model
+    from yocto_fn.generate.batcher import Batcher, Job, Sampling, compiled_steps
+    from yocto_fn.generate.sample import encode_prompt, load_model
 
     root = Path(tempfile.mkdtemp(prefix="gpu-suite-"))
     dev = ["--device", s.device.type]
@@ -462,9 +462,10 @@ import json, sys, tempfile, time
 from pathlib import Path
 import torch
 sys.path.insert(0, sys.argv[2])
-from yocto_fn import aot, models, params
+from yocto_fn import models, params
+from yocto_fn.generate import aot
 from yocto_fn.config import ModelConfig
-from yocto_fn.sample import generate
+from yocto_fn.generate.sample import generate
 device = torch.device(sys.argv[1])
 cfg = ModelConfig(vocab_size=96, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
 model = models.get("gpt-fast")

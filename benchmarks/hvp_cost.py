@@ -34,8 +34,8 @@ from benchmarks.measure import device_name, timed  # noqa: E402
 from benchmarks.proc import cli  # noqa: E402
 from yocto_fn import analysis, fileio, models  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
-from yocto_fn.params import tree_map  # noqa: E402
-from yocto_fn.train import grad_and_value  # noqa: E402
+from yocto_fn.core.params import tree_map  # noqa: E402
+from yocto_fn.core.train import grad_and_value  # noqa: E402
 
 MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear",
            "aten::matmul"}  # fmt: skip

@@ -37,10 +37,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.proc import cli  # noqa: E402
-from yocto_fn import fileio, probe  # noqa: E402
+from yocto_fn import fileio  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
-from yocto_fn.muon import Muon  # noqa: E402
-from yocto_fn.optim import AdamW  # noqa: E402
+from yocto_fn.core.muon import Muon  # noqa: E402
+from yocto_fn.core.optim import AdamW  # noqa: E402
+from yocto_fn.plan import probe  # noqa: E402
 
 SHAPES = {  # name: (model, n_layer, n_head, n_embd, block, batch)
     "demo": ("gpt-fast", 4, 4, 128, 128, 32),

@@ -24,12 +24,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.proc import cli  # noqa: E402
-from yocto_fn import checkpoint, models  # noqa: E402
+from yocto_fn import models  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.train import loss_fn  # noqa: E402
 from yocto_fn.data import Dataset  # noqa: E402
-from yocto_fn.quantize import quantize  # noqa: E402
-from yocto_fn.sample import generate  # noqa: E402
-from yocto_fn.train import loss_fn  # noqa: E402
+from yocto_fn.formats import checkpoint  # noqa: E402
+from yocto_fn.generate.quantize import quantize  # noqa: E402
+from yocto_fn.generate.sample import generate  # noqa: E402
 
 
 @torch.no_grad()

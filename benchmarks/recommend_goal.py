@@ -29,10 +29,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.proc import ROOT, cli  # noqa: E402
-from yocto_fn import checkpoint, models, probe, recommend  # noqa: E402
+from yocto_fn import models  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.train import loss_fn  # noqa: E402
 from yocto_fn.data import Dataset  # noqa: E402
-from yocto_fn.train import loss_fn  # noqa: E402
+from yocto_fn.formats import checkpoint  # noqa: E402
+from yocto_fn.plan import probe, recommend  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results/recommend-goal/results.jsonl"
 FOLK = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "lr": 1e-3}

@@ -32,12 +32,13 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from yocto_fn import data, fileio, law  # noqa: E402
+from yocto_fn import data, fileio  # noqa: E402
 from yocto_fn.config import TrainConfig  # noqa: E402
 from yocto_fn.data import Dataset  # noqa: E402
 from yocto_fn.data.text import default_corpus_text  # noqa: E402
-from yocto_fn.recommend import DROPOUT, MIN_STEPS, estimate_params, lr_for  # noqa: E402
-from yocto_fn.trainer import train  # noqa: E402
+from yocto_fn.plan import law  # noqa: E402
+from yocto_fn.plan.recommend import DROPOUT, MIN_STEPS, estimate_params, lr_for  # noqa: E402
+from yocto_fn.run.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/recommend-grid/grid.jsonl"

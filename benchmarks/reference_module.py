@@ -71,7 +71,7 @@ class ReferenceGPT(nn.Module):
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with decay on >= 2-D weights except the embedding tables (as yocto_fn.optim)."""
+    """AdamW with decay on >= 2-D weights except the embedding tables (as yocto_fn.core.optim)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or name.startswith(("wte", "wpe")) else decay).append(p)

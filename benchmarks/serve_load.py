@@ -43,7 +43,8 @@ if __package__ in (None, ""):
 
 
 from benchmarks.proc import ROOT, cli  # noqa: E402
-from yocto_fn import fileio, probe  # noqa: E402
+from yocto_fn import fileio  # noqa: E402
+from yocto_fn.plan import probe  # noqa: E402
 
 SHAPES = {"4/4/128": (4, 4, 128, 128), "6/6/384": (6, 6, 384, 256)}  # layers/heads/embd, block
 PROMPT = "The "

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import cli
-from yocto_fn import probe
 from yocto_fn.config import ModelConfig
+from yocto_fn.plan import probe
 
 VARIANTS = ("gpt", "gpt-plus", "gpt-fast")
 

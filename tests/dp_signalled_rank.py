@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
-from yocto_fn.trainer import Trainer  # noqa: E402
+from yocto_fn.run.trainer import Trainer  # noqa: E402
 
 RANK, SIGNALLED = os.environ["RANK"], os.environ["YOCTO_FN_TEST_SIGNAL_RANK"]
 real_step, real_run = Trainer.train_step, Trainer.run

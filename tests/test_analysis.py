@@ -1,4 +1,4 @@
-"""yocto_fn.analysis against independent references: finite differences of the gradient,
+"""yocto_fn.core.analysis against independent references: finite differences of the gradient,
 the full Hessian of a tiny model (`torch.autograd.functional.hessian`) and its
 `eigvalsh`, the trace estimator's own variance formula, and per-example gradients taken one
 row at a time."""
@@ -18,9 +18,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import cli
 from yocto_fn import analysis, models
 from yocto_fn.config import ModelConfig
+from yocto_fn.core.ensemble import per_example_grads
+from yocto_fn.core.params import count, to, tree_leaves, tree_map
 from yocto_fn.data import Dataset
-from yocto_fn.ensemble import per_example_grads
-from yocto_fn.params import count, to, tree_leaves, tree_map
 
 VARIANTS = ["gpt", "gpt-plus", "gpt-fast"]
 CFG = ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=6, vocab_size=7)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from yocto_fn import aot, models, params
-from yocto_fn.sample import generate
+from yocto_fn import models, params
+from yocto_fn.generate import aot
+from yocto_fn.generate.sample import generate
 
 
 class FakePackages:
@@ -114,7 +115,7 @@ def test_a_real_package_decodes_as_eager_and_loads_without_the_compiler(tmp_path
     code = f"""
 import sys, torch
 from yocto_fn import ModelConfig, aot, models
-from yocto_fn.sample import generate
+from yocto_fn.generate.sample import generate
 cfg = ModelConfig(**{cfg.to_dict()!r})
 model = models.get("gpt-plus")
 p = torch.load(r"{tmp_path / "p.pt"}", weights_only=True)

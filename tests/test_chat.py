@@ -11,10 +11,11 @@ from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yocto_fn import chat, models, sample
+from yocto_fn import models
 from yocto_fn.config import ChatConfig
-from yocto_fn.sample import Loaded, generate
-from yocto_fn.tokenizer import CharTokenizer, train_bpe
+from yocto_fn.formats.tokenizer import CharTokenizer, train_bpe
+from yocto_fn.generate import chat, sample
+from yocto_fn.generate.sample import Loaded, generate
 
 CHARS = sorted(set(string.ascii_letters + string.digits + string.punctuation + " \n"))
 

@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 import cli
-from yocto_fn import compare, fileio, metrics
+from yocto_fn import fileio
 from yocto_fn.config import TrainConfig
+from yocto_fn.run import compare, metrics
 
 SHAPE = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "tie_weights": False,
          "vocab_size": 77, "bias": True, "dropout": 0.0}  # fmt: skip

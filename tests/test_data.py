@@ -13,7 +13,7 @@ import cli
 from yocto_fn import data
 from yocto_fn.data import CorpusOptions, Dataset, char, split
 from yocto_fn.data import text as corpus_text
-from yocto_fn.tokenizer import CharTokenizer, HFTokenizer, load, train_bpe, train_word
+from yocto_fn.formats.tokenizer import CharTokenizer, HFTokenizer, load, train_bpe, train_word
 
 PARAGRAPHS = [
     "The unexamined life is not worth living.",

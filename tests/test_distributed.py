@@ -14,10 +14,10 @@ import torch
 from conftest import ckpt, tiny_config
 
 import cli
+from yocto_fn.core.params import max_abs_diff
 from yocto_fn.data import Dataset
-from yocto_fn.distributed import World
-from yocto_fn.params import max_abs_diff
-from yocto_fn.runstate import RunState
+from yocto_fn.run.distributed import World
+from yocto_fn.run.runstate import RunState
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",

@@ -8,7 +8,7 @@ import torch._dynamo
 from conftest import VARIANTS, tiny_config
 
 from yocto_fn import ensemble, models, optim, params, rng
-from yocto_fn.train import loss_fn, make_train_step
+from yocto_fn.core.train import loss_fn, make_train_step
 
 SEEDS = (3, 4, 5)
 LRS = (1e-2, 3e-3, 0.0)  # the last member must not move

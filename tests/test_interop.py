@@ -14,11 +14,12 @@ from conftest import real_text
 from safetensors.torch import load_file, save_file
 
 import cli
-from yocto_fn import checkpoint, interop, models
-from yocto_fn import tokenizer as tokenizers
+from yocto_fn import models
 from yocto_fn.config import ModelConfig
-from yocto_fn.params import named_leaves, tree_map
-from yocto_fn.sample import generate
+from yocto_fn.core.params import named_leaves, tree_map
+from yocto_fn.formats import checkpoint, interop
+from yocto_fn.formats import tokenizer as tokenizers
+from yocto_fn.generate.sample import generate
 
 CHARS = [chr(c) for c in range(32, 96)]  # 64 characters
 TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32)
@@ -258,8 +259,8 @@ def test_checkpoint_reads_an_exported_directory_without_importing_interop(tmp_pa
     argv = ["export", "--ckpt", str(ckpt), "--out", str(out), "--format", "safetensors"]
     assert cli.main(argv) == 0
     code = (
-        "import sys; from yocto_fn import checkpoint; "
-        f"print(checkpoint.load(r'{out}')['arch'], 'yocto_fn.interop' in sys.modules)"
+        "import sys; from yocto_fn.formats import checkpoint; "
+        f"print(checkpoint.load(r'{out}')['arch'], 'yocto_fn.formats.interop' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=Path(__file__).resolve().parents[1])  # fmt: skip

@@ -11,7 +11,7 @@ import torch._inductor.config as inductor
 
 from yocto_fn import jit, models, optim
 from yocto_fn.config import ModelConfig
-from yocto_fn.train import make_train_step
+from yocto_fn.core.train import make_train_step
 
 GCC = shutil.which("g++")
 

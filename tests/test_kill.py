@@ -15,8 +15,10 @@ import pytest
 import torch
 from conftest import ckpt
 
-from yocto_fn import checkpoint, fileio, metrics
-from yocto_fn.params import named_leaves
+from yocto_fn import fileio
+from yocto_fn.core.params import named_leaves
+from yocto_fn.formats import checkpoint
+from yocto_fn.run import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY, KILLS = 64, 4, 6

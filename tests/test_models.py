@@ -342,7 +342,7 @@ def test_vmapped_decode_step_with_a_position_per_prompt(amp):
 def test_a_cloned_cache_continues_independently():
     """Eager writes are in place, so two continuations of one prompt need a `clone`: each
     branch must then equal the uncached forward of its own tokens."""
-    from yocto_fn.cache import clone
+    from yocto_fn.core.cache import clone
 
     cfg, model = tiny_config(), models.get("gpt-plus")
     p = model.init(cfg, 0)

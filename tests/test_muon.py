@@ -5,8 +5,9 @@ import torch
 import torch._dynamo
 from conftest import VARIANTS, tiny_config
 
-from yocto_fn import ensemble, models, muon, optim, params
-from yocto_fn.train import make_train_step
+from yocto_fn import ensemble, models, optim, params
+from yocto_fn.core import muon
+from yocto_fn.core.train import make_train_step
 
 SEEDS = (3, 4)
 

@@ -11,10 +11,11 @@ from conftest import VARIANTS, real_text, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yocto_fn import checkpoint, models
+from yocto_fn import models
+from yocto_fn.core.params import named_leaves
 from yocto_fn.data import Dataset
-from yocto_fn.params import named_leaves
-from yocto_fn.tokenizer import SPECIALS, CharTokenizer, train_bpe
+from yocto_fn.formats import checkpoint
+from yocto_fn.formats.tokenizer import SPECIALS, CharTokenizer, train_bpe
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TEXT = real_text()[:20_000]

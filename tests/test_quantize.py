@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from conftest import VARIANTS, tiny_config
 
 from yocto_fn import layers, models, params
-from yocto_fn.quantize import int8_rows, quantize
-from yocto_fn.sample import generate
+from yocto_fn.generate.quantize import int8_rows, quantize
+from yocto_fn.generate.sample import generate
 
 
 def test_int8_rows_round_to_the_nearest_step_of_each_rows_scale():

@@ -10,11 +10,12 @@ import torch
 from conftest import real_text
 
 import cli
-from yocto_fn import law, models, probe, recommend
+from yocto_fn import models
 from yocto_fn.config import ModelConfig, TrainConfig
+from yocto_fn.core.params import count
 from yocto_fn.data import Dataset
 from yocto_fn.errors import UserError
-from yocto_fn.params import count
+from yocto_fn.plan import law, probe, recommend
 
 ROOT = Path(__file__).resolve().parents[1]
 

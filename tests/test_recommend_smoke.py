@@ -9,10 +9,11 @@ import pytest
 from conftest import VARIANTS, tiny_config
 
 import cli
-from yocto_fn import models, smoke
+from yocto_fn import models
 from yocto_fn.config import TrainConfig
-from yocto_fn.params import count
-from yocto_fn.recommend import estimate_params, plan
+from yocto_fn.core.params import count
+from yocto_fn.plan.recommend import estimate_params, plan
+from yocto_fn.run import smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 

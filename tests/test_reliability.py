@@ -16,8 +16,9 @@ import torch
 from conftest import ckpt
 
 import cli
-from yocto_fn import checkpoint, fileio
+from yocto_fn import fileio
 from yocto_fn.errors import UserError
+from yocto_fn.formats import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",

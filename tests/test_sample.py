@@ -13,10 +13,10 @@ from torch._dynamo.utils import counters
 
 import cli
 from yocto_fn import models
-from yocto_fn.chat import Conversation
 from yocto_fn.config import ChatConfig
-from yocto_fn.params import tree_leaves as params_leaves
-from yocto_fn.sample import decode_step, filter_logits, generate, load_model
+from yocto_fn.core.params import tree_leaves as params_leaves
+from yocto_fn.generate.chat import Conversation
+from yocto_fn.generate.sample import decode_step, filter_logits, generate, load_model
 
 
 def reference_greedy(model, params, cfg, prompt: list[int], n: int) -> list[int]:
@@ -134,7 +134,7 @@ def test_graphed_step_copies_what_the_graph_overwrites_and_marks_the_buffers_sta
     """A CUDA graph's outputs live in memory its next replay overwrites. `graphed` must hand
     back copies (here a stand-in step returns one shared buffer, as a replayed graph does),
     advance the caller's own position, and mark weights and k/v static (read in place)."""
-    from yocto_fn.sample import graphed
+    from yocto_fn.generate.sample import graphed
 
     cfg = tiny_config(block_size=12)
     model = models.get("gpt")
@@ -163,7 +163,7 @@ def test_graphed_step_copies_what_the_graph_overwrites_and_marks_the_buffers_sta
 def test_cuda_graph_decode_equals_eager():
     """`generate(compile=True)` on CUDA takes the graphed reduce-overhead step; on the CPU
     the same step compiles as the default mode does, and must give the eager tokens."""
-    from yocto_fn.sample import compiled_decode_step
+    from yocto_fn.generate.sample import compiled_decode_step
 
     torch._dynamo.reset()
     decode_step.cache_clear()
@@ -219,7 +219,7 @@ def test_sample_needs_only_the_checkpoint(checkpoints, mode, capsys):
 def test_stats_line_reports_each_phase():
     """Prefill until the first token, the first decode step apart, the steady rate after
     it, and a wall time that includes loading and compiling."""
-    from yocto_fn.sample import stats_line
+    from yocto_fn.generate.sample import stats_line
 
     assert stats_line(5, 4, 10.0, [10.1, 10.3, 10.4, 10.5], load_s=0.5, compile_s=1.25) == (
         "load 0.50 s, compile 1.25 s, prompt tokens 5, new tokens 4, prefill 100.0 ms, "
@@ -241,8 +241,8 @@ def test_stats_line_reports_each_phase():
 def test_text_stream_holds_back_a_character_split_across_tokens():
     """Byte-level BPE splits an unseen character into byte tokens; the stream shows it only
     once whole, never a replacement character."""
-    from yocto_fn.sample import TextStream
-    from yocto_fn.tokenizer import train_bpe
+    from yocto_fn.formats.tokenizer import train_bpe
+    from yocto_fn.generate.sample import TextStream
 
     tok = train_bpe(["plain ascii text only, nothing else"], 300)
     ids = tok.encode("a☃b")
@@ -256,8 +256,8 @@ def test_text_stream_holds_back_a_character_split_across_tokens():
 
 
 def test_the_dropped_characters_warning_names_the_first_ten(capsys):
-    from yocto_fn.sample import drop_unknown_chars
-    from yocto_fn.tokenizer import CharTokenizer
+    from yocto_fn.formats.tokenizer import CharTokenizer
+    from yocto_fn.generate.sample import drop_unknown_chars
 
     greek = [chr(0x3B1 + i) for i in range(11)]
     assert drop_unknown_chars(CharTokenizer(list("ab ")), "a " + "".join(greek) + "b") == "a b"
@@ -332,7 +332,7 @@ def test_chat_reply_ends_at_a_turn_marker_blank_line_or_eos(
 ):
     """A model scripted to answer "ok", then an end, then more text: the reply printed and
     kept in the history is "ok", and generation ends at the end (no further forward)."""
-    from yocto_fn import chat
+    from yocto_fn.generate import chat
 
     real_load = chat.load_model
     calls = []
@@ -375,7 +375,7 @@ def test_chat_reply_ends_at_a_turn_marker_blank_line_or_eos(
 
 def test_sample_quantize_flag_decodes_with_the_quantised_weights(checkpoints, capsys, monkeypatch):
     """--quantize reaches the weights generate sees: int8 leaves, or a bf16 tree."""
-    import yocto_fn.sample as sample_mod
+    import yocto_fn.generate.sample as sample_mod
 
     seen = {}
     real = sample_mod.generate
@@ -400,7 +400,7 @@ def test_sampling_flags_reach_generate(checkpoints):
     """--top-k/--top-p 0 mean off (None); other values, the temperature and the seed pass
     through as given; the step is eager unless --compile."""
     from yocto_fn.config import SampleConfig
-    from yocto_fn.sample import sampling_kwargs
+    from yocto_fn.generate.sample import sampling_kwargs
 
     loaded = load_model(SampleConfig(ckpt=checkpoints["char"]))
     on = sampling_kwargs(SampleConfig(ckpt=checkpoints["char"], top_k=5, top_p=0.9,
@@ -414,7 +414,7 @@ def test_sampling_flags_reach_generate(checkpoints):
 def test_sample_next_draws_from_the_tempered_filtered_softmax(monkeypatch):
     """Logits are divided by the temperature, then top-p keeps the smallest set reaching p;
     the draw is from the softmax of what is left, one token per row."""
-    from yocto_fn.sample import sample_next
+    from yocto_fn.generate.sample import sample_next
 
     logits = torch.tensor([[1.0, 2.0, 3.0, 0.5], [3.0, 0.5, 1.0, 2.0]])
     seen: list[torch.Tensor] = []
@@ -455,7 +455,7 @@ def test_a_terminal_sees_the_header_and_each_evaluation(checkpoints, tmp_path, m
 
 def test_unescape_turns_typed_escapes_into_characters():
     r"""`\n` and `\t` become a newline and a tab, `\\` one backslash; others stay."""
-    from yocto_fn.sample import unescape
+    from yocto_fn.generate.sample import unescape
 
     assert unescape(r"a\nb\tc\\n\x") == "a\nb\tc\\n\\x"
 
@@ -465,8 +465,8 @@ def test_an_empty_prompt_starts_from_a_newline_or_bos():
     <bos> before the prompt where the tokenizer has one, nothing where it has none."""
     from types import SimpleNamespace
 
-    from yocto_fn.sample import encode_prompt
-    from yocto_fn.tokenizer import CharTokenizer
+    from yocto_fn.formats.tokenizer import CharTokenizer
+    from yocto_fn.generate.sample import encode_prompt
 
     def prompt(tok, text=""):
         return encode_prompt(SimpleNamespace(tok=tok), text, drop_unknown=False)
@@ -491,10 +491,10 @@ def test_sample_packaged_step_gets_the_batch_and_directory(checkpoints, tmp_path
     """On CPU `--compile` loads (or builds) the packaged step beside the checkpoint, for the
     batch asked (1 by default); elsewhere it compiles in the process. The package build is
     replaced by a recorder here: the compiled tests build the real one."""
-    from yocto_fn import aot, sample
     from yocto_fn.config import InferenceOptions
-    from yocto_fn.params import to as params_to
-    from yocto_fn.sample import compiled_step, sampling_kwargs
+    from yocto_fn.core.params import to as params_to
+    from yocto_fn.generate import aot, sample
+    from yocto_fn.generate.sample import compiled_step, sampling_kwargs
 
     calls = []
     monkeypatch.setattr(aot, "decode_step", lambda *a: calls.append(a) or "packaged")
@@ -519,7 +519,7 @@ def test_sample_packaged_step_gets_the_batch_and_directory(checkpoints, tmp_path
 def test_sampling_flags_accept_their_bounds_and_refuse_past_them():
     from yocto_fn.config import InferenceOptions
     from yocto_fn.errors import UserError
-    from yocto_fn.sample import check_sampling_flags
+    from yocto_fn.generate.sample import check_sampling_flags
 
     check_sampling_flags(InferenceOptions(ckpt=Path("x"), max_new_tokens=1, top_p=1.0))
     with pytest.raises(UserError) as err:
@@ -531,10 +531,10 @@ def test_overrides_and_mode_are_checked_against_the_model(checkpoints, tmp_path)
     """A checkpoint without a stored mode takes it from its tokenizer; --mode must agree;
     --vocab-path overrides a char model's vocabulary and --tokenizer-path a token model's,
     each only its own kind, and must have the model's size."""
-    from yocto_fn import checkpoint
-    from yocto_fn import tokenizer as tokenizers
     from yocto_fn.config import InferenceOptions
     from yocto_fn.errors import UserError
+    from yocto_fn.formats import checkpoint
+    from yocto_fn.formats import tokenizer as tokenizers
 
     root = checkpoints["char"].parents[1]
     vocab, bpe = root / "char" / "vocab.json", root / "tok" / "tokenizer.json"
@@ -572,9 +572,9 @@ def test_sample_run_reports_build_time_and_passes_eos(checkpoints, monkeypatch, 
     """With --compile --stats the first sample's line holds load and compile times (on a
     fake clock, 0.25 s per reading), later samples neither; the tokenizer's end token reaches
     `generate`; --num-samples 0 is refused word for word."""
-    from yocto_fn import aot, sample
     from yocto_fn.config import SampleConfig
     from yocto_fn.errors import UserError
+    from yocto_fn.generate import aot, sample
 
     monkeypatch.setattr(aot, "decode_step", lambda model, *a: decode_step(model, False))
     clock = iter(range(1000))

@@ -28,7 +28,9 @@ from conftest import VARIANTS, tiny_config
 import cli
 from yocto_fn import cache as kv
 from yocto_fn import jit, models
-from yocto_fn.batcher import (
+from yocto_fn.config import SampleConfig
+from yocto_fn.formats.tokenizer import CharTokenizer
+from yocto_fn.generate.batcher import (
     Batcher,
     Event,
     Job,
@@ -37,9 +39,7 @@ from yocto_fn.batcher import (
     batch_sizes,
     compiled_steps,
 )
-from yocto_fn.config import SampleConfig
-from yocto_fn.sample import decode_step, encode_prompt, generate, load_model
-from yocto_fn.tokenizer import CharTokenizer
+from yocto_fn.generate.sample import decode_step, encode_prompt, generate, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key"
@@ -210,7 +210,7 @@ def test_the_mailbox_delivers_every_event_in_order_with_one_wake_up_per_burst():
     """Events posted while the loop is busy (a decode step's, one per row) reach their
     queues in order, and the loop is woken once for the burst, not once per event."""
     pytest.importorskip("fastapi")
-    from yocto_fn.serve import Mailbox
+    from yocto_fn.generate.serve import Mailbox
 
     async def main() -> tuple[list, list, int]:
         box, queues, wakes = Mailbox(), [asyncio.Queue(), asyncio.Queue()], []

@@ -10,8 +10,8 @@ import torch
 from conftest import ckpt
 
 import cli
-from yocto_fn import recommend
-from yocto_fn.params import max_abs_diff
+from yocto_fn.core.params import max_abs_diff
+from yocto_fn.plan import recommend
 
 TINY = ("--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
 # Dropout, accumulation and a warmup/cosine schedule: every per-member part of a step is used.
@@ -174,7 +174,7 @@ def test_existing_sweep_is_not_overwritten(swept, char_dir, capsys):
 def test_ctrl_c_saves_every_member_and_prints_the_resume_command(
     char_dir, tmp_path, monkeypatch, capsys
 ):
-    from yocto_fn.sweep import Sweep
+    from yocto_fn.run.sweep import Sweep
 
     original = Sweep.train_step
 
@@ -199,7 +199,7 @@ def test_amp_auto_times_the_sweeps_own_ensemble_step(char_dir, tmp_path, monkeyp
     accumulation), and every member's run_meta.json records it."""
     import json
 
-    from yocto_fn import probe
+    from yocto_fn.plan import probe
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
@@ -222,7 +222,7 @@ def test_the_amp_probe_times_both_dtypes_on_real_steps():
     """Rates come from real steps of one model, with accumulation, and of an ensemble."""
     from conftest import REAL_AMP_RATES, tiny_config
 
-    from yocto_fn import probe
+    from yocto_fn.plan import probe
 
     cpu = torch.device("cpu")
     for spec in (probe.StepSpec("gpt-fast", tiny_config(), 2, accum=2),

@@ -9,7 +9,7 @@ import torch._dynamo
 from conftest import tiny_config
 
 from yocto_fn import layers, models, optim, params, rng
-from yocto_fn.train import grad_and_value, loss_fn, make_train_step
+from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
 
 
 def _batch(cfg, b=4, seed=0):

@@ -10,13 +10,15 @@ import torch
 from conftest import ckpt
 
 import cli
-from yocto_fn import checkpoint, models, runstate, trainer
-from yocto_fn import tokenizer as tokenizers
+from yocto_fn import models
 from yocto_fn.config import ModelConfig
+from yocto_fn.core.params import clone, max_abs_diff, tree_leaves
 from yocto_fn.device import amp_dtype
 from yocto_fn.errors import UserError
-from yocto_fn.params import clone, max_abs_diff, tree_leaves
-from yocto_fn.trainer import Trainer
+from yocto_fn.formats import checkpoint
+from yocto_fn.formats import tokenizer as tokenizers
+from yocto_fn.run import runstate, trainer
+from yocto_fn.run.trainer import Trainer
 
 TINY = ("--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
 FAST = ("--batch-size", "4", "--eval-iters", "1", "--eval-interval", "100", "--device", "cpu")
@@ -306,7 +308,7 @@ def test_amp_auto_takes_the_faster_dtype_as_timed_and_records_both_rates(
     """With native bf16, auto times both dtypes on this run's step (once: a second run of
     the same shape reads the cache) and trains with the faster; run_meta.json says which,
     from where, and at what rates."""
-    from yocto_fn import probe
+    from yocto_fn.plan import probe
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
@@ -334,7 +336,7 @@ def test_amp_auto_takes_the_faster_dtype_as_timed_and_records_both_rates(
                                                ("on", False, "autocast bfloat16")])  # fmt: skip
 def test_run_meta_records_the_amp_rule(char_dir, tmp_path, monkeypatch, amp, native, want):
     """Without native bf16, auto is fp32 with nothing timed; on and off are taken as given."""
-    from yocto_fn import probe
+    from yocto_fn.plan import probe
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
@@ -352,7 +354,7 @@ def test_time_and_throughput_columns_add_up_across_steps_and_resumes(char_dir, t
     tokens of the steps since the last evaluation over their seconds."""
     from types import SimpleNamespace
 
-    from yocto_fn import metrics
+    from yocto_fn.run import metrics
 
     ticks = iter(range(10**6))
     monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: next(ticks) / 4))
@@ -376,7 +378,7 @@ def test_max_iters_0_evaluates_once_at_a_terminal_too(char_dir, tmp_path, monkey
     """--max-iters 0 only evaluates: one row, at the cosine schedule's first rate (warm-up
     step 0: lr / warmup_iters; without warm-up the peak), with no throughput since no step
     ran; at a terminal its line goes through the progress bar."""
-    from yocto_fn import metrics
+    from yocto_fn.run import metrics
 
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     flags = ("--max-iters", "0", "--cosine-lr", "--lr", "1e-3", "--warmup-iters", str(warmup))

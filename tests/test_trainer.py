@@ -12,9 +12,9 @@ from conftest import VARIANTS, ckpt, tiny_config
 
 import cli
 from yocto_fn import layers, models, optim, rng
-from yocto_fn.params import max_abs_diff, named_leaves, tree_leaves
-from yocto_fn.train import grad_and_value, loss_fn, make_train_step
-from yocto_fn.trainer import Trainer
+from yocto_fn.core.params import max_abs_diff, named_leaves, tree_leaves
+from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
+from yocto_fn.run.trainer import Trainer
 
 TINY = ("--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
 FAST = ("--batch-size", "4", "--eval-iters", "2", "--eval-interval", "4", "--device", "cpu")
@@ -396,7 +396,7 @@ def test_train_step_metrics_have_no_leaves_left_behind():
 
 
 def test_loss_scaled_optimizer_state_round_trips_through_a_checkpoint(tmp_path):
-    from yocto_fn import checkpoint
+    from yocto_fn.formats import checkpoint
 
     params = models.get("gpt").init(tiny_config(), 0)
     state = optim.init(params, optim.DynamicLossScale(512.0))
@@ -412,8 +412,8 @@ def test_loss_scaled_optimizer_state_round_trips_through_a_checkpoint(tmp_path):
 def test_strict_loading_names_the_first_six_mismatched_tensors():
     """Shape mismatches, missing and unused tensors are counted and the first six named;
     loaded tensors take the target's dtype."""
-    from yocto_fn.checkpoint import load_matching
     from yocto_fn.errors import UserError
+    from yocto_fn.formats.checkpoint import load_matching
 
     target = {"a": torch.zeros(2, dtype=torch.float64), "b": torch.zeros(3),
               "blocks": [{"w": torch.zeros(1)}]}  # fmt: skip
@@ -435,8 +435,8 @@ def test_checkpoint_load_refuses_pickled_objects_and_quotes_the_reason(tmp_path,
     name when it has no message."""
     import datetime
 
-    from yocto_fn import checkpoint
     from yocto_fn.errors import UserError
+    from yocto_fn.formats import checkpoint
 
     plain = {"format": 1, "arch": "gpt", "model_config": {}, "params": {}, "iter": 7,
              "tokenizer": {}}  # fmt: skip
@@ -462,8 +462,8 @@ def test_checkpoint_load_refuses_pickled_objects_and_quotes_the_reason(tmp_path,
 
 def load_refusal(path) -> str:
     """The one-line message `checkpoint.load` refuses `path` with."""
-    from yocto_fn import checkpoint
     from yocto_fn.errors import UserError
+    from yocto_fn.formats import checkpoint
 
     with pytest.raises(UserError) as err:
         checkpoint.load(path)
@@ -507,7 +507,7 @@ def test_checkpoint_refusals_say_what_to_pass_instead(tmp_path, monkeypatch):
 def test_foreign_and_damaged_checkpoints_are_named_with_what_to_use_instead(tmp_path):
     """Missing keys, another format, and a failed checksum with the siblings it suggests:
     the others of best.pt and latest.pt that exist, never the damaged file itself."""
-    from yocto_fn import checkpoint
+    from yocto_fn.formats import checkpoint
 
     torch.save({"format": 1, "params": {}}, tmp_path / "foreign.pt")
     assert load_refusal(tmp_path / "foreign.pt") == (
@@ -541,7 +541,7 @@ def test_payload_digest_matches_a_hand_built_sha256():
     (keys compared as strings, so 10 before 2); plain values and the digest itself are out."""
     import hashlib
 
-    from yocto_fn.checkpoint import payload_digest
+    from yocto_fn.formats.checkpoint import payload_digest
 
     ckpt = {
         "params": {"b": torch.tensor([1, 2], dtype=torch.int16), "a": torch.zeros(0)},

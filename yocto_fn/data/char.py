@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import fileio
-from ..tokenizer import CharTokenizer
+from ..formats.tokenizer import CharTokenizer
 from .output import corpus_meta, id_dtype, say, write_outputs
 from .split import scan, split_mask, split_views
 from .text import Corpus, CorpusOptions

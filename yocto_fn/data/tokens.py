@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import fileio
-from ..tokenizer import SPECIALS, HFTokenizer, check_vocab_size, train_bpe, train_word
+from ..formats.tokenizer import SPECIALS, HFTokenizer, check_vocab_size, train_bpe, train_word
 from .output import corpus_meta, id_dtype, say, write_outputs
 from .split import Pieces, scan, split_mask
 from .text import Corpus, CorpusOptions
