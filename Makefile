@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 # refreshes them. Every install goes through it, so a fresh clone gets what CI ran.
 LOCK := requirements.lock
 TORCH := 2.13.0
-EXTRAS := dev,interop,serve,research
+EXTRAS := dev,interop,serve,research,docs
 
-.PHONY: venv test lint format demo bench mutate lock clean
+.PHONY: venv test lint format docs demo bench mutate lock clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ lock:
 # pytest exits 5 when it collects nothing: a failure only while tests/ holds test files.
 test: $(STAMP)
 	$(PY) -m pytest -q || { rc=$$?; [ $$rc -eq 5 ] && ! ls tests/test_*.py >/dev/null 2>&1 || exit $$rc; }
+
+# The docs/ site into site/; --strict fails on a broken page link or anchor.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -66,4 +70,4 @@ mutate: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(if $(MODULE),"yocto_fn.$(MODULE).*")
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

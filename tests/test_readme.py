@@ -1,6 +1,7 @@
-"""Every command in README.md runs: the docs cannot drift from the code.
+"""Every command in README.md and in docs/ runs: the docs cannot drift from the code.
 
-The fenced `bash` blocks are executed in order in a scratch directory, with settings that
+The fenced `bash` blocks of the README, then of the docs pages in the order of the site's
+navigation (mkdocs.yml), are executed in order in a scratch directory, with settings that
 keep them fast: a few training steps, a few sampled tokens, no compilation (the compiled
 paths have their own tests). `make` targets and the GPU script are checked for existence
 and syntax; the long benchmarks are parsed (and run by the slow quick-bench test).
@@ -27,6 +28,15 @@ import cli
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
+
+def doc_pages() -> list[Path]:
+    """docs/ pages in the navigation's order (mkdocs.yml), every page listed once."""
+    nav = re.findall(r"^\s*- (?:[^:]+: )?([\w-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    return [ROOT / "docs" / name for name in nav]
+
+
+DOCS = "\n".join(page.read_text(encoding="utf-8") for page in doc_pages())
+
 FAST = {
     "train": ["--max-iters", "3", "--eval-interval", "3", "--eval-iters", "1", "--batch-size", "2"],
     "sweep": ["--max-iters", "3", "--eval-interval", "3", "--eval-iters", "1", "--batch-size", "2"],
@@ -40,7 +50,8 @@ PARSE_ONLY = {"bench"}
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+    """The fenced blocks in `language` of the README, then of the docs pages."""
+    return re.findall(rf"```{language}\n(.*?)```", README + "\n" + DOCS, flags=re.S)
 
 
 def uses_transformers(code: str) -> bool:
