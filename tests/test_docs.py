@@ -100,8 +100,17 @@ OTHERS = {"--no-deps", "--only-binary", "--python-version", "--implementation", 
 
 def test_every_flag_the_docs_name_exists():
     text = "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *PAGES])
+    text = re.sub(r"## Bad input\n.*?(?=\n## |\Z)", "", text, flags=re.S)  # wrong on purpose
     named = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", text))
     named = {f.replace("_", "-") for f in named}
     known = {f.replace("_", "-") for f in known_flags()} | OTHERS
     known |= {f"--no-{f[2:]}" for f in known}  # tyro's negated switches
     assert sorted(named - known) == []
+
+
+def test_the_bad_input_table_is_the_tests_cases():
+    from test_bad_input import CASES
+
+    text = (DOCS / "testing.md").read_text(encoding="utf-8").split("## Bad input", 1)[1]
+    rows = re.findall(r"^\| `(.*)` \| (.*) \|$", text, re.M)
+    assert [(argv, said.replace("\\|", "|")) for argv, said in rows] == list(CASES)
