@@ -27,15 +27,12 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.contenders import random_tokens  # noqa: E402
+from benchmarks.contenders import functional_steps, random_batch, reference_steps  # noqa: E402
 from benchmarks.measure import device_name, interleaved, sync  # noqa: E402
-from benchmarks.reference_module import ReferenceGPT, make_optimizer  # noqa: E402
-from benchmarks.reference_module import train_step as reference_step  # noqa: E402
+from benchmarks.presets import LR  # noqa: E402
+from benchmarks.presets import WEIGHT_DECAY as WD  # noqa: E402
 from yocto_fn import fileio, models, optim, params  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
-from yocto_fn.core.train import make_train_step  # noqa: E402
-
-LR, WD = 3e-4, 0.1
 
 
 def update_contenders(variant: str, cfg: ModelConfig, device: torch.device):
@@ -68,26 +65,15 @@ def update_contenders(variant: str, cfg: ModelConfig, device: torch.device):
 def step_contenders(variant: str, cfg: ModelConfig, device: torch.device, batch: int):
     """Eager train steps (forward, backward, clip, update) with either AdamW form, and the
     nn.Module reference with torch.optim.AdamW (foreach, and fused)."""
-    data = random_tokens((batch, cfg.block_size + 1), device)
-    xy = (data[:, :-1].contiguous(), data[:, 1:].contiguous())
+    xy = random_batch(batch, cfg.block_size, device)
     out: dict[str, Callable[[], Any]] = {}
     for fused in (False, True):
-        step = make_train_step(models.get(variant), cfg, optim.AdamW(weight_decay=WD, fused=fused))
-        p = params.to(models.get(variant).init(cfg, 0), device)
-        holder = [p, optim.init(p)]
-
-        def run(step=step, holder=holder) -> None:
-            holder[0], holder[1], _ = step(holder[0], holder[1], xy, LR, None)
-
+        hp = optim.AdamW(weight_decay=WD, fused=fused)
+        run, _ = functional_steps(variant, cfg, device, xy, hp=hp)
         out[f"step {variant} {'fused' if fused else 'foreach'}"] = run
     for fused in (False, True):
-        module = ReferenceGPT(cfg).to(device)
-        opt = make_optimizer(module, LR, WD)
-        if fused:
-            opt = torch.optim.AdamW(opt.param_groups, lr=LR, fused=True)
-        out[f"step reference {'fused' if fused else 'foreach'}"] = lambda module=module, opt=opt: (
-            reference_step(module, opt, *xy, 1.0)
-        )
+        name = f"step reference {'fused' if fused else 'foreach'}"
+        out[name] = reference_steps(cfg, device, xy, fused=fused)
     return out
 
 

@@ -28,6 +28,48 @@ def random_tokens(shape: tuple[int, ...], device: torch.device, seed: int = 0) -
     return torch.randint(VOCAB, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
+def random_batch(batch_size: int, block_size: int, device: torch.device):
+    """(x, y) of random tokens [batch_size, block_size], y the next token of x."""
+    data = random_tokens((batch_size, block_size + 1), device)
+    return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+
+def functional_steps(
+    variant: str, cfg: ModelConfig, device: torch.device, xy, *, hp: optim.Optimizer,
+    amp: torch.dtype | None = None, compile: bool = False, steps: int = 1,
+) -> tuple[Callable[[], Any], int]:  # fmt: skip
+    """`steps` train steps of a functional variant per call (its state kept between calls),
+    and N, the weights that multiply activations."""
+    step = make_train_step(models.get(variant), cfg, hp, grad_clip=CLIP, amp_dtype=amp,
+                           compile=compile)  # fmt: skip
+    p = params.to(models.get(variant).init(cfg, 0), device)
+    state = [p, hp.init(p)]
+
+    def run() -> None:
+        for _ in range(steps):
+            state[0], state[1], _ = step(state[0], state[1], xy, LR, None)
+
+    return run, matmul_params(p, cfg)
+
+
+def reference_steps(
+    cfg: ModelConfig, device: torch.device, xy, *, amp: torch.dtype | None = None,
+    compile: bool = False, fused: bool = False, steps: int = 1,
+) -> Callable[[], Any]:  # fmt: skip
+    """`steps` train steps of the nn.Module reference per call, with torch.optim.AdamW
+    (foreach, or `fused`)."""
+    module = ReferenceGPT(cfg).to(device)
+    opt = make_optimizer(module, LR, WEIGHT_DECAY, fused=fused)
+    fn = torch.compile(module) if compile else module
+
+    def run() -> None:
+        for _ in range(steps):
+            with autocast(device.type, amp):
+                reference_step(fn, opt, *xy, CLIP)
+
+    return run
+
+
 def train_runner(
     variant: str, cfg: ModelConfig, device: torch.device, batch_size: int, mode: str
 ) -> tuple[Callable[[], Any], int]:
@@ -35,8 +77,7 @@ def train_runner(
     (autocast), compiled bf16; for the functional variants also "eager torch.func"
     (gradients through `torch.func.grad_and_value` instead of the default eager autograd
     path) and "... checkpointed" (with activation checkpointing)."""
-    data = random_tokens((batch_size, cfg.block_size + 1), device)
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    x, y = random_batch(batch_size, cfg.block_size, device)
     amp = torch.bfloat16 if "bf16" in mode else None
     compiled, remat = mode.startswith("compiled"), "checkpointed" in mode
     if variant == "reference":

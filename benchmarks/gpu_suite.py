@@ -60,28 +60,30 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import adamw_update  # noqa: E402
-from benchmarks.contenders import no_cache_decode, random_tokens  # noqa: E402
+from benchmarks.contenders import (  # noqa: E402
+    functional_steps,
+    no_cache_decode,
+    random_batch,
+    random_tokens,
+    reference_steps,
+)
 from benchmarks.measure import (  # noqa: E402
     datasheet_peak,
     device_name,
     interleaved,
-    matmul_params,
     measured_peak,
     sync,
     train_flops_per_token,
 )
-from benchmarks.reference_module import ReferenceGPT, make_optimizer  # noqa: E402
-from benchmarks.reference_module import train_step as reference_step  # noqa: E402
+from benchmarks.presets import WEIGHT_DECAY as WD  # noqa: E402
+from benchmarks.reference_module import ReferenceGPT  # noqa: E402
 from yocto_fn import fileio, models, optim, params  # noqa: E402
 from yocto_fn.config import ModelConfig  # noqa: E402
 from yocto_fn.core.muon import Muon  # noqa: E402
-from yocto_fn.core.train import make_train_step  # noqa: E402
-from yocto_fn.device import autocast  # noqa: E402
 from yocto_fn.generate.sample import decode_step, generate  # noqa: E402
 
 SECTIONS = ("env", "train-eager", "adamw", "decode", "train-compiled", "gpt2-adamw",
             "gpt2-muon", "cli", "aot", "bench")  # fmt: skip
-LR, WD, CLIP = 3e-4, 0.1, 1.0
 
 
 @dataclass(frozen=True)
@@ -165,42 +167,8 @@ def log(line: str) -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def functional_step(
-    variant: str, cfg: ModelConfig, device: torch.device, xy, *, hp: optim.Optimizer,
-    amp: torch.dtype | None, compile: bool, steps: int,
-):  # fmt: skip
-    """`steps` train steps of a functional variant per call, its state kept between calls."""
-    step = make_train_step(models.get(variant), cfg, hp, grad_clip=CLIP, amp_dtype=amp,
-                           compile=compile)  # fmt: skip
-    p = params.to(models.get(variant).init(cfg, 0), device)
-    state = [p, hp.init(p)]
-
-    def run() -> None:
-        for _ in range(steps):
-            state[0], state[1], _ = step(state[0], state[1], xy, LR, None)
-
-    return run, matmul_params(p, cfg)
-
-
-def reference_steps(cfg: ModelConfig, device: torch.device, xy, *, amp: torch.dtype | None,
-                    compile: bool, fused: bool, steps: int) -> Callable[[], Any]:  # fmt: skip
-    module = ReferenceGPT(cfg).to(device)
-    opt = make_optimizer(module, LR, WD)
-    if fused:
-        opt = torch.optim.AdamW(opt.param_groups, lr=LR, fused=True)
-    fn = torch.compile(module) if compile else module
-
-    def run() -> None:
-        for _ in range(steps):
-            with autocast(device.type, amp):
-                reference_step(fn, opt, *xy, CLIP)
-
-    return run
-
-
 def batch_of(shape: Shape, device: torch.device):
-    data = random_tokens((shape.batch_size, shape.block_size + 1), device)
-    return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    return random_batch(shape.batch_size, shape.block_size, device)
 
 
 def train_figures(s: Suite, section: str, shape: Shape, fns: dict[str, Callable[[], Any]],
@@ -224,16 +192,15 @@ def section_train_eager(s: Suite) -> None:
     cfg, xy, steps = shape.config(), batch_of(shape, s.device), 5
     fns, n = {}, 0
     for variant in models.NAMES:
-        fns[f"{variant} eager fp32"], n = functional_step(
+        fns[f"{variant} eager fp32"], n = functional_steps(
             variant, cfg, s.device, xy, hp=optim.AdamW(weight_decay=WD), amp=None,
             compile=False, steps=steps)  # fmt: skip
-    fns["gpt-fast eager fp32, foreach AdamW"], n = functional_step(
+    fns["gpt-fast eager fp32, foreach AdamW"], n = functional_steps(
         "gpt-fast", cfg, s.device, xy, hp=optim.AdamW(weight_decay=WD, fused=False), amp=None,
         compile=False, steps=steps)  # fmt: skip
     for fused in (False, True):
         name = f"reference eager fp32, {'fused' if fused else 'foreach'} AdamW"
-        fns[name] = reference_steps(cfg, s.device, xy, amp=None, compile=False, fused=fused,
-                                    steps=steps)  # fmt: skip
+        fns[name] = reference_steps(cfg, s.device, xy, fused=fused, steps=steps)
     rates = train_figures(s, "train-eager", shape, fns, steps, n)
     ref = rates["reference eager fp32, foreach AdamW"]
     for name in ("gpt-fast eager fp32", "gpt-fast eager fp32, foreach AdamW"):
@@ -279,7 +246,7 @@ def section_train_compiled(s: Suite) -> None:
     cfg, xy, steps = shape.config(), batch_of(shape, s.device), 5
     fns, n = {}, 0
     for amp, label in ((None, "fp32"), (torch.bfloat16, "bf16")):
-        fns[f"gpt-fast compiled {label}"], n = functional_step(
+        fns[f"gpt-fast compiled {label}"], n = functional_steps(
             "gpt-fast", cfg, s.device, xy, hp=optim.AdamW(weight_decay=WD), amp=amp,
             compile=True, steps=steps)  # fmt: skip
         fns[f"reference compiled {label}"] = reference_steps(
@@ -297,7 +264,7 @@ def section_gpt2(s: Suite, optimizer: str) -> None:
     shape = s.shape(GPT2)
     cfg, xy, steps = shape.config(), batch_of(shape, s.device), 3
     hp = optim.AdamW(weight_decay=WD) if optimizer == "adamw" else Muon(ns_dtype=torch.bfloat16)
-    fn, n = functional_step("gpt-fast", cfg, s.device, xy, hp=hp, amp=torch.bfloat16,
+    fn, n = functional_steps("gpt-fast", cfg, s.device, xy, hp=hp, amp=torch.bfloat16,
                             compile=True, steps=steps)  # fmt: skip
     t0 = time.perf_counter()
     fn()
@@ -444,8 +411,8 @@ def section_cli(s: Suite) -> None:
         deadline = time.monotonic() + 300
         while not all(e and e[-1].finish for e in events) and time.monotonic() < deadline:
             b.iterate()
-        got = [[tok for tok in generate(m, p, cfg, encode_prompt(loaded, t, False),
-                max_new_tokens=24, temperature=0)[0].tolist()] for t in prompts]  # fmt: skip
+        got = [generate(m, p, cfg, encode_prompt(loaded, t, False), max_new_tokens=24,
+                        temperature=0)[0].tolist() for t in prompts]  # fmt: skip
         texts = ["".join(e.text for e in ev) for ev in events]
         want = [loaded.tok.decode(g) for g in got]
         same = all(t == w for t, w in zip(texts, want, strict=True))

@@ -70,8 +70,11 @@ class ReferenceGPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with decay on >= 2-D weights except the embedding tables (as yocto_fn.core.optim)."""
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, fused: bool = False
+) -> torch.optim.AdamW:
+    """AdamW with decay on >= 2-D weights except the embedding tables (as yocto_fn.optim);
+    `fused` takes torch's fused kernel instead of the foreach one."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or name.startswith(("wte", "wpe")) else decay).append(p)
@@ -79,7 +82,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, **({"fused": True} if fused else {"foreach": True}))
 
 
 def train_step(

@@ -54,7 +54,7 @@ class Optimizer(Protocol):
 class AdamW:
     """AdamW hyper-parameters (torch.optim.AdamW's defaults, weight decay as in training).
 
-    `fused`: None uses the fused kernel wherever it applies (`fused_applies`), False never;
+    `fused`: None uses the fused kernel wherever it applies (`fused_refusal`), False never;
     True insists, and an update it cannot serve is an error rather than a silent fallback.
     """
 

@@ -95,6 +95,7 @@ def decode_step(model: Model, compiled: bool, cuda_graphs: bool = False) -> Deco
 def compiled_decode_step(model: Model, device: torch.device) -> DecodeStep:
     """The compiled one-token step for `device`: replayed as a CUDA graph on CUDA, where a
     batch-1 step at these sizes is bound by kernel launches; plain compiled elsewhere."""
+    # Spelled as every other caller spells it: functools.cache keys on the arguments as given.
     return decode_step(model, True, True) if device.type == "cuda" else decode_step(model, True)
 
 
