@@ -32,7 +32,7 @@ from benchmarks.measure import device_name, interleaved, sync  # noqa: E402
 from benchmarks.presets import LR  # noqa: E402
 from benchmarks.presets import WEIGHT_DECAY as WD  # noqa: E402
 from yocto_fn import fileio, models, optim, params  # noqa: E402
-from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.config import ModelConfig  # noqa: E402
 
 
 def update_contenders(variant: str, cfg: ModelConfig, device: torch.device):

@@ -27,7 +27,7 @@ from benchmarks.measure import interleaved  # noqa: E402
 from benchmarks.memory import peak_mb  # noqa: E402
 from benchmarks.presets import VOCAB  # noqa: E402
 from yocto_fn import models  # noqa: E402
-from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.config import ModelConfig  # noqa: E402
 
 
 def main() -> None:

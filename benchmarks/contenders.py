@@ -15,7 +15,7 @@ from benchmarks.presets import CLIP, LR, PROMPT, VOCAB, WEIGHT_DECAY, EnsembleCa
 from benchmarks.reference_module import ReferenceGPT, make_optimizer
 from benchmarks.reference_module import train_step as reference_step
 from yocto_fn import ensemble, models, optim, params
-from yocto_fn.config import ModelConfig
+from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
 from yocto_fn.device import autocast
 from yocto_fn.generate.quantize import quantize

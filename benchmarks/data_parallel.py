@@ -33,7 +33,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from yocto_fn import models, optim, rng
-    from yocto_fn.config import ModelConfig
+    from yocto_fn.core.config import ModelConfig
     from yocto_fn.core.params import to
     from yocto_fn.core.train import make_train_step
     from yocto_fn.run import distributed

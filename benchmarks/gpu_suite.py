@@ -78,7 +78,7 @@ from benchmarks.measure import (  # noqa: E402
 from benchmarks.presets import WEIGHT_DECAY as WD  # noqa: E402
 from benchmarks.reference_module import ReferenceGPT  # noqa: E402
 from yocto_fn import fileio, models, optim, params  # noqa: E402
-from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.config import ModelConfig  # noqa: E402
 from yocto_fn.core.muon import Muon  # noqa: E402
 from yocto_fn.generate.sample import decode_step, generate  # noqa: E402
 
@@ -431,7 +431,7 @@ import torch
 sys.path.insert(0, sys.argv[2])
 from yocto_fn import models, params
 from yocto_fn.generate import aot
-from yocto_fn.config import ModelConfig
+from yocto_fn.core.config import ModelConfig
 from yocto_fn.generate.sample import generate
 device = torch.device(sys.argv[1])
 cfg = ModelConfig(vocab_size=96, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0)

@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 from benchmarks.measure import device_name, timed  # noqa: E402
 from benchmarks.proc import cli  # noqa: E402
 from yocto_fn import analysis, fileio, models  # noqa: E402
-from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.config import ModelConfig  # noqa: E402
 from yocto_fn.core.params import tree_map  # noqa: E402
 from yocto_fn.core.train import grad_and_value  # noqa: E402
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from yocto_fn import params
-from yocto_fn.config import ModelConfig
+from yocto_fn.core.config import ModelConfig
 
 # Dense datasheet peaks (FLOP/s) by device-name fragment: (bf16 tensor core, fp32).
 DATASHEET = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),

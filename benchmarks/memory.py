@@ -45,7 +45,7 @@ def _probe(variant: str, mode: str, batch_size: int, cfg: dict, device: str) -> 
     import torch
 
     from benchmarks.contenders import train_runner
-    from yocto_fn.config import ModelConfig
+    from yocto_fn.core.config import ModelConfig
 
     dev = torch.device(device)
     fn, _ = train_runner(variant, ModelConfig.from_dict(cfg), dev, batch_size, mode)

@@ -30,7 +30,7 @@ if __package__ in (None, ""):
 
 from benchmarks.proc import ROOT, cli  # noqa: E402
 from yocto_fn import models  # noqa: E402
-from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.config import ModelConfig  # noqa: E402
 from yocto_fn.core.train import loss_fn  # noqa: E402
 from yocto_fn.data import Dataset  # noqa: E402
 from yocto_fn.formats import checkpoint  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from yocto_fn.config import ModelConfig
+from yocto_fn.core.config import ModelConfig
 
 
 class Attention(nn.Module):

@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 from benchmarks.contenders import train_runner  # noqa: E402
 from benchmarks.measure import interleaved  # noqa: E402
 from yocto_fn import models  # noqa: E402
-from yocto_fn.config import ModelConfig  # noqa: E402
+from yocto_fn.core.config import ModelConfig  # noqa: E402
 
 
 def repeated(fn: Callable[[], object], steps: int) -> Callable[[], None]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cli
-from yocto_fn.config import ModelConfig
+from yocto_fn.core.config import ModelConfig
 from yocto_fn.plan import probe
 
 VARIANTS = ("gpt", "gpt-plus", "gpt-fast")

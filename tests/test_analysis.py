@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import cli
 from yocto_fn import analysis, models
-from yocto_fn.config import ModelConfig
+from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.ensemble import per_example_grads
 from yocto_fn.core.params import count, to, tree_leaves, tree_map
 from yocto_fn.data import Dataset

@@ -15,6 +15,13 @@ LRS = (1e-2, 3e-3, 0.0)  # the last member must not move
 DECAYS = (0.1, 0.0, 0.5)
 
 
+def _adamw(clip: float = 1.0, fused: bool | None = None, **values):
+    """AdamW with its rate and decay injected, clipped at `clip`, as a run builds it."""
+    values = {"lr": 1e-3, "weight_decay": 0.1} | values
+    adamw = optim.inject_hyperparams(optim.adamw)(fused=fused, **values)
+    return optim.chain(optim.clip_by_global_norm(clip), adamw)
+
+
 def _tokens(cfg, shape, seed):
     g = torch.Generator().manual_seed(seed)
     data = torch.randint(0, cfg.vocab_size, (*shape, cfg.block_size + 1), generator=g)
@@ -37,9 +44,13 @@ def test_stack_unstack_round_trip_params_and_optimizer_state():
     assert params.tree_leaves(stacked)[0].shape[0] == 3
     for got, want in zip(ensemble.unstack(stacked), members, strict=True):
         assert params.max_abs_diff(got, want) == 0
-    state = ensemble.opt_init(stacked)
-    assert isinstance(state, optim.OptState) and state.step.shape == (3,)
-    assert all(isinstance(s, optim.OptState) for s in ensemble.unstack(state))
+    tx = _adamw()
+    state = torch.func.vmap(tx.init)(stacked)
+    adam = state[1].inner[0]
+    assert isinstance(adam, optim.AdamState) and adam.count.shape == (3,)
+    assert optim.hparams(state)["lr"].shape == (3,)
+    for s, p in zip(ensemble.unstack(state), members, strict=True):
+        assert params.max_abs_diff(s, tx.init(p)) == 0
 
 
 def test_ensemble_init_members_are_exactly_model_init():
@@ -56,30 +67,32 @@ def test_ensemble_step_equals_separate_train_steps(name):
     over 2 micro-batches; clipping tight enough to bite) == 3 separate `make_train_step` runs."""
     cfg = tiny_config(dropout=0.1)
     m = models.get(name)
-    hp = optim.AdamW(weight_decay=0.1)
-    step = ensemble.make_ensemble_step(m, cfg, hp, grad_clip=0.5, label_smoothing=0.1)
+    tx = _adamw(clip=0.5)
+    step = ensemble.make_ensemble_step(m, cfg, tx, label_smoothing=0.1)
     stacked = ensemble.ensemble_init(m, cfg, SEEDS)
-    state = ensemble.opt_init(stacked)
+    state = torch.func.vmap(tx.init)(stacked)
     keys = torch.stack([rng.key(s) for s in SEEDS])
     lr, wd = torch.tensor(LRS), torch.tensor(DECAYS)
     batches = [_tokens(cfg, (3, 2, 4), seed) for seed in range(2)]  # [E, A, B, T]
     for i, batch in enumerate(batches):
-        stacked, state, metrics = step(stacked, state, batch, lr, rng.fold_in(keys, i), wd)
+        stacked, state, metrics = step(
+            stacked, state, batch, rng.fold_in(keys, i), lr=lr, weight_decay=wd
+        )
 
-    # The ensemble's update is the `_foreach_*` form; so is the reference's here. The eager
-    # default (torch's fused kernel) agrees to an ulp per step (tests/test_optim.py), but
-    # where Adam divides by a second moment near zero an ulp at step 1 is 2e-5 at step 2.
+    # The ensemble's update is Adam's leaf-by-leaf form (under vmap), in the `_foreach_*`
+    # form's order; the reference here runs that form. The eager default (torch's fused
+    # kernel) agrees to an ulp per step (tests/test_optim.py), but where Adam divides by a
+    # second moment near zero an ulp at step 1 is 2e-5 at step 2.
     for e, seed in enumerate(SEEDS):
-        hp_e = optim.AdamW(weight_decay=DECAYS[e], fused=False)
-        one = make_train_step(m, cfg, hp_e, grad_clip=0.5, label_smoothing=0.1)
+        one_tx = _adamw(clip=0.5, fused=False, lr=LRS[e], weight_decay=DECAYS[e])
+        one = make_train_step(m, cfg, one_tx, label_smoothing=0.1)
         p = m.init(cfg, seed)
-        s = optim.init(p)
+        s = one_tx.init(p)
         for i, (x, y) in enumerate(batches):
-            p, s, want = one(p, s, (x[e], y[e]), LRS[e], rng.fold_in(keys[e], i))
+            p, s, want = one(p, s, (x[e], y[e]), rng.fold_in(keys[e], i))
         assert params.max_abs_diff(ensemble.unstack(stacked)[e], p) < 1e-5
-        assert params.max_abs_diff(ensemble.unstack(state.mu)[e], s.mu) < 1e-5
-        assert params.max_abs_diff(ensemble.unstack(state.nu)[e], s.nu) < 1e-5
-        assert state.step[e].item() == s.step.item() == 2
+        assert params.max_abs_diff(ensemble.unstack(state)[e], s) < 1e-5
+        assert ensemble.unstack(state)[e][1].inner[0].count.item() == 2
         torch.testing.assert_close(metrics["loss"][e], want["loss"], atol=1e-5, rtol=0)
         torch.testing.assert_close(metrics["grad_norm"][e], want["grad_norm"], atol=1e-5, rtol=0)
         assert want["grad_norm"].item() > 0.5  # clipping was active
@@ -90,14 +103,15 @@ def test_ensemble_step_equals_separate_train_steps(name):
 def test_scalar_hyper_parameters_and_no_key_broadcast_to_every_member():
     cfg = tiny_config()
     m = models.get("gpt-fast")
-    step = ensemble.make_ensemble_step(m, cfg, optim.AdamW(weight_decay=0.1))
+    tx = _adamw()
+    step = ensemble.make_ensemble_step(m, cfg, tx)
     stacked = ensemble.ensemble_init(m, cfg, SEEDS[:2])
     batch = _tokens(cfg, (2, 4), 0)
-    new, _, metrics = step(stacked, ensemble.opt_init(stacked), batch, 1e-3, None)
-    one = make_train_step(m, cfg, optim.AdamW(weight_decay=0.1))
+    new, _, metrics = step(stacked, torch.func.vmap(tx.init)(stacked), batch, lr=3e-3)
+    one = make_train_step(m, cfg, tx)
     for e, seed in enumerate(SEEDS[:2]):
         p = m.init(cfg, seed)
-        want, _, _ = one(p, optim.init(p), (batch[0][e], batch[1][e]), 1e-3, None)
+        want, _, _ = one(p, tx.init(p), (batch[0][e], batch[1][e]), lr=3e-3)
         assert params.max_abs_diff(ensemble.unstack(new)[e], want) < 1e-5
     assert metrics["loss"].shape == (2,)
 
@@ -107,20 +121,23 @@ def test_compiled_ensemble_step_equals_eager_without_recompiling():
     torch._dynamo.reset()
     cfg = tiny_config(dropout=0.1)
     m = models.get("gpt-fast")
-    eager = ensemble.make_ensemble_step(m, cfg)
-    compiled = ensemble.make_ensemble_step(m, cfg, compile=True)
+    tx = _adamw()
+    eager = ensemble.make_ensemble_step(m, cfg, tx)
+    compiled = ensemble.make_ensemble_step(m, cfg, tx, compile=True)
     keys = torch.stack([rng.key(s) for s in SEEDS[:2]])
     runs = {}
     for label, step in (("eager", eager), ("compiled", compiled)):
         stacked = ensemble.ensemble_init(m, cfg, SEEDS[:2])
-        state = ensemble.opt_init(stacked)
+        state = torch.func.vmap(tx.init)(stacked)
         for i in range(3):
             lr = torch.tensor([1e-3, 3e-3]) * (i + 1)  # changing rates must not recompile
             wd = torch.tensor([0.1, 0.01 * i])
             torch._dynamo.config.error_on_recompile = label == "compiled" and i > 0
             try:
                 batch = _tokens(cfg, (2, 4), i)
-                stacked, state, _ = step(stacked, state, batch, lr, rng.fold_in(keys, i), wd)
+                stacked, state, _ = step(
+                    stacked, state, batch, rng.fold_in(keys, i), lr=lr, weight_decay=wd
+                )
             finally:
                 torch._dynamo.config.error_on_recompile = False
         runs[label] = stacked

@@ -10,7 +10,7 @@ import torch
 import torch._inductor.config as inductor
 
 from yocto_fn import jit, models, optim
-from yocto_fn.config import ModelConfig
+from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.train import make_train_step
 
 GCC = shutil.which("g++")

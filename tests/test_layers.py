@@ -164,7 +164,7 @@ def test_a_checkpoint_written_before_the_layers_loads_gives_its_logits_and_resum
 
     import cli
     from yocto_fn import models
-    from yocto_fn.config import ModelConfig
+    from yocto_fn.core.config import ModelConfig
     from yocto_fn.formats import checkpoint
 
     ckpt = checkpoint.load(FIXTURES / "pre-layers-latest.pt")

@@ -1,4 +1,7 @@
-"""Muon: torch.optim.Muon as the reference, routing by label, ensembles, compile, accumulation."""
+"""Muon: torch.optim.Muon as the reference, the partition against the optimizer it replaced,
+routing by label, ensembles, compile, accumulation."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,21 @@ from yocto_fn.core import muon
 from yocto_fn.core.train import make_train_step
 
 SEEDS = (3, 4)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MUON_SETTINGS = ("lr", "muon_lr", "momentum", "weight_decay")
+
+
+def _muon(**settings) -> optim.GradientTransformation:
+    """Muon with its rates, momentum and decay injected, clipped at 1 as a run clips."""
+    values = {"lr": 1e-3, "muon_lr": 0.05, "momentum": 0.95, "weight_decay": 0.1} | settings
+    return optim.chain(
+        optim.clip_by_global_norm(1.0), optim.inject_hyperparams(muon.muon)(**values)
+    )
+
+
+def _apply(tx, grads, state, p):
+    updates, state = tx.update(grads, state, p)
+    return optim.apply_updates(p, updates), state
 
 
 def _tokens(cfg, shape, seed):
@@ -33,10 +51,10 @@ def _matrices(seed: int, c: int = 16) -> dict:
 def test_update_equals_torch_optim_muon(nesterov):
     """Three steps on block matrices (qkv as its three [C, C] maps), with weight decay, equal
     torch.optim.Muon's "original" shape scaling; both orthogonalise in bf16."""
-    hp = muon.Muon(muon_lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=0.1,
+    tx = muon.muon(muon_lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=0.1,
                    ns_dtype=torch.bfloat16)  # fmt: skip
     p = _matrices(0)
-    state = hp.init(p)
+    state = tx.init(p)
 
     def pieces(tree):  # torch's parameters: q, k, v split out of qkv_w
         b = tree["blocks"][0]
@@ -48,14 +66,35 @@ def test_update_equals_torch_optim_muon(nesterov):
                            adjust_lr_fn="original")  # fmt: skip
     for i in range(3):
         grads = _matrices(10 + i)
-        p, state = hp.update(grads, state, p, 1e-3)
+        p, state = _apply(tx, grads, state, p)
         for t, g in zip(ref, pieces(grads), strict=True):
             t.grad = g.clone()
         opt.step()
     for got, want, start in zip(pieces(p), ref, pieces(_matrices(0)), strict=True):
         assert (want.detach() - start).abs().max() > 0.01  # three steps of 0.02 moved it
         torch.testing.assert_close(got, want.detach(), atol=2e-3, rtol=0)
-    assert state.step.item() == 3
+    assert set(state) == {"muon"}  # only matrices: AdamW's part holds no state
+
+
+def test_the_partition_moves_as_the_muon_it_replaced():
+    """Three steps of `muon.muon` (a partition of two chains) from fixed gradients end where
+    the monolithic Muon class of before the chains ended (its parameters and momentum,
+    saved by that code in monolith-muon-steps.pt): the routing, the shape scale, the decay
+    at each optimizer's rate and AdamW's leaves are all the same."""
+    want = torch.load(FIXTURES / "monolith-muon-steps.pt", weights_only=True)
+    s = want["settings"]
+    tx = muon.muon(lr=s["lr"], muon_lr=s["muon_lr"], momentum=s["momentum"],
+                   weight_decay=s["weight_decay"])  # fmt: skip
+    p = models.get("gpt").init(tiny_config(), 0)
+    state = tx.init(p)
+    gen = torch.Generator().manual_seed(0)
+    grads = [params.tree_map(lambda t: torch.randn(t.shape, generator=gen), p) for _ in range(3)]
+    for g in grads:
+        p, state = _apply(tx, g, state, p)
+    assert params.max_abs_diff(p, want["after"]) < 1e-6
+    momentum = state["muon"][0].momentum
+    assert momentum.keys() == want["momentum"].keys()
+    assert params.max_abs_diff(momentum, want["momentum"]) < 1e-6
 
 
 def test_newton_schulz_sets_every_singular_value_near_one():
@@ -89,12 +128,9 @@ def test_adamw_leaves_move_exactly_as_adamw_alone():
     m = models.get("gpt")
     p = m.init(cfg, 0)
     batch = _tokens(cfg, (4,), 0)
-    new, _, _ = make_train_step(m, cfg, muon.Muon(weight_decay=0.1))(
-        p, muon.Muon().init(p), batch, 3e-3, None
-    )
-    ref, _, _ = make_train_step(m, cfg, optim.AdamW(weight_decay=0.1))(
-        p, optim.init(p), batch, 3e-3, None
-    )
+    tx, ref_tx = muon.muon(3e-3, weight_decay=0.1), optim.adamw(3e-3, weight_decay=0.1)
+    new, _, _ = make_train_step(m, cfg, tx)(p, tx.init(p), batch)
+    ref, _, _ = make_train_step(m, cfg, ref_tx)(p, ref_tx.init(p), batch)
     got, want = params.named_leaves(new), params.named_leaves(ref)
     for n, t in got.items():
         if muon.label(n, t) == "adamw":
@@ -106,54 +142,53 @@ def test_adamw_leaves_move_exactly_as_adamw_alone():
 @pytest.mark.parametrize("name", VARIANTS)
 def test_ensemble_member_equals_a_single_run(name):
     """Two steps of 2 members with their own muon_lr, momentum, weight decay and lr (and
-    2 micro-batches) == 2 separate runs, each with its settings in the dataclass."""
+    2 micro-batches) == 2 separate runs, each with its settings injected."""
     cfg = tiny_config()
     m = models.get(name)
-    hp = muon.Muon()
-    step = ensemble.make_ensemble_step(m, cfg, hp, grad_clip=0.5)
+    tx = _muon()
+    step = ensemble.make_ensemble_step(m, cfg, tx)
     stacked = ensemble.ensemble_init(m, cfg, SEEDS)
-    state = ensemble.opt_init(stacked, hp)
-    settings = {"muon_lr": (0.02, 0.05), "momentum": (0.95, 0.8), "weight_decay": (0.0, 0.1)}
-    lrs = (1e-3, 4e-3)
+    state = torch.func.vmap(tx.init)(stacked)
+    settings = {"muon_lr": (0.02, 0.05), "momentum": (0.95, 0.8), "weight_decay": (0.0, 0.1),
+                "lr": (1e-3, 4e-3)}  # fmt: skip
     batches = [_tokens(cfg, (2, 2, 3), seed) for seed in range(2)]  # [E, A, B, T]
     for x, y in batches:
         stacked, state, _ = step(
-            stacked, state, (x, y), torch.tensor(lrs), None,
-            **{k: torch.tensor(v) for k, v in settings.items()},
-        )  # fmt: skip
+            stacked, state, (x, y), None, **{k: torch.tensor(v) for k, v in settings.items()}
+        )
     for e, seed in enumerate(SEEDS):
-        one = make_train_step(m, cfg, muon.Muon(**{k: v[e] for k, v in settings.items()}),
-                              grad_clip=0.5)  # fmt: skip
+        mine = {k: v[e] for k, v in settings.items()}
+        one = make_train_step(m, cfg, _muon(**mine))
         p = m.init(cfg, seed)
-        s = muon.Muon().init(p)
+        s = _muon(**mine).init(p)
         for x, y in batches:
-            p, s, _ = one(p, s, (x[e], y[e]), lrs[e], None)
+            p, s, _ = one(p, s, (x[e], y[e]))
         assert params.max_abs_diff(ensemble.unstack(stacked)[e], p) < 1e-5
-        assert params.max_abs_diff(ensemble.unstack(state.momentum)[e], s.momentum) < 1e-5
-        assert state.step[e].item() == s.step.item() == 2
+        assert params.max_abs_diff(ensemble.unstack(state)[e], s) < 1e-5
 
 
 def test_ensemble_refuses_a_setting_its_optimizer_lacks():
     cfg = tiny_config()
     m = models.get("gpt")
-    step = ensemble.make_ensemble_step(m, cfg, optim.AdamW())
+    tx = optim.inject_hyperparams(optim.adamw)(lr=1e-3)
+    step = ensemble.make_ensemble_step(m, cfg, tx)
     stacked = ensemble.ensemble_init(m, cfg, SEEDS)
     with pytest.raises(TypeError, match="muon_lr"):
-        step(stacked, ensemble.opt_init(stacked), _tokens(cfg, (2, 2), 0), 1e-3, None,
+        step(stacked, torch.func.vmap(tx.init)(stacked), _tokens(cfg, (2, 2), 0), None,
              muon_lr=0.02)  # fmt: skip
 
 
 def test_accumulated_micro_batches_equal_one_batch():
     cfg = tiny_config()
     m = models.get("gpt-fast")
-    hp = muon.Muon()
-    step = make_train_step(m, cfg, hp)
+    tx = muon.muon()
+    step = make_train_step(m, cfg, tx)
     x, y = _tokens(cfg, (4,), 0)
     p = m.init(cfg, 0)
-    one, s1, _ = step(p, hp.init(p), (x, y), 1e-3, None)
-    two, s2, _ = step(p, hp.init(p), (x.view(2, 2, -1), y.view(2, 2, -1)), 1e-3, None)
+    one, s1, _ = step(p, tx.init(p), (x, y))
+    two, s2, _ = step(p, tx.init(p), (x.view(2, 2, -1), y.view(2, 2, -1)))
     assert params.max_abs_diff(one, two) < 1e-5
-    assert params.max_abs_diff(s1.momentum, s2.momentum) < 1e-6
+    assert params.max_abs_diff(s1["muon"], s2["muon"]) < 1e-6
 
 
 @pytest.mark.slow  # about 25-45 s on 2 cores
@@ -161,16 +196,16 @@ def test_compiled_step_equals_eager_without_recompiling_as_rates_move():
     torch._dynamo.reset()
     cfg = tiny_config(n_layer=1)
     m = models.get("gpt-plus")
-    hp = muon.Muon(weight_decay=0.1)
+    tx = _muon()
     runs = {}
     for label, compiled in (("eager", False), ("compiled", True)):
-        step = make_train_step(m, cfg, hp, compile=compiled)
+        step = make_train_step(m, cfg, tx, compile=compiled)
         p = m.init(cfg, 0)
-        s = hp.init(p)
+        s = tx.init(p)
         for i in range(3):
             torch._dynamo.config.error_on_recompile = compiled and i > 0
             try:
-                p, s, _ = step(p, s, _tokens(cfg, (4,), i), 1e-3 * (i + 1), None,
+                p, s, _ = step(p, s, _tokens(cfg, (4,), i), lr=1e-3 * (i + 1),
                                muon_lr=0.02 / (i + 1), momentum=0.85 + 0.05 * i)  # fmt: skip
             finally:
                 torch._dynamo.config.error_on_recompile = False
@@ -181,13 +216,11 @@ def test_compiled_step_equals_eager_without_recompiling_as_rates_move():
 def test_overflowing_loss_scaled_step_is_skipped_and_the_state_kept():
     cfg = tiny_config()
     m = models.get("gpt")
-    hp = muon.Muon()
-    scale = optim.DynamicLossScale(3e38)  # loss x scale overflows fp32 -> inf grads
-    step = make_train_step(m, cfg, hp, loss_scale=scale)
+    tx = optim.dynamic_loss_scale(_muon(), init_scale=3e38)  # loss x scale: inf grads
+    step = make_train_step(m, cfg, tx)
     p = m.init(cfg, 0)
-    s = optim.init(p, scale, hp)
-    new, s2, metrics = step(p, s, _tokens(cfg, (4,), 0), 1e-3, None)
+    s = tx.init(p)
+    new, s2, metrics = step(p, s, _tokens(cfg, (4,), 0))
     assert not torch.isfinite(metrics["grad_norm"])
-    assert params.max_abs_diff(new, p) == 0 and s2.inner.step.item() == 0
-    assert params.max_abs_diff(s2.inner.momentum, s.inner.momentum) == 0
-    assert s2.loss_scale.scale.item() == pytest.approx(1.5e38)
+    assert params.max_abs_diff(new, p) == 0 and params.max_abs_diff(s2.inner, s.inner) == 0
+    assert s2.scale.item() == pytest.approx(1.5e38)

@@ -11,7 +11,8 @@ from conftest import real_text
 
 import cli
 from yocto_fn import models
-from yocto_fn.config import ModelConfig, TrainConfig
+from yocto_fn.config import TrainConfig
+from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.params import count
 from yocto_fn.data import Dataset
 from yocto_fn.errors import UserError

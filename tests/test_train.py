@@ -12,6 +12,22 @@ from yocto_fn import layers, models, optim, params, rng
 from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
 
 
+def _adamw(clip: float = 1.0, **values) -> optim.GradientTransformation:
+    """AdamW with its rate and decay injected, clipped at `clip`, as a run builds it."""
+    values = {"lr": 1e-3, "weight_decay": 0.1} | values
+    adamw = optim.inject_hyperparams(optim.adamw)(**values)
+    return optim.chain(optim.clip_by_global_norm(clip), adamw)
+
+
+ADAMW = _adamw()
+
+
+def _count(state) -> int:
+    """Adam's update count in an `_adamw` state (under a loss scale, too)."""
+    state = state.inner if isinstance(state, optim.LossScaleState) else state
+    return int(state[1].inner[0].count)
+
+
 def _batch(cfg, b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     data = torch.randint(0, cfg.vocab_size, (b, cfg.block_size + 1), generator=g)
@@ -57,13 +73,13 @@ def test_train_step_is_pure_and_reports_metrics():
     cfg = tiny_config()
     m = models.get("gpt-fast")
     p = m.init(cfg, 0)
-    state = optim.init(p)
+    state = ADAMW.init(p)
     before = params.clone(p)
-    step = make_train_step(m, cfg)
-    new_p, new_state, metrics = step(p, state, _batch(cfg), 1e-3, None)
+    step = make_train_step(m, cfg, ADAMW)
+    new_p, new_state, metrics = step(p, state, _batch(cfg))
     assert params.max_abs_diff(p, before) == 0.0
     assert params.max_abs_diff(new_p, p) > 0.0
-    assert int(new_state.step) == 1 and int(state.step) == 0
+    assert _count(new_state) == 1 and _count(state) == 0
     assert metrics["loss"].ndim == 0 and metrics["grad_norm"].item() > 0
 
 
@@ -79,9 +95,9 @@ def test_the_stop_flag_rides_the_one_grad_sync_call_and_leaves_the_step_alone():
         calls.append(value.shape)
         return grads, value / 2
 
-    step = make_train_step(m, cfg, grad_sync=other_rank_at_zero)
-    plain = step(p, optim.init(p), batch, 1e-3, None)
-    flagged = step(p, optim.init(p), batch, 1e-3, None, stop=torch.tensor(1.0))
+    step = make_train_step(m, cfg, ADAMW, grad_sync=other_rank_at_zero)
+    plain = step(p, ADAMW.init(p), batch)
+    flagged = step(p, ADAMW.init(p), batch, stop=torch.tensor(1.0))
     assert calls == [torch.Size([]), torch.Size([2])]
     assert float(flagged[2]["stop"]) == 0.5 and "stop" not in plain[2]
     assert torch.equal(flagged[2]["loss"], plain[2]["loss"])
@@ -92,11 +108,12 @@ def test_tiny_model_overfits_one_batch():
     cfg = tiny_config(n_layer=2, n_embd=64, n_head=4)
     m = models.get("gpt-plus")
     p, batch = m.init(cfg, 0), _batch(cfg, b=4)
-    state = optim.init(p)
-    step = make_train_step(m, cfg, optim.AdamW(weight_decay=0.0))
+    tx = optim.adamw(1e-2, weight_decay=0.0)
+    state = tx.init(p)
+    step = make_train_step(m, cfg, tx)
     losses = []
     for _ in range(150):
-        p, state, metrics = step(p, state, batch, 1e-2, None)
+        p, state, metrics = step(p, state, batch)
         losses.append(metrics["loss"].item())
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
 
@@ -106,9 +123,9 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32():
     m = models.get("gpt-fast")
     p = m.init(cfg, 0)
     batch = _batch(cfg)
-    fp32 = make_train_step(m, cfg)(p, optim.init(p), batch, 1e-3, None)[2]["loss"]
-    bf16 = make_train_step(m, cfg, amp_dtype=torch.bfloat16)
-    new_p, _, metrics = bf16(p, optim.init(p), batch, 1e-3, None)
+    fp32 = make_train_step(m, cfg, ADAMW)(p, ADAMW.init(p), batch)[2]["loss"]
+    bf16 = make_train_step(m, cfg, ADAMW, amp_dtype=torch.bfloat16)
+    new_p, _, metrics = bf16(p, ADAMW.init(p), batch)
     assert abs(metrics["loss"].item() - fp32.item()) < 0.05
     assert all(t.dtype == torch.float32 for t in params.tree_leaves(new_p))
 
@@ -118,20 +135,18 @@ def test_compiled_step_equals_eager_and_does_not_recompile():
     cfg = tiny_config(dropout=0.1)
     m = models.get("gpt")
     p0 = m.init(cfg, 0)
-    eager = make_train_step(m, cfg, optim.AdamW(weight_decay=0.1), label_smoothing=0.1)
-    compiled = make_train_step(
-        m, cfg, optim.AdamW(weight_decay=0.1), label_smoothing=0.1, compile=True
-    )
+    eager = make_train_step(m, cfg, ADAMW, label_smoothing=0.1)
+    compiled = make_train_step(m, cfg, ADAMW, label_smoothing=0.1, compile=True)
     runs = {}
     for name, step in (("eager", eager), ("compiled", compiled)):
-        p, state, losses = p0, optim.init(p0), []
+        p, state, losses = p0, ADAMW.init(p0), []
         for i in range(4):
             lr = 1e-3 * (i + 1)  # a changing lr must not recompile
             key = rng.fold_in(rng.key(0), i)  # nor a changing dropout key
             if name == "compiled" and i == 1:
                 torch._dynamo.config.error_on_recompile = True
             try:
-                p, state, metrics = step(p, state, _batch(cfg, seed=i), lr, key)
+                p, state, metrics = step(p, state, _batch(cfg, seed=i), key, lr=lr)
             finally:
                 torch._dynamo.config.error_on_recompile = False
             losses.append(metrics["loss"].item())
@@ -150,19 +165,18 @@ def test_compiled_step_with_activation_checkpointing_equals_eager(monkeypatch):
     cfg = tiny_config(dropout=0.1)
     m = models.get("gpt-plus")
     p0 = m.init(cfg, 0)
-    hp = optim.AdamW(weight_decay=0.1)
     runs = {}
     for name, kw in (
         ("eager", {}),
         ("compiled", dict(compile=True, activation_checkpointing=True)),
     ):
-        step = make_train_step(m, cfg, hp, **kw)
-        p, state = p0, optim.init(p0)
+        step = make_train_step(m, cfg, ADAMW, **kw)
+        p, state = p0, ADAMW.init(p0)
         for i in range(3):
             if name == "compiled" and i == 1:
                 torch._dynamo.config.error_on_recompile = True
             try:
-                p, state, metrics = step(p, state, _batch(cfg, seed=i), 1e-3, rng.key(i))
+                p, state, metrics = step(p, state, _batch(cfg, seed=i), rng.key(i))
             finally:
                 torch._dynamo.config.error_on_recompile = False
         runs[name] = (p, metrics["loss"].item(), metrics["grad_norm"].item())
@@ -173,8 +187,8 @@ def test_compiled_step_with_activation_checkpointing_equals_eager(monkeypatch):
     monkeypatch.setattr(
         torch.utils.checkpoint, "checkpoint", lambda *a, **k: wrapped.append(1) or real(*a, **k)
     )
-    step = make_train_step(m, cfg, hp, compile=True, activation_checkpointing=True)
-    step(p0, optim.init(p0), _batch(cfg, seed=0), 1e-3, rng.key(0))
+    step = make_train_step(m, cfg, ADAMW, compile=True, activation_checkpointing=True)
+    step(p0, ADAMW.init(p0), _batch(cfg, seed=0), rng.key(0))
     assert len(wrapped) >= cfg.n_layer
 
 
@@ -184,25 +198,17 @@ def test_vmapped_train_step_equals_a_loop_over_the_ensemble(name):
     cfg = tiny_config(dropout=0.1)
     m = models.get(name)
     members = [m.init(cfg, seed) for seed in range(3)]
-    states = [optim.init(p) for p in members]
-    step = make_train_step(m, cfg, optim.AdamW(weight_decay=0.1), grad_clip=0.5)
+    tx = _adamw(clip=0.5)
+    states = [tx.init(p) for p in members]
+    step = make_train_step(m, cfg, tx)
     batch, key = _batch(cfg), rng.key(3)
-    stacked_state = optim.OptState(
-        torch.stack([s.step for s in states]),
-        params.stack([s.mu for s in states]),
-        params.stack([s.nu for s in states]),
-    )
-    vstep = torch.func.vmap(step, in_dims=(0, 0, None, None, None))
-    new, new_state, metrics = vstep(params.stack(members), stacked_state, batch, 1e-2, key)
+    vstep = torch.func.vmap(partial(step, lr=1e-2), in_dims=(0, 0, None, None))
+    new, new_state, metrics = vstep(params.stack(members), params.stack(states), batch, key)
     for i, (p, s) in enumerate(zip(members, states, strict=True)):
-        want, want_state, want_metrics = step(p, s, batch, 1e-2, key)
+        want, want_state, want_metrics = step(p, s, batch, key, lr=1e-2)
         assert params.max_abs_diff(params.unstack(new, 3)[i], want) < 1e-5
-        assert params.max_abs_diff(params.unstack(new_state.nu, 3)[i], want_state.nu) < 1e-7
+        assert params.max_abs_diff(params.unstack(new_state, 3)[i], want_state) < 1e-5
         assert abs(metrics["loss"][i].item() - want_metrics["loss"].item()) < 1e-5
-
-
-def _scaled_step(cfg, m, scale, hp=optim.AdamW(), **kw):
-    return make_train_step(m, cfg, hp, loss_scale=optim.DynamicLossScale(scale, **kw))
 
 
 @pytest.mark.parametrize("accum", [False, True])
@@ -216,14 +222,14 @@ def test_loss_scaling_unscales_exactly(accum):
     p = m.init(cfg, 0)
     x, y = _batch(cfg)
     batch = (x.reshape(2, 2, -1), y.reshape(2, 2, -1)) if accum else (x, y)
-    hp = optim.AdamW(b1=0.5, weight_decay=0.5)
-    plain = make_train_step(m, cfg, hp)(p, optim.init(p), batch, 1e-2, rng.key(5))
-    state = optim.init(p, optim.DynamicLossScale(1024.0))
-    scaled = _scaled_step(cfg, m, 1024.0, hp)(p, state, batch, 1e-2, rng.key(5))
+    tx = _adamw(lr=1e-2, b1=0.5, weight_decay=0.5)
+    scaled_tx = optim.dynamic_loss_scale(tx, init_scale=1024.0)
+    plain = make_train_step(m, cfg, tx)(p, tx.init(p), batch, rng.key(5))
+    scaled = make_train_step(m, cfg, scaled_tx)(p, scaled_tx.init(p), batch, rng.key(5))
     assert params.max_abs_diff(plain[0], scaled[0]) < 1e-6
     for name in ("loss", "grad_norm"):
         assert scaled[2][name].item() == pytest.approx(plain[2][name].item(), rel=1e-6), name
-    assert scaled[1].loss_scale.good_steps.item() == 1 and scaled[1].inner.step.item() == 1
+    assert scaled[1].good_steps.item() == 1 and _count(scaled[1]) == 1
 
 
 @pytest.mark.parametrize("accum", [False, True])
@@ -231,29 +237,29 @@ def test_overflowing_step_is_skipped_and_the_scale_backs_off(accum):
     cfg = tiny_config()
     m = models.get("gpt")
     p = m.init(cfg, 0)
-    loss_scale = optim.DynamicLossScale(3e38)  # loss x scale overflows fp32 -> inf grads
-    state = optim.init(p, loss_scale)
+    tx = optim.dynamic_loss_scale(ADAMW, init_scale=3e38)  # loss x scale: inf grads
+    state = tx.init(p)
     x, y = _batch(cfg)
     batch = (x.reshape(2, 2, -1), y.reshape(2, 2, -1)) if accum else (x, y)
-    new_p, new_state, metrics = _scaled_step(cfg, m, 3e38)(p, state, batch, 1e-3, None)
+    new_p, new_state, metrics = make_train_step(m, cfg, tx)(p, state, batch)
     assert not torch.isfinite(metrics["grad_norm"])
-    assert params.max_abs_diff(new_p, p) == 0 and new_state.inner.step.item() == 0
-    assert params.max_abs_diff(new_state.inner.mu, state.inner.mu) == 0
-    assert new_state.loss_scale.scale.item() == pytest.approx(1.5e38)
+    assert params.max_abs_diff(new_p, p) == 0 and _count(new_state) == 0
+    assert params.max_abs_diff(new_state.inner, state.inner) == 0
+    assert new_state.scale.item() == pytest.approx(1.5e38)
 
 
 def test_loss_scale_grows_after_finite_steps_and_fp16_autocast_trains():
     cfg = tiny_config()
     m = models.get("gpt-fast")
     p = m.init(cfg, 0)
-    loss_scale = optim.DynamicLossScale(256.0, growth_interval=2)
-    step = make_train_step(m, cfg, optim.AdamW(), amp_dtype=torch.float16, loss_scale=loss_scale)
-    state, losses = optim.init(p, loss_scale), []
+    tx = optim.dynamic_loss_scale(ADAMW, init_scale=256.0, growth_interval=2)
+    step = make_train_step(m, cfg, tx, amp_dtype=torch.float16)
+    state, losses = tx.init(p), []
     for i in range(4):
-        p, state, metrics = step(p, state, _batch(cfg, seed=i), 1e-3, None)
+        p, state, metrics = step(p, state, _batch(cfg, seed=i))
         losses.append(metrics["loss"].item())
-    assert all(math.isfinite(v) for v in losses) and state.inner.step.item() == 4
-    assert state.loss_scale.scale.item() == 1024.0  # doubled after steps 2 and 4
+    assert all(math.isfinite(v) for v in losses) and _count(state) == 4
+    assert state.scale.item() == 1024.0  # doubled after steps 2 and 4
 
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16])
@@ -270,7 +276,7 @@ def test_amp_dtype_reaches_the_forward(amp, monkeypatch):
     cfg = tiny_config()
     m = models.get("gpt-fast")
     p = m.init(cfg, 0)
-    make_train_step(m, cfg, amp_dtype=amp)(p, optim.init(p), _batch(cfg), 1e-3, None)
+    make_train_step(m, cfg, ADAMW, amp_dtype=amp)(p, ADAMW.init(p), _batch(cfg))
     assert seen == [amp or torch.float32]
 
 
@@ -284,8 +290,8 @@ def test_make_train_step_passes_activation_checkpointing_to_the_forward(monkeypa
     )
     for remat, per_step in ((False, cfg.n_layer), (True, 2 * cfg.n_layer)):
         calls.clear()
-        step = make_train_step(m, cfg, optim.AdamW(), activation_checkpointing=remat)
-        step(p, optim.init(p), _batch(cfg, seed=0), 1e-3, None)
+        step = make_train_step(m, cfg, ADAMW, activation_checkpointing=remat)
+        step(p, ADAMW.init(p), _batch(cfg, seed=0))
         assert len(calls) == per_step
 
 
@@ -308,8 +314,8 @@ def test_which_functions_the_step_gives_the_jit(monkeypatch, flags, compiled):
     cfg = tiny_config()
     m = models.get("gpt-fast")
     p = m.init(cfg, 0)
-    step = make_train_step(m, cfg, optim.AdamW(), **flags)
-    step(p, optim.init(p), _batch(cfg), 1e-3, rng.key(0))
+    step = make_train_step(m, cfg, ADAMW, **flags)
+    step(p, ADAMW.init(p), _batch(cfg), rng.key(0))
     assert seen == compiled
 
 

@@ -11,7 +11,7 @@ from conftest import ckpt
 
 import cli
 from yocto_fn import models
-from yocto_fn.config import ModelConfig
+from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.params import clone, max_abs_diff, tree_leaves
 from yocto_fn.device import amp_dtype
 from yocto_fn.errors import UserError

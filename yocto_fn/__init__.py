@@ -4,7 +4,9 @@ from yocto_fn import models, optim, ModelConfig, make_train_step
 model = models.get("gpt-fast")
 params = model.init(cfg, seed)                      # nested dict of tensors
 logits, cache = model.forward(params, idx, cfg)     # pure; cache is an explicit value
-step = make_ensemble_step(model, cfg)               # E stacked models, one step (ensemble)
+tx = optim.adamw(lr=1e-3)                           # a chain of gradient transformations
+step = make_train_step(model, cfg, tx)              # step(params, tx.init(params), batch, key)
+step = make_ensemble_step(model, cfg, tx)           # E stacked models, one step (ensemble)
 
 The package is in layers, each a folder that imports only the ones below it (a test holds
 the rule, tests/test_layers.py):
@@ -16,13 +18,27 @@ the rule, tests/test_layers.py):
     core/      pure functions of tensors: params, models, cache, optimizers, train step
     config, device, errors, fileio, jit: the ground every layer stands on
 The core's public modules keep their short paths (`yocto_fn.optim`, `yocto_fn.models`, ...).
+Importing the package loads the core only: no CLI library, no file written, no global
+torch or compiler setting changed (tests/test_purity.py).
 """
 
 import sys
 
-from .config import ModelConfig
-from .core import analysis, cache, ensemble, layers, models, optim, params, rng, train
+from .core import (
+    analysis,
+    cache,
+    ensemble,
+    layers,
+    models,
+    muon,
+    optim,
+    params,
+    rng,
+    schedules,
+    train,
+)
 from .core.cache import KVCache
+from .core.config import ModelConfig
 from .core.ensemble import (
     ensemble_init,
     make_ensemble_step,
@@ -33,7 +49,19 @@ from .core.train import grad_and_value, loss_fn, make_train_step
 from .errors import UserError
 
 # `import yocto_fn.optim` and `from yocto_fn.ensemble import ...` name the core's modules.
-for _module in (analysis, cache, ensemble, layers, models, optim, params, rng, train):
+for _module in (
+    analysis,
+    cache,
+    ensemble,
+    layers,
+    models,
+    muon,
+    optim,
+    params,
+    rng,
+    schedules,
+    train,
+):
     sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
 del _module
 
@@ -53,10 +81,12 @@ __all__ = [
     "make_ensemble_step",
     "make_train_step",
     "models",
+    "muon",
     "optim",
     "params",
     "per_example_grad_norms",
     "per_example_grads",
     "rng",
+    "schedules",
     "train",
 ]

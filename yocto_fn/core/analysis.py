@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from .models import Model
 from .params import Params, tree_leaves, tree_map, tree_unflatten_like
 from .train import loss_fn

@@ -26,8 +26,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..config import ModelConfig
 from ..errors import UserError
+from .config import ModelConfig
+from .params import under_transform
 
 
 class KVCache(NamedTuple):
@@ -71,10 +72,10 @@ def check_room(cache: KVCache, new_tokens: int) -> None:
 
     Reading `pos` costs a host sync on an accelerator, so the check runs in eager mode only; a
     compiled decode loop tracks the position on the host and stays inside the buffers. Under
-    `vmap` with a position per prompt there is no one number to check; a write past the end
-    then fails in `index_copy`.
+    a transform (`vmap` with a position per prompt) there is no one number to check; a
+    write past the end then fails in `index_copy`.
     """
-    if torch.compiler.is_compiling() or torch._C._functorch.is_batchedtensor(cache.pos):
+    if torch.compiler.is_compiling() or under_transform():
         return
     pos = int(cache.pos.max())
     if pos + new_tokens > cache.max_len:
@@ -108,7 +109,7 @@ class Writes:
     def __init__(self, cache: KVCache, positions: torch.Tensor) -> None:
         self.cache, self.positions = cache, positions
         self.copies: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        if torch._C._are_functorch_transforms_active():
+        if under_transform():
             self.copies = []
 
     def __call__(

@@ -4,15 +4,17 @@ An ensemble is a params tree whose every leaf has a leading member axis E (`stac
 trees). The model's one forward accepts such a tree (see `layers`): activations carry the
 member axis, matmuls become batched matmuls, and the loss is the sum of the members' mean
 losses. Members share no parameter, so one plain backward pass of that sum yields every
-member's own gradient. `make_ensemble_step` trains all E members in one call this way;
-clipping and AdamW then run as `_foreach_*` kernels directly on the stacked leaves, each
-member scaled by its own norm, learning rate and weight decay. Learning rates and weight
-decays are [E] tensors, so a sweep over them never recompiles.
+member's own gradient. `make_ensemble_step` trains all E members in one call this way; the
+optimizer, any `optim.GradientTransformation`, then runs as `vmap(tx.update)` over the
+member axis, so each member is clipped by its own norm and moves with its own injected
+rates, decay and momentum ([E] tensors in the stacked state: a sweep over them never
+recompiles). Its state is `vmap(tx.init)(stacked_params)`, or the member states stacked.
 
 `torch.func.vmap(grad(loss_fn))` over the member axis computes the same gradients (the tests
 check both), but on CPU its batching rules cost more than they save (decomposed norms and
 activations, a per-member fallback for SDPA): the member-axis forward is what makes one
-ensemble step cheaper than E separate steps.
+ensemble step cheaper than E separate steps. The optimizer's elementwise arithmetic has no
+such cost, so there `vmap` keeps every link written for one model.
 
 `per_example_grads` gives a gradient per training sequence, for per-example clipping (as in
 DP-SGD) or for finding the sequences that pull hardest on the weights: the rows of a batch
@@ -27,25 +29,23 @@ from typing import Any
 
 import torch
 
-from .. import jit
-from ..config import ModelConfig
 from ..device import floats_on
 from . import optim, rng
+from .config import ModelConfig
 from .models import Model
 from .params import Params, stack, to, tree_leaves, tree_map, unstack
-from .train import Batch, Metrics, accumulate_grads, grad_and_value, loss_fn
+from .train import Batch, Metrics, accumulate_grads, compiled, grad_and_value, loss_fn
 
 __all__ = [
     "ensemble_init",
     "make_ensemble_step",
-    "opt_init",
     "per_example_grad_norms",
     "per_example_grads",
     "stack",
     "unstack",
 ]
 
-EnsembleStep = Callable[..., tuple[Params, optim.OptState, Metrics]]
+EnsembleStep = Callable[..., tuple[Params, Any, Metrics]]
 
 
 def ensemble_init(
@@ -55,37 +55,29 @@ def ensemble_init(
     return to(stack([model.init(cfg, seed) for seed in seeds]), device)
 
 
-def opt_init(params: Params, hp: optim.Optimizer = optim.AdamW()) -> Any:
-    """Zeroed `hp` state for a stacked ensemble: every leaf [E, ...], the step counter [E]."""
-    members = tree_leaves(params)[0].shape[0]
-    return stack([hp.init(p) for p in unstack(params, members)])
-
-
 def _member_tensor(value: float | torch.Tensor, members: int, device: torch.device):
     """A per-member hyper-parameter as a float32 [E] tensor (a scalar is broadcast)."""
-    return floats_on(value, device).expand(members).clone()
+    return floats_on(value, device).expand(members).contiguous()
 
 
 def make_ensemble_step(
     model: Model,
     cfg: ModelConfig,
-    hp: optim.Optimizer = optim.AdamW(),
+    tx: optim.GradientTransformation,
     *,
     label_smoothing: float = 0.0,
-    grad_clip: float = 1.0,
     amp_dtype: torch.dtype | None = None,
     compile: bool = False,
 ) -> EnsembleStep:
-    """Build `step(params, opt_state, batch, lr, key, weight_decay=None, **hparams) ->
-    (params, opt_state, metrics)` for a stacked ensemble of E members.
+    """Build `step(params, opt_state, batch, key=None, **hparams) -> (params, opt_state,
+    metrics)` for a stacked ensemble of E members.
 
-    params / opt_state: stacked trees (`ensemble_init`, `opt_init`). batch: (x, y) of
-    [E, B, T], or [E, A, B, T] to accumulate A micro-batches. lr, weight_decay and the
-    optimizer's other `member_hparams` (Muon: `muon_lr`, `momentum`): a float or an [E]
-    tensor (None: `hp`'s own value). key: [E] dropout keys or None.
-    metrics = {"loss", "grad_norm"}, each [E]. Member i's result equals
-    `make_train_step(model, cfg, hp)` on member i with lr[i], key[i] and its own batch rows,
-    clipped by its own gradient norm.
+    params: a stacked tree (`ensemble_init`); opt_state: `vmap(tx.init)(params)` or the
+    members' states stacked. batch: (x, y) of [E, B, T], or [E, A, B, T] to accumulate A
+    micro-batches. hparams: the injected hyper-parameters (`lr=`, `weight_decay=`, ...), each
+    a float or an [E] tensor. key: [E] dropout keys or None. metrics = {"loss",
+    "grad_norm"}, each [E]. Member i's result equals `make_train_step(model, cfg, tx)` on
+    member i with hparams[i], key[i] and its own batch rows.
     """
     losses = partial(
         loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
@@ -105,31 +97,27 @@ def make_ensemble_step(
         grads, (_, member_losses) = total_grads(params, batch, key)
         return tree_map(torch.Tensor.contiguous, grads), member_losses
 
-    def pure_step(params, opt_state, batch, lr, key, hparams):
+    member_update = torch.func.vmap(tx.update)
+    member_norms = torch.func.vmap(optim.global_norm)
+
+    def pure_step(params, opt_state, batch, key, hparams):
         if batch[0].dim() == 3:
             grads, value = grads_of(params, batch, key)
         else:
             grads, value = accumulate_grads(partial(grads_of, params), batch, key, axis=1)
-        grads, norm = optim.clip_by_global_norm(grads, grad_clip, members=True)
-        params, opt_state = hp.update(grads, opt_state, params, lr, **hparams)
-        return params, opt_state, {"loss": value, "grad_norm": norm}
+        if hparams:
+            opt_state = optim.set_hparams(opt_state, **hparams)
+        updates, opt_state = member_update(grads, opt_state, params)
+        params = optim.apply_updates(params, updates)
+        return params, opt_state, {"loss": value, "grad_norm": member_norms(grads)}
 
-    inner = jit.compile(pure_step) if compile else pure_step
+    inner = compiled(pure_step) if compile else pure_step
 
-    def step(params, opt_state, batch, lr, key, weight_decay=None, **hparams):
-        unknown = set(hparams) - set(hp.member_hparams)
-        if unknown:
-            raise TypeError(f"{type(hp).__name__} takes no per-member {sorted(unknown)}")
-        step_count = opt_state.step
-        members, device = step_count.shape[0], step_count.device
-        hparams["weight_decay"] = weight_decay
-        per_member = {
-            k: _member_tensor(getattr(hp, k) if hparams.get(k) is None else hparams[k],
-                              members, device)
-            for k in hp.member_hparams
-        }  # fmt: skip
-        lr = _member_tensor(lr, members, device)
-        return inner(params, opt_state, batch, lr, key, per_member)
+    def step(params, opt_state, batch, key=None, **hparams):
+        first = tree_leaves(params)[0]
+        hparams = {k: _member_tensor(v, first.shape[0], first.device)
+                   for k, v in hparams.items() if v is not None}  # fmt: skip
+        return inner(params, opt_state, batch, key, hparams)
 
     step.__doc__ = make_ensemble_step.__doc__
     return step
@@ -174,4 +162,5 @@ def per_example_grads(
 def per_example_grad_norms(model: Model, cfg: ModelConfig, **kwargs) -> Callable[..., torch.Tensor]:
     """`fn(params, batch, key=None) -> [B]`: the global L2 norm of each row's gradient."""
     grads = per_example_grads(model, cfg, **kwargs)
-    return lambda params, batch, key=None: optim.global_norm(grads(params, batch, key), True)
+    norms = torch.func.vmap(optim.global_norm)
+    return lambda params, batch, key=None: norms(grads(params, batch, key))

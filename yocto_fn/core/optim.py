@@ -1,308 +1,373 @@
-"""Functional AdamW: `init(params) -> state`, `update(grads, state, params, lr, hp)`; the
-optimizer protocol the train steps use (`Optimizer`: `hp.init`, `hp.update`, which
-`muon.Muon` follows too); fp16 loss scaling, clipping and the learning-rate schedules.
+"""Optimizers as gradient transformations, optax's protocol in torch.
 
-State is data (an `OptState` of tensors), updates return new trees, and the arithmetic runs
-through `torch._foreach_*` over flat leaf lists: a handful of multi-tensor kernels per step
-rather than a Python loop over parameters, eager or compiled. The step counter and the
-learning rate may be tensors, so a compiled train step never recompiles as they change.
+A `GradientTransformation` is a pair of pure functions: `init(params) -> state` and
+`update(updates, state, params) -> (updates, state)`. An optimizer is a chain of small
+links, each doing one thing to the updates (clip them, scale them by Adam's moments, add the
+decay, multiply by the rate), and `apply_updates(params, updates)` adds the result. The sign
+lives in one link: `scale_by_learning_rate(lr)` multiplies by -lr.
 
-In eager code (CPU or CUDA) the same step can run through torch's fused AdamW kernel
-(`torch._fused_adamw_`, what `torch.optim.AdamW(fused=True)` calls): one pass over each
-leaf's parameter, gradient and moments instead of a dozen `_foreach_*` passes, and a
-kernel launch or two instead of a dozen per step, which is what an eager step on a GPU is
-bound by at small sizes. That kernel writes in place, so it runs on fresh copies of the
-parameters and moments (three multi-tensor copies): the update stays pure, the inputs
-untouched. Compiled steps keep the `_foreach_*` form, which the compiler fuses itself.
+    adamw = chain(scale_by_adam(b1, b2, eps), add_decayed_weights(wd, decay_mask),
+                  scale_by_learning_rate(lr))
+    muon = partition({"muon": <Newton-Schulz chain>, "adamw": adamw}, muon.label)
 
-Weight decay is decoupled (AdamW) and applied to >= 2-D weights only: norms and biases are
-never decayed, and neither are the embedding tables `wte`/`wpe` (a choice, shared with the
-original tool: decay pulls rarely-seen token rows towards zero). With tied weights the LM head
-*is* `wte` and so is not decayed either.
+`partition` routes leaves by a label of their dotted name, and `inject_hyperparams` moves
+hyper-parameters into the state as tensors: a schedule changes them with `set_hparams`
+without a recompile, and a stacked ensemble's state holds an [E] tensor, one value per
+member, which each member sees as its own scalar under `vmap` (as optax does).
+
+State is data: NamedTuples, tuples and dicts of tensors. The arithmetic runs through
+`torch._foreach_*` over flat leaf lists (a few multi-tensor kernels per step, eager or
+compiled); under a transform (`vmap`), which has no batching rules for them, it runs leaf by
+leaf with the same arithmetic.
+
+Weight decay is decoupled and, in `adamw` and `muon`, masked by `decay_mask`: >= 2-D weights
+only, and never the embedding tables `wte`/`wpe` (decay pulls rarely seen token rows towards
+zero; with tied weights the head *is* `wte`).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
-from .params import Params, tree_leaves, tree_map, tree_unflatten_like
-
-NO_DECAY = frozenset({"wte", "wpe"})
+from ..device import floats_on
+from .params import Params, named_leaves, tree_leaves, tree_map, tree_unflatten_like
+from .params import under_transform as _per_leaf
 
 Tensor = torch.Tensor
 Scalar = float | Tensor
+Updates = Params
+Schedule = Callable[[Tensor], Scalar]
+LeafPredicate = Callable[[str, Tensor], bool]
+NO_DECAY = frozenset({"wte", "wpe"})
 
 
-class Optimizer(Protocol):
-    """What the train steps need of an optimizer: `init`, `update` and the names of the
-    hyper-parameters an ensemble may give each member (`update`'s keyword arguments)."""
+class GradientTransformation(NamedTuple):
+    """`init(params) -> state`; `update(updates, state, params=None) -> (updates, state)`."""
 
-    member_hparams: tuple[str, ...]
-
-    def init(self, params: Params) -> Any: ...
-
-    def update(
-        self, grads: Params, state: Any, params: Params, lr: Scalar, **hparams: Scalar
-    ) -> tuple[Params, Any]: ...
+    init: Callable[[Params], Any]
+    update: Callable[..., tuple[Updates, Any]]
 
 
-@dataclass(frozen=True)
-class AdamW:
-    """AdamW hyper-parameters (torch.optim.AdamW's defaults, weight decay as in training).
-
-    `fused`: None uses the fused kernel wherever it applies (`fused_refusal`), False never;
-    True insists, and an update it cannot serve is an error rather than a silent fallback.
-    """
-
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    fused: bool | None = None
-
-    member_hparams = ("weight_decay",)  # what an ensemble may set per member
-
-    def init(self, params: Params) -> OptState:
-        return zeros(params)
-
-    def update(
-        self, grads: Params, state: OptState, params: Params, lr: Scalar, *,
-        weight_decay: Scalar | None = None,
-    ) -> tuple[Params, OptState]:  # fmt: skip
-        return update(grads, state, params, lr, self, weight_decay=weight_decay)
+class EmptyState(NamedTuple):
+    """The state of a link that keeps none."""
 
 
-class LossScale(NamedTuple):
-    """Dynamic loss-scaling state for fp16 training (0-d float32 tensors)."""
-
-    scale: Tensor
-    good_steps: Tensor  # finite steps since the scale last changed
+def _device(tree: Any) -> torch.device:
+    leaves = tree_leaves(tree)
+    return leaves[0].device if leaves else torch.device("cpu")
 
 
-class OptState(NamedTuple):
-    step: Tensor  # 0-d float32, number of updates applied
+def _stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
+    return GradientTransformation(
+        lambda params: EmptyState(), lambda u, state, params=None: (fn(u, params), state)
+    )
+
+
+def _mul(leaves: list[Tensor], factor: Scalar) -> list[Tensor]:
+    return [t * factor for t in leaves] if _per_leaf() else torch._foreach_mul(leaves, factor)
+
+
+def _add(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
+    if _per_leaf():
+        return [x + y for x, y in zip(a, b, strict=True)]
+    return torch._foreach_add(a, b)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """`params + updates`, leaf by leaf, in each param's dtype (a new tree)."""
+    p, u = tree_leaves(params), tree_leaves(updates)
+    u = [x.to(q.dtype) for x, q in zip(u, p, strict=True)]
+    return tree_unflatten_like(params, _add(p, u))
+
+
+def global_norm(tree: Params) -> Tensor:
+    """The L2 norm over all leaves, without a host sync."""
+    leaves = tree_leaves(tree)
+    if _per_leaf():
+        norms = [torch.linalg.vector_norm(t) for t in leaves]
+    else:
+        norms = torch._foreach_norm(leaves)
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """The links applied in order; the state is the tuple of their states."""
+
+    def init(params: Params) -> tuple:
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates: Updates, state: tuple, params: Params | None = None):
+        new_state = []
+        for t, s in zip(transforms, state, strict=True):
+            updates, s = t.update(updates, s, params)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def partition(
+    transforms: dict[str, GradientTransformation], label_fn: Callable[[str, Tensor], str]
+) -> GradientTransformation:
+    """Each leaf to the transformation of its label, `label_fn(dotted_name, leaf)`.
+
+    A transformation sees only its own leaves, as a flat dict by dotted name
+    (`{"blocks.0.attn.qkv_w": ...}`); the state is a dict of their states by label (a label
+    no leaf has keeps none)."""
+
+    def groups(tree: Params, like: Params) -> dict[str, dict[str, Tensor]]:
+        out: dict[str, dict[str, Tensor]] = {}
+        for (name, leaf), ref in zip(named_leaves(tree).items(), tree_leaves(like), strict=True):
+            label = label_fn(name, ref)
+            if label not in transforms:
+                raise ValueError(f"partition: leaf {name} has label {label!r}, which has no "
+                                 f"transformation (labels: {', '.join(transforms)})")  # fmt: skip
+            out.setdefault(label, {})[name] = leaf
+        return out
+
+    def init(params: Params) -> dict[str, Any]:
+        found = groups(params, params)
+        return {label: t.init(found[label]) for label, t in transforms.items() if label in found}
+
+    def update(updates: Updates, state: dict[str, Any], params: Params | None = None):
+        like = updates if params is None else params
+        u, p = groups(updates, like), groups(like, like)
+        merged: dict[str, Tensor] = {}
+        new_state = {}
+        for label, s in state.items():
+            out, new_state[label] = transforms[label].update(u[label], s, p[label])
+            merged.update(out)
+        return tree_unflatten_like(updates, [merged[n] for n in named_leaves(updates)]), new_state
+
+    return GradientTransformation(init, update)
+
+
+class InjectState(NamedTuple):
+    hparams: dict[str, Tensor]  # float32, 0-d (or [E] for a stacked ensemble)
+    inner: Any
+
+
+def inject_hyperparams(
+    factory: Callable[..., GradientTransformation],
+) -> Callable[..., GradientTransformation]:
+    """`inject_hyperparams(adamw)(lr=1e-3, weight_decay=0.1)`: the numeric arguments become
+    tensors in the state, and each update rebuilds `factory(**them)` from the state. Change
+    them between steps with `set_hparams`; other arguments are fixed."""
+
+    def bind(**kwargs: Any) -> GradientTransformation:
+        numeric = {k: v for k, v in kwargs.items()
+                   if isinstance(v, (int, float, Tensor)) and not isinstance(v, bool)}  # fmt: skip
+        fixed = {k: v for k, v in kwargs.items() if k not in numeric}
+
+        def init(params: Params) -> InjectState:
+            values = {k: floats_on(v, _device(params)) for k, v in numeric.items()}
+            return InjectState(values, factory(**fixed, **values).init(params))
+
+        def update(updates: Updates, state: InjectState, params: Params | None = None):
+            updates, inner = factory(**fixed, **state.hparams).update(updates, state.inner, params)
+            return updates, InjectState(state.hparams, inner)
+
+        return GradientTransformation(init, update)
+
+    return bind
+
+
+def _replace(tree: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
+    """`tree` with every `kind` node replaced by `fn(node)` (nodes inside it first)."""
+    if isinstance(tree, dict):
+        return {k: _replace(v, kind, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_replace(v, kind, fn) for v in tree]
+    if isinstance(tree, tuple):
+        parts = [_replace(v, kind, fn) for v in tree]
+        tree = type(tree)._make(parts) if hasattr(tree, "_fields") else tuple(parts)
+        return fn(tree) if isinstance(tree, kind) else tree
+    return tree
+
+
+def hparams(state: Any) -> dict[str, Tensor]:
+    """The injected hyper-parameters of an optimizer state, by name."""
+    found: dict[str, Tensor] = {}
+    _replace(state, InjectState, lambda node: found.update(node.hparams) or node)
+    return found
+
+
+def set_hparams(state: Any, **values: Scalar) -> Any:
+    """The state with injected hyper-parameters set: floats or tensors, broadcast to each
+    stored value's shape (a scalar gives every ensemble member the same value). A name no
+    `inject_hyperparams` link holds is an error, so a misspelt one never goes unnoticed."""
+    unknown = set(values) - set(hparams(state))
+    if unknown:
+        have = ", ".join(sorted(hparams(state))) or "none"
+        raise TypeError(f"the optimizer has no hyper-parameter {', '.join(sorted(unknown))} "
+                        f"(it has: {have})")  # fmt: skip
+
+    def put(node: InjectState) -> InjectState:
+        new = {k: _like(values[k], old) if k in values else old
+               for k, old in node.hparams.items()}  # fmt: skip
+        return InjectState(new, node.inner)
+
+    return _replace(state, InjectState, put)
+
+
+def _like(value: Scalar, old: Tensor) -> Tensor:
+    """`value` as a float32 tensor of `old`'s device and shape (a scalar is broadcast)."""
+    return floats_on(value, old.device).expand(old.shape).contiguous()
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale the updates so their global norm is at most `max_norm` (<= 0: unchanged), as
+    `torch.nn.utils.clip_grad_norm_` does (the norm plus 1e-6 in the divisor)."""
+
+    def clip(u: Updates, params: Params | None) -> Updates:
+        if max_norm <= 0:
+            return u
+        coef = torch.clamp(max_norm / (global_norm(u) + 1e-6), max=1.0)
+        return tree_unflatten_like(u, _mul(tree_leaves(u), coef))
+
+    return _stateless(clip)
+
+
+def scale(factor: Scalar) -> GradientTransformation:
+    """Multiply the updates by `factor`."""
+    return _stateless(lambda u, params: tree_unflatten_like(u, _mul(tree_leaves(u), factor)))
+
+
+class ScaleByScheduleState(NamedTuple):
+    count: Tensor  # 0-d float32, updates so far
+
+
+def scale_by_learning_rate(lr: Scalar | Schedule) -> GradientTransformation:
+    """Multiply by -lr: the descent's sign. `lr` is a float, a tensor, or a schedule
+    `lr(count)` of the 0-d float32 count of updates so far (torch ops, so it compiles)."""
+    if not callable(lr):
+        return scale(-lr)
+
+    def init(params: Params) -> ScaleByScheduleState:
+        return ScaleByScheduleState(torch.zeros((), device=_device(params)))
+
+    def update(updates: Updates, state: ScaleByScheduleState, params: Params | None = None):
+        moved = _mul(tree_leaves(updates), -lr(state.count))
+        return tree_unflatten_like(updates, moved), ScaleByScheduleState(state.count + 1)
+
+    return GradientTransformation(init, update)
+
+
+def decay_mask(name: str, leaf: Tensor) -> bool:
+    """Whether decoupled weight decay applies to a leaf (see the module docstring)."""
+    return name.split(".", 1)[0] not in NO_DECAY and leaf.dim() >= 2
+
+
+def add_decayed_weights(
+    weight_decay: Scalar, mask: LeafPredicate | None = None
+) -> GradientTransformation:
+    """`updates + weight_decay * params` on the leaves `mask(name, leaf)` admits (all when
+    None). Before the rate link this is decoupled decay: the step shrinks p by lr * wd."""
+
+    def decay(u: Updates, params: Params | None) -> Updates:
+        if params is None:
+            raise ValueError("add_decayed_weights needs the params: update(updates, state, params)")
+        if not isinstance(weight_decay, Tensor) and weight_decay == 0:
+            return u
+        names, ups, ps = list(named_leaves(u)), tree_leaves(u), tree_leaves(params)
+        idx = [i for i, n in enumerate(names) if mask is None or mask(n, ps[i])]
+        out = list(ups)
+        if idx:
+            shrunk = _add(_mul([ps[i] for i in idx], weight_decay), [ups[i] for i in idx])
+            for i, x in zip(idx, shrunk, strict=True):
+                out[i] = x
+        return tree_unflatten_like(u, out)
+
+    return _stateless(decay)
+
+
+class AdamState(NamedTuple):
+    count: Tensor  # 0-d float32, updates so far
     mu: Params  # first moment
     nu: Params  # second moment
 
 
-class ScaledState(NamedTuple):
-    """An optimizer's state plus the loss scale, for fp16 training (a wrapper, as optax does)."""
+def scale_by_adam(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, fused: bool | None = None
+) -> GradientTransformation:
+    """Adam's direction, m_hat / (sqrt(v_hat) + eps), from moments kept in the state.
 
-    inner: Any
-    loss_scale: LossScale
+    `fused`: None runs torch's fused Adam kernel where it applies (plain eager code, leaves
+    of one float dtype on one CPU or CUDA device: `fused_refusal`), False never, True
+    insists (an update it cannot serve is an error). The kernel writes in place, so it runs
+    on copies of the moments; it computes the direction as the step of a zero parameter at
+    rate -1."""
 
-
-@dataclass(frozen=True)
-class DynamicLossScale:
-    """fp16 loss scaling: the loss is multiplied by `scale` before the backward pass so
-    small gradients survive fp16, and the gradients are divided by it afterwards. A step
-    whose gradients overflow is skipped and the scale divided by `factor`; after
-    `growth_interval` finite steps in a row it is multiplied by `factor`."""
-
-    init_scale: float = 2.0**16
-    growth_interval: int = 2000
-    factor: float = 2.0
-
-    def init(self, device: torch.device | str | None = None) -> LossScale:
-        return LossScale(
-            torch.tensor(self.init_scale, device=device), torch.zeros((), device=device)
+    def init(params: Params) -> AdamState:
+        count = torch.zeros((), device=_device(params))
+        return AdamState(
+            count, tree_map(torch.zeros_like, params), tree_map(torch.zeros_like, params)
         )
 
-    def adjust(self, state: LossScale, finite: Tensor) -> LossScale:
-        good = torch.where(finite, state.good_steps + 1, torch.zeros_like(state.good_steps))
-        grow = good >= self.growth_interval
-        scale = torch.where(
-            finite,
-            torch.where(grow, state.scale * self.factor, state.scale),
-            state.scale / self.factor,
-        )
-        return LossScale(scale, torch.where(grow, torch.zeros_like(good), good))
+    def update(updates: Updates, state: AdamState, params: Params | None = None):
+        count = state.count + 1
+        g, m, v = tree_leaves(updates), tree_leaves(state.mu), tree_leaves(state.nu)
+        why_not = None if fused is False else fused_refusal(g)
+        if fused and why_not:
+            raise ValueError(f"scale_by_adam(fused=True) cannot run this update: {why_not}")
+        if fused is not False and why_not is None:
+            out, m, v = _fused_direction(g, m, v, count, b1, b2, eps)
+        else:
+            out, m, v = _adam_direction(g, m, v, count, b1, b2, eps)
+        new = AdamState(count, tree_unflatten_like(state.mu, m), tree_unflatten_like(state.nu, v))
+        return tree_unflatten_like(updates, out), new
+
+    return GradientTransformation(init, update)
 
 
-def decay_mask(params: Params, members: bool = False) -> Params:
-    """A tree of bools: True where decoupled weight decay applies (see module docstring).
-
-    members=True: leaves carry a leading ensemble axis, which does not count as a dimension.
-    """
-    min_dim = 3 if members else 2
-    return {
-        name: tree_map(lambda p, skip=name in NO_DECAY: not skip and p.ndim >= min_dim, sub)
-        for name, sub in params.items()
-    }
-
-
-def init(
-    params: Params, loss_scale: DynamicLossScale | None = None, hp: Optimizer | None = None
-) -> Any:
-    """Zeroed state of `hp` (AdamW by default); wrapped with a loss scale when `loss_scale`
-    is given (fp16)."""
-    state = zeros(params) if hp is None else hp.init(params)
-    if loss_scale is None:
-        return state
-    return ScaledState(state, loss_scale.init(tree_leaves(params)[0].device))
-
-
-def zeros(params: Params, device: torch.device | None = None) -> OptState:
-    """Zeroed AdamW moments and step counter (on `device`, default the params')."""
-    device = device or tree_leaves(params)[0].device
-    return OptState(
-        step=torch.zeros((), dtype=torch.float32, device=device),
-        mu=tree_map(torch.zeros_like, params),
-        nu=tree_map(torch.zeros_like, params),
-    )
+def _adam_direction(g, m, v, count, b1, b2, eps):
+    """Moments and direction in `_foreach_*` kernels (leaf by leaf under a transform)."""
+    bias1 = 1.0 - torch.pow(b1, count)
+    bias2_sqrt = torch.sqrt(1.0 - torch.pow(b2, count))
+    if _per_leaf():
+        m = [torch.lerp(mi, gi, 1.0 - b1) for mi, gi in zip(m, g, strict=True)]
+        v = [vi * b2 + (1.0 - b2) * gi * gi for vi, gi in zip(v, g, strict=True)]
+        out = [(vi.sqrt() / bias2_sqrt + eps).reciprocal() * mi / bias1  # the foreach order
+               for mi, vi in zip(m, v, strict=True)]  # fmt: skip
+        return out, m, v
+    m = torch._foreach_lerp(m, g, 1.0 - b1)
+    v = torch._foreach_mul(v, b2)
+    torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
+    out = torch._foreach_sqrt(v)  # m / bias1 / (sqrt(v) / bias2_sqrt + eps), in one list
+    torch._foreach_div_(out, bias2_sqrt)
+    torch._foreach_add_(out, eps)
+    torch._foreach_reciprocal_(out)
+    torch._foreach_mul_(out, m)
+    torch._foreach_div_(out, bias1)
+    return out, m, v
 
 
-def scale_tree(tree: Params, factor: Tensor) -> Params:
-    """Every leaf times `factor` (foreach outside transforms)."""
-    leaves = tree_leaves(tree)
-    out = [t * factor for t in leaves] if under_transform() else torch._foreach_mul(leaves, factor)
-    return tree_unflatten_like(tree, out)
-
-
-def keep_if(ok: Tensor, new: Params, old: Params) -> Params:
-    """`new` where the 0-d bool `ok` holds, else `old`, leaf by leaf, without a host sync."""
-    return tree_map(lambda n, o: torch.where(ok, n, o), new, old)
-
-
-def under_transform() -> bool:
-    """True inside `vmap`/`grad`: `torch._foreach_*` ops have no batching rules, so the
-    optimizer falls back to per-leaf ops there (same arithmetic, one kernel per leaf)."""
-    return torch._C._functorch.maybe_current_level() is not None
-
-
-def global_norm(grads: Params, members: bool = False) -> Tensor:
-    """L2 norm over all leaves, without a host sync.
-
-    members=True: the leaves are stacked ensemble leaves [E, ...] and the result is one norm
-    per member, [E] (each member's gradients reduced over all but the leading axis).
-    Under `vmap` each leaf is normed on its own: `_foreach_norm` has no batching rule.
-    """
-    leaves = tree_leaves(grads)
-    if members:
-        norms = [torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim()))) for t in leaves]
-    elif under_transform():
-        norms = [torch.linalg.vector_norm(t) for t in leaves]
-    else:
-        norms = torch._foreach_norm(leaves)
-    return torch.linalg.vector_norm(torch.stack(norms), dim=0)
-
-
-def clip_by_global_norm(
-    grads: Params, max_norm: float, members: bool = False
-) -> tuple[Params, Tensor]:
-    """Scale grads so their global norm is at most `max_norm` (<= 0 disables).
-
-    Returns the clipped grads and the norm *before* clipping (the figure worth logging).
-    members=True clips each member of stacked ensemble grads by its own norm.
-    """
-    norm = global_norm(grads, members)
-    if max_norm <= 0:
-        return grads, norm
-    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    if not members:
-        return scale_tree(grads, coef), norm
-    leaves = tree_leaves(grads)
-    return tree_unflatten_like(grads, torch._foreach_mul(leaves, per_leaf(coef, leaves))), norm
-
-
-def per_leaf(value: Tensor, leaves: list[Tensor]) -> list[Tensor]:
-    """`value` [E] viewed as [E, 1, ...] against each stacked leaf, so a `_foreach_*` op
-    broadcasts one scalar per ensemble member over that member's slice."""
-    return [value.view(value.shape + (1,) * (t.dim() - value.dim())) for t in leaves]
-
-
-def update(
-    grads: Params,
-    state: OptState,
-    params: Params,
-    lr: Scalar,
-    hp: AdamW = AdamW(),
-    *,
-    weight_decay: Scalar | None = None,
-) -> tuple[Params, OptState]:
-    """One AdamW step; returns new params and state, leaving the inputs untouched.
-
-    `weight_decay` overrides `hp.weight_decay`. For a stacked ensemble (leaves [E, ...],
-    `state.step` [E]) `lr` and `weight_decay` may be [E] tensors: every member then moves
-    with its own rate and decay, in the same few `_foreach_*` kernels as a single model.
-    """
-    wd = hp.weight_decay if weight_decay is None else weight_decay
-    g = tree_leaves(grads)
-    p, m, v = tree_leaves(params), tree_leaves(state.mu), tree_leaves(state.nu)
-    decay = tree_leaves(decay_mask(params, members=state.step.dim() > 0))
-    step = state.step + 1
-    if hp.fused is not False:
-        why_not = fused_refusal(p, step, lr, wd)
-        if why_not is None:
-            new_p, m, v = _fused_update(p, g, m, v, decay, step, lr, wd, hp)
-            return tree_unflatten_like(params, new_p), OptState(
-                step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
-            )
-        if hp.fused:
-            raise ValueError(f"AdamW(fused=True) cannot run this update: {why_not}")
-    bias1 = 1.0 - torch.pow(hp.b1, step)
-    bias2_sqrt = torch.sqrt(1.0 - torch.pow(hp.b2, step))
-    if under_transform():
-        new = [
-            _update_leaf(*leaf, lr=lr, wd=wd, bias1=bias1, bias2_sqrt=bias2_sqrt, hp=hp)
-            for leaf in zip(p, g, m, v, decay, strict=True)
-        ]
-        p, m, v = (list(x) for x in zip(*new, strict=True))
-        return tree_unflatten_like(params, p), OptState(
-            step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
-        )
-
-    def scalars(x: Scalar, leaves: list[Tensor]) -> Scalar | list[Tensor]:
-        return per_leaf(x, leaves) if isinstance(x, Tensor) and x.dim() else x
-
-    m = torch._foreach_lerp(m, g, 1.0 - hp.b1)
-    v = torch._foreach_mul(v, hp.b2)
-    torch._foreach_addcmul_(v, g, g, value=1.0 - hp.b2)
-
-    # upd = lr / bias1 * m / (sqrt(v / bias2) + eps), built in one temporary list.
-    upd = torch._foreach_sqrt(v)
-    torch._foreach_div_(upd, scalars(bias2_sqrt, upd))
-    torch._foreach_add_(upd, hp.eps)
-    torch._foreach_reciprocal_(upd)
-    torch._foreach_mul_(upd, m)
-    torch._foreach_mul_(upd, scalars(lr / bias1, upd))
-
-    # Decayed leaves: p * (1 - lr * wd) - upd; the others: p - upd.
-    decayed = [i for i, d in enumerate(decay) if d and (isinstance(wd, Tensor) or wd)]
-    kept = [i for i in range(len(p)) if i not in set(decayed)]
-    new_p: list[Tensor] = [None] * len(p)  # type: ignore[list-item]
-    if decayed:
-        shrink = [p[i] for i in decayed]
-        shrunk = torch._foreach_mul(shrink, scalars(1.0 - lr * wd, shrink))
-        torch._foreach_sub_(shrunk, [upd[i] for i in decayed])
-        for i, x in zip(decayed, shrunk, strict=True):
-            new_p[i] = x
-    if kept:
-        moved = torch._foreach_sub([p[i] for i in kept], [upd[i] for i in kept])
-        for i, x in zip(kept, moved, strict=True):
-            new_p[i] = x
-    return tree_unflatten_like(params, new_p), OptState(
-        step, tree_unflatten_like(params, m), tree_unflatten_like(params, v)
-    )
+def _fused_direction(g, m, v, count, b1, b2, eps):
+    """The same through `torch._fused_adamw_` (what torch.optim.AdamW(fused=True) calls):
+    one pass over each leaf instead of a dozen, on copies of the moments, stepping a zero
+    "parameter" at rate -1 so that it ends holding the direction."""
+    copy = (lambda xs: torch._foreach_mul(xs, 1.0)) if g[0].is_cuda else (
+        lambda xs: [t.clone() for t in xs])  # fmt: skip
+    m, v, out = copy(m), copy(v), [torch.zeros_like(t) for t in g]
+    torch._fused_adamw_(
+        out, g, m, v, [], [count] * len(g), lr=-1.0, beta1=b1, beta2=b2, weight_decay=0.0,
+        eps=eps, amsgrad=False, maximize=False,
+    )  # fmt: skip
+    return out, m, v
 
 
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def fused_refusal(leaves: list[Tensor], step: Tensor, lr: Scalar, wd: Scalar) -> str | None:
-    """Why the fused kernel cannot run this update, or None when it can: it needs plain eager
-    code (no transform, not inside the compiler), one model (a 0-d step counter), a
-    scalar rate and a float decay, and leaves of one float dtype on one CPU or CUDA device."""
-    if under_transform() or torch.compiler.is_compiling():
+def fused_refusal(leaves: list[Tensor]) -> str | None:
+    """Why the fused kernel cannot run over these gradient leaves, or None when it can."""
+    if _per_leaf() or torch.compiler.is_compiling():
         return "it runs in eager code only (not under vmap/grad or torch.compile)"
-    if step.dim() or (isinstance(lr, Tensor) and lr.dim()):
-        return "an ensemble's per-member rates need the _foreach_ form"
-    if isinstance(wd, Tensor):
-        return "the weight decay must be a float"
+    if not leaves:
+        return "there are no leaves"
     first = leaves[0]
     if first.device.type not in ("cpu", "cuda") or first.dtype not in FUSED_DTYPES:
         return f"no fused kernel for {first.dtype} on {first.device.type}"
@@ -311,91 +376,54 @@ def fused_refusal(leaves: list[Tensor], step: Tensor, lr: Scalar, wd: Scalar) ->
     return None
 
 
-def _fused_update(
-    p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], decay: list[bool],
-    step: Tensor, lr: Scalar, wd: float, hp: AdamW,
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:  # fmt: skip
-    """`update`'s arithmetic through `torch._fused_adamw_`, on copies of p, m and v.
-
-    The kernel reads the step (already advanced) per leaf and applies the decoupled decay
-    itself, so it runs twice: once over the decayed leaves with `wd`, once over the rest
-    with 0. A 0-d tensor rate stays a tensor (no host sync, no recompile)."""
-    p, m, v = (_copies(leaves) for leaves in (p, m, v))
-    lr = lr.to(p[0].device) if isinstance(lr, Tensor) else float(lr)
-    for keep in (True, False):
-        idx = [i for i, d in enumerate(decay) if bool(d and wd) == keep]
-        if not idx:
-            continue
-        pp, pg, pm, pv = ([leaves[i] for i in idx] for leaves in (p, g, m, v))
-        torch._fused_adamw_(
-            pp, pg, pm, pv, [], [step] * len(idx),
-            lr=lr, beta1=hp.b1, beta2=hp.b2, weight_decay=float(wd) if keep else 0.0,
-            eps=hp.eps, amsgrad=False, maximize=False,
-        )  # fmt: skip
-    return p, m, v
+def adamw(
+    lr: Scalar | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+    weight_decay: Scalar = 0.1, mask: LeafPredicate | None = decay_mask, *,
+    fused: bool | None = None,
+) -> GradientTransformation:  # fmt: skip
+    """AdamW as torch.optim.AdamW computes it, with decoupled decay on `mask`'s leaves."""
+    return chain(
+        scale_by_adam(b1, b2, eps, fused=fused),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(lr),
+    )
 
 
-def _copies(leaves: list[Tensor]) -> list[Tensor]:
-    """Fresh copies: one multi-tensor kernel on CUDA; on the CPU, where `_foreach_*` ops
-    loop over the leaves anyway, a plain clone of each is cheaper than a multiply by one."""
-    if leaves[0].device.type == "cuda":
-        return torch._foreach_mul(leaves, 1.0)
-    return [t.clone() for t in leaves]
+class LossScaleState(NamedTuple):
+    scale: Tensor  # 0-d float32, what the loss is multiplied by before the backward pass
+    good_steps: Tensor  # finite steps since the scale last changed
+    inner: Any
 
 
-def _update_leaf(
-    p: Tensor, g: Tensor, m: Tensor, v: Tensor, decay: bool, *,
-    lr: Scalar, wd: Scalar, bias1: Tensor, bias2_sqrt: Tensor, hp: AdamW,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """The AdamW arithmetic of `update` for one leaf (the path used under `vmap`)."""
-    m = torch.lerp(m, g, 1.0 - hp.b1)
-    v = v * hp.b2 + (1.0 - hp.b2) * g * g
-    upd = m * (lr / bias1) / (v.sqrt() / bias2_sqrt + hp.eps)
-    if decay and (isinstance(wd, Tensor) or wd):
-        p = p * (1.0 - lr * wd)
-    return p - upd, m, v
+def dynamic_loss_scale(
+    inner: GradientTransformation, init_scale: float = 2.0**16, growth_interval: int = 2000,
+    factor: float = 2.0,
+) -> GradientTransformation:  # fmt: skip
+    """fp16 loss scaling around `inner`: the train step multiplies the loss by the state's
+    scale (`loss_scale`), and this link divides the gradients by it. A step whose gradients
+    are not finite changes nothing (zero updates, `inner`'s state kept) and divides the
+    scale by `factor`; after `growth_interval` finite steps in a row it is multiplied."""
+
+    def init(params: Params) -> LossScaleState:
+        device = _device(params)
+        return LossScaleState(torch.full((), init_scale, device=device),
+                              torch.zeros((), device=device), inner.init(params))  # fmt: skip
+
+    def update(updates: Updates, state: LossScaleState, params: Params | None = None):
+        leaves = _mul(tree_leaves(updates), 1.0 / state.scale)
+        finite = torch.isfinite(global_norm(leaves))
+        new_u, new_inner = inner.update(tree_unflatten_like(updates, leaves), state.inner, params)
+        new_u = tree_map(lambda x: torch.where(finite, x, torch.zeros_like(x)), new_u)
+        new_inner = tree_map(lambda n, o: torch.where(finite, n, o), new_inner, state.inner)
+        good = torch.where(finite, state.good_steps + 1, torch.zeros_like(state.good_steps))
+        grow = good >= growth_interval
+        scaled = torch.where(grow, state.scale * factor, state.scale)
+        new_scale = torch.where(finite, scaled, state.scale / factor)
+        return new_u, LossScaleState(new_scale, torch.where(grow, 0.0, good), new_inner)
+
+    return GradientTransformation(init, update)
 
 
-def constant(step: int, *, lr: float) -> float:
-    return lr
-
-
-def cosine_with_warmup(
-    step: int, *, lr: float, warmup_iters: int, max_iters: int, min_lr: float
-) -> float:
-    """Linear warmup over `warmup_iters` steps (step 0 already moves), then cosine to `min_lr`.
-
-    Past `max_iters` the rate stays at `min_lr`.
-    """
-    if step < warmup_iters:
-        return lr * (step + 1) / warmup_iters
-    span = max(1, max_iters - warmup_iters)
-    progress = min(1.0, (step - warmup_iters) / span)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def wsd(
-    step: int, *, lr: float, warmup_iters: int, max_iters: int, min_lr: float,
-    decay_fraction: float,
-) -> float:  # fmt: skip
-    """Warmup, stable, decay: linear warmup as in `cosine_with_warmup`, the peak rate until
-    the last `decay_fraction` of `max_iters`, then a straight line down to `min_lr` at
-    `max_iters` (and `min_lr` past it).
-
-    The stable phase does not depend on the run's length, so a checkpoint taken in it (the
-    trainer keeps `pre_decay.pt`, the state just before the first decay step) resumed with
-    a later end continues exactly as a longer run from the start would: only the decay
-    moves.
-    """
-    if step < warmup_iters:
-        return lr * (step + 1) / warmup_iters
-    decay_start = wsd_decay_start(warmup_iters, max_iters, decay_fraction)
-    if step < decay_start:
-        return lr
-    progress = min(1.0, (step + 1 - decay_start) / max(1, max_iters - decay_start))
-    return lr + (min_lr - lr) * progress
-
-
-def wsd_decay_start(warmup_iters: int, max_iters: int, decay_fraction: float) -> int:
-    """The first step of `wsd`'s decay (never inside the warmup)."""
-    return max(warmup_iters, round(max_iters * (1.0 - decay_fraction)))
+def loss_scale(state: Any) -> Tensor | None:
+    """The loss scale of a `dynamic_loss_scale` state (its outermost link), else None."""
+    return state.scale if isinstance(state, LossScaleState) else None

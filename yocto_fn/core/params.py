@@ -1,8 +1,9 @@
 """Helpers for parameter pytrees: nested dicts (and lists) whose leaves are tensors.
 
 Parameters are data, not module state: they are created by pure `init` functions, passed
-to pure `forward` functions and transformed with `torch.utils._pytree`. Dotted names
-(`blocks.0.attn.qkv_w`) are the checkpoint format and the basis of partial loading.
+to pure `forward` functions, and mapped over with the small walk below. Dotted names
+(`blocks.0.attn.qkv_w`) are the checkpoint format, the basis of partial loading and what
+`optim.partition` labels.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
         mapped = [tree_map(fn, v, *(r[i] for r in rest)) for i, v in enumerate(tree)]
         return type(tree)._make(mapped) if hasattr(tree, "_fields") else tuple(mapped)
     return fn(tree, *rest)
+
+
+def under_transform() -> bool:
+    """True inside a torch.func transform (`vmap`, `grad`, `jvp`).
+
+    The one probe of functorch's state that the core consults: `torch._foreach_*` kernels
+    have no batching rules, so the optimizer links run leaf by leaf there, and a KV cache
+    is written out of place there (see `cache`)."""
+    return torch._C._functorch.maybe_current_level() is not None
 
 
 def tree_leaves(tree: Any) -> list[Any]:
@@ -73,9 +83,12 @@ def to(params: Params, device: torch.device | str | None = None, dtype=None) -> 
 
 
 def named_leaves(params: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a tree to `{dotted.name: leaf}` in `tree_leaves` order."""
+    """Flatten a tree to `{dotted.name: leaf}` in `tree_leaves` order (a NamedTuple's
+    entries are named by their fields: `1.inner.0.mu.wte` in an optimizer state)."""
     if isinstance(params, dict):
         items = params.items()
+    elif hasattr(params, "_fields"):
+        items = zip(params._fields, params, strict=True)
     elif isinstance(params, (list, tuple)):
         items = enumerate(params)
     else:

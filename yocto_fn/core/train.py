@@ -1,30 +1,39 @@
-"""The pure train step: loss, gradients by `torch.func`, clipping and the optimizer in one
-function.
+"""The pure train step: the loss, its gradients by `torch.func`, and any optimizer (an
+`optim.GradientTransformation`) in one function.
 
-`make_train_step` returns `step(params, opt_state, batch, lr, key) -> (params, opt_state,
-metrics)`. Because the whole step is one pure function of tensors it can be compiled whole
-(forward, backward and optimizer fuse into one graph), `vmap`ped over an ensemble axis, or
-wrapped by gradient averaging for data parallelism (with an optional `stop` flag that rides
-the same all-reduce).
+`make_train_step` returns `step(params, opt_state, batch, key, **hparams) -> (params,
+opt_state, metrics)`. Because the whole step is one pure function of tensors it can be
+compiled whole (forward, backward and optimizer fuse into one graph), `vmap`ped over an
+ensemble axis, or wrapped by gradient averaging for data parallelism (with an optional
+`stop` flag that rides the same all-reduce). Clipping, weight decay, the rates and fp16 loss
+scaling are links of the optimizer's chain, not code of the step.
+
+`compile=True` calls `torch.compile` with static shapes and nothing else: compiler settings
+(the GCC flag of `yocto_fn.jit`) are the host's to apply before it builds a compiled step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 
-from .. import jit
-from ..config import ModelConfig
 from ..device import autocast, floats_on
 from . import layers, optim, rng
+from .config import ModelConfig
 from .models import Model
-from .params import Params, tree_leaves, tree_map, tree_unflatten_like
+from .params import Params, tree_leaves, tree_map, tree_unflatten_like, under_transform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
-TrainStep = Callable[..., tuple[Params, optim.OptState, Metrics]]
+TrainStep = Callable[..., tuple[Params, Any, Metrics]]
+
+
+def compiled(fn: Callable) -> Callable:
+    """`torch.compile` for fixed shapes: a new shape is a new graph, never a dynamic one."""
+    return torch.compile(fn, dynamic=False)
 
 
 def grad_and_value(
@@ -38,7 +47,7 @@ def grad_and_value(
     `torch.func.grad_and_value`. In plain eager code it runs the same reverse pass through
     `torch.autograd.grad` directly: torch.func always asks autograd for a differentiable
     backward graph (`create_graph=True`, needed only when another transform wraps it), which
-    costs about 5% of an eager CPU step. Values and gradients are the same either way;
+    costs a few percent of an eager CPU step. Values and gradients are the same either way;
     `eager_autograd=False` always uses torch.func (to measure that cost).
     """
     transformed = torch.func.grad_and_value(fn, has_aux=has_aux)
@@ -46,7 +55,7 @@ def grad_and_value(
         return transformed
 
     def eager(params: Params, *args, **kwargs) -> tuple[Params, torch.Tensor]:
-        if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
+        if torch.compiler.is_compiling() or under_transform():
             return transformed(params, *args, **kwargs)
         leaves = [p.detach().requires_grad_() for p in tree_leaves(params)]
         with torch.enable_grad():
@@ -117,40 +126,38 @@ def accumulate_grads(
 def make_train_step(
     model: Model,
     cfg: ModelConfig,
-    hp: optim.Optimizer = optim.AdamW(),
+    tx: optim.GradientTransformation,
     *,
     label_smoothing: float = 0.0,
-    grad_clip: float = 1.0,
     amp_dtype: torch.dtype | None = None,
     compile: bool = False,
     eager_autograd: bool = True,
     activation_checkpointing: bool = False,
-    loss_scale: optim.DynamicLossScale | None = None,
     grad_sync: Callable[[Params, torch.Tensor], tuple[Params, torch.Tensor]] | None = None,
 ) -> TrainStep:
-    """Build `step(params, opt_state, batch, lr, key) -> (params, opt_state, metrics)`.
+    """Build `step(params, opt_state, batch, key=None, *, stop=None, **hparams) -> (params,
+    opt_state, metrics)` for the optimizer `tx` (state: `tx.init(params)`).
 
-    `hp` is the optimizer (`optim.AdamW`, `muon.Muon`); `step(..., **hparams)` passes its
-    scheduled hyper-parameters (Muon's `muon_lr`, `momentum`) to `hp.update`. `lr`, those,
-    and `key` (an `rng` key) may be floats or 0-d tensors; all are tensors before the
-    compiled region, so changing them never triggers a recompile.
-    metrics = {"loss", "grad_norm"} as 0-d tensors (no host sync inside the step).
+    `hparams` set the optimizer's injected hyper-parameters for this step
+    (`optim.set_hparams`: `lr=`, `muon_lr=`, ...): floats or 0-d tensors, all tensors before
+    the compiled region, so a schedule never triggers a recompile. `key` (an `rng` key)
+    drives dropout. metrics = {"loss", "grad_norm"} as 0-d tensors (no host sync inside the
+    step); grad_norm is the gradients' global norm before any clipping.
 
     Gradient accumulation: give `batch` a leading micro-batch axis, (x, y) of [A, B, T]; the
     step averages the A micro-batch gradients (micro-batch i uses key fold_in(key, i)), which
     equals one batch of A*B rows. `eager_autograd` is passed to `grad_and_value`.
 
     Data parallelism: `grad_sync(grads, value) -> (grads, value)` runs once per step on the
-    accumulated gradients, before clipping (e.g. `distributed.average`, one all-reduce).
-    `step(..., stop=flag)` (a 0-d tensor, 1.0 where this rank was asked to stop) sends the
-    flag through that same call, as `value = [loss, flag]`, and returns its mean over the
-    ranks as metrics["stop"]: non-zero on every rank as soon as one rank asked, so the
-    ranks agree on stopping after this step without a collective of its own.
+    accumulated gradients, before the optimizer (e.g. `distributed.average`, one
+    all-reduce). `step(..., stop=flag)` (a 0-d tensor, 1.0 where this rank was asked to
+    stop) sends the flag through that same call, as `value = [loss, flag]`, and returns its
+    mean over the ranks as metrics["stop"]: non-zero on every rank as soon as one rank
+    asked, so the ranks agree on stopping after this step without a collective of its own.
 
-    fp16: pass `loss_scale` here and `optim.init(params, loss_scale)` (a `ScaledState`) as
-    the state. The loss
-    is scaled before the backward pass and the gradients unscaled after it; a step with
-    non-finite gradients leaves params and moments as they were and lowers the scale.
+    fp16: with `tx = optim.dynamic_loss_scale(inner)` the loss is multiplied by the state's
+    scale before the backward pass, and that link unscales the gradients and skips a step
+    whose gradients overflowed.
     """
     loss = partial(
         loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
@@ -161,15 +168,16 @@ def make_train_step(
     # recomputes the checkpointed blocks there) and the optimizer apart from it.
     split = compile and activation_checkpointing
     if split:
-        loss = jit.compile(loss)
+        loss = compiled(loss)
     grad_and_loss = grad_and_value(loss, eager_autograd)
     grad_and_scaled_loss = grad_and_value(lambda p, b, k, s: loss(p, b, k) * s, eager_autograd)
 
     def grads_of(params, batch, key, scale):
+        """Gradients (times the loss scale, if any: its link divides it out) and the loss."""
         if scale is None:
             return grad_and_loss(params, batch, key)
         grads, value = grad_and_scaled_loss(params, batch, key, scale)
-        return optim.scale_tree(grads, 1.0 / scale), value / scale
+        return grads, value / scale
 
     def accumulate(params, batch, key, scale):
         if batch[0].dim() == 2:
@@ -186,50 +194,33 @@ def make_train_step(
         grads, both = grad_sync(grads, torch.stack([value, stop.to(value.dtype)]))
         return grads, both[0], both[1]
 
+    def apply(grads, value, params, opt_state, hparams):
+        """The optimizer's update, applied."""
+        scale = optim.loss_scale(opt_state)
+        norm = optim.global_norm(grads)
+        if hparams:
+            opt_state = optim.set_hparams(opt_state, **hparams)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        metrics = {"loss": value.detach(), "grad_norm": norm if scale is None else norm / scale}
+        return optim.apply_updates(params, updates), opt_state, metrics
+
     def with_stop(out, stop):
         params, opt_state, metrics = out
         return params, opt_state, metrics if stop is None else metrics | {"stop": stop}
 
-    def apply(grads, value, params, opt_state, lr, hparams):
-        """Clip and update (and with fp16, skip a step whose gradients overflowed)."""
-        if loss_scale is None:
-            grads, norm = optim.clip_by_global_norm(grads, grad_clip)
-            params, opt_state = hp.update(grads, opt_state, params, lr, **hparams)
-            return params, opt_state, {"loss": value.detach(), "grad_norm": norm}
-        inner, scaler = opt_state
-        grads, norm = optim.clip_by_global_norm(grads, grad_clip)
-        new_params, new_inner = hp.update(grads, inner, params, lr, **hparams)
-        finite = torch.isfinite(norm)
-        new_state = optim.ScaledState(
-            optim.keep_if(finite, new_inner, inner), loss_scale.adjust(scaler, finite)
-        )
-        return optim.keep_if(finite, new_params, params), new_state, {
-            "loss": value.detach(), "grad_norm": norm,
-        }  # fmt: skip
+    apply_fn = compiled(apply) if split else apply
 
-    def scale_of(opt_state):
-        return None if loss_scale is None else opt_state.loss_scale.scale
-
-    def pure_step(params, opt_state, batch, lr, key, stop, hparams):
-        grads, value = accumulate(params, batch, key, scale_of(opt_state))
+    def pure_step(params, opt_state, batch, key, stop, hparams):
+        grads, value = accumulate(params, batch, key, optim.loss_scale(opt_state))
         grads, value, stop = synced(grads, value, stop)
-        return with_stop(apply(grads, value, params, opt_state, lr, hparams), stop)
+        return with_stop(apply_fn(grads, value, params, opt_state, hparams), stop)
 
-    if split:
-        compiled_apply = jit.compile(apply)
+    inner = compiled(pure_step) if compile and not split else pure_step
 
-        def inner(params, opt_state, batch, lr, key, stop, hparams):
-            grads, value = accumulate(params, batch, key, scale_of(opt_state))
-            grads, value, stop = synced(grads, value, stop)
-            return with_stop(compiled_apply(grads, value, params, opt_state, lr, hparams), stop)
-
-    else:
-        inner = jit.compile(pure_step) if compile else pure_step
-
-    def step(params, opt_state, batch, lr, key, stop=None, **hparams):
-        device = tree_leaves(opt_state)[0].device
+    def step(params, opt_state, batch, key=None, *, stop=None, **hparams):
+        device = tree_leaves(params)[0].device
         hparams = {k: floats_on(v, device) for k, v in hparams.items() if v is not None}
-        return inner(params, opt_state, batch, floats_on(lr, device), key, stop, hparams)
+        return inner(params, opt_state, batch, key, stop, hparams)
 
     step.__doc__ = make_train_step.__doc__
     return step

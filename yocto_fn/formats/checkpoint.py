@@ -2,8 +2,12 @@
 
 Layout (format 1): {"format", "arch", "mode", "model_config", "train_config", "params",
 "opt_state", "ema" (or None), "iter", "best_val_loss", "rng", "tokenizer", "progress",
-"payload_sha256"}. "opt_state" is {"step", "mu", "nu", "loss_scale"} for AdamW, and
-{"optimizer": "muon", "step", "momentum", "adam": {"step", "mu", "nu"}, "loss_scale"} for Muon.
+"payload_sha256"}. "opt_state" is {"optimizer": "adamw" | "muon", "layout": 2, "state":
+{dotted name: tensor}, "loss_scale": {"scale", "good_steps"} or None}: the optimizer chain's
+state (`optim`), flattened by `named_leaves` and rebuilt on load from a fresh `tx.init`.
+Checkpoints written before the optimizers were chains of links hold layout 1: {"step",
+"mu", "nu", "loss_scale"} for AdamW, {"optimizer": "muon", "step", "momentum", "adam":
+{"step", "mu", "nu"}, "loss_scale"} for Muon; they load into the new layout.
 Everything loads with `torch.load(weights_only=True)`; the digest of the tensors is checked on load.
 
 `load` also reads a directory written by `cli.py export --format safetensors` (`load_dir`),
@@ -24,10 +28,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .. import fileio
-from ..config import ModelConfig
 from ..core import models
-from ..core.muon import MuonState
-from ..core.optim import LossScale, OptState, ScaledState
+from ..core.config import ModelConfig
+from ..core.optim import LossScaleState
 from ..core.params import Params, named_leaves, tree_unflatten_like
 from ..errors import UserError
 from . import tokenizer as tokenizers
@@ -122,17 +125,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return ckpt
 
 
-def opt_state_to_dict(state: Any) -> dict[str, Any]:
-    """An optimizer state (AdamW's or Muon's, maybe loss-scaled) as plain dicts and tensors."""
+OPT_LAYOUT = 2
+MOMENTS = ("count", "mu", "nu", "momentum")  # the state entries a layout-1 checkpoint holds
+
+
+def opt_state_to_dict(state: Any, optimizer: str) -> dict[str, Any]:
+    """An optimizer state (maybe loss-scaled) as plain dicts and tensors."""
     scale = None
-    if isinstance(state, ScaledState):
-        state, scale = state.inner, state.loss_scale._asdict()
-    if isinstance(state, MuonState):
-        adam = state.adam
-        return {"optimizer": "muon", "step": state.step, "momentum": state.momentum,
-                "adam": {"step": adam.step, "mu": adam.mu, "nu": adam.nu},
-                "loss_scale": scale}  # fmt: skip
-    return {"step": state.step, "mu": state.mu, "nu": state.nu, "loss_scale": scale}
+    if isinstance(state, LossScaleState):
+        state, scale = state.inner, {"scale": state.scale, "good_steps": state.good_steps}
+    return {"optimizer": optimizer, "layout": OPT_LAYOUT, "state": named_leaves(state),
+            "loss_scale": scale}  # fmt: skip
 
 
 def optimizer_name(d: dict[str, Any]) -> str:
@@ -140,14 +143,48 @@ def optimizer_name(d: dict[str, Any]) -> str:
     return d.get("optimizer", "adamw")
 
 
-def opt_state_from_dict(d: dict[str, Any]) -> Any:
-    if optimizer_name(d) == "muon":
-        a = d["adam"]
-        state = MuonState(d["step"], d["momentum"], OptState(a["step"], a["mu"], a["nu"]))
+def opt_state_from_dict(d: dict[str, Any], template: Any, what: str) -> Any:
+    """The state `d` holds, shaped and placed like `template` (the run's `tx.init(params)`).
+
+    The loss scale comes back where the template has one (fp16), fresh if `d` had none.
+    A layout-1 entry fills the template's moments by name and keeps its hyper-parameters
+    (the run sets them every step)."""
+    inner = template.inner if isinstance(template, LossScaleState) else template
+    names = named_leaves(inner)
+    if d.get("layout") == OPT_LAYOUT:
+        saved = d["state"]
+        if set(saved) != set(names):
+            differ = sorted(set(saved) ^ set(names))
+            raise UserError(
+                f"{what}: the checkpoint's optimizer state does not fit this optimizer "
+                f"({len(differ)} entries differ: {', '.join(differ[:4])}); start afresh with "
+                "--init-from instead"
+            )
     else:
-        state = OptState(d["step"], d["mu"], d["nu"])
+        saved = {n: t for n, t in ((n, _layout1_entry(d, n)) for n in names) if t is not None}
+    leaves = [saved[n].to(t.device, t.dtype) if n in saved else t for n, t in names.items()]
+    state = tree_unflatten_like(inner, leaves)
+    if not isinstance(template, LossScaleState):
+        return state
     scale = d.get("loss_scale")
-    return state if scale is None else ScaledState(state, LossScale(**scale))
+    if scale is None:
+        return template._replace(inner=state)
+    device = template.scale.device
+    return LossScaleState(scale["scale"].to(device), scale["good_steps"].to(device), state)
+
+
+def _layout1_entry(d: dict[str, Any], name: str) -> torch.Tensor | None:
+    """The layout-1 tensor behind a state entry (`1.inner.adamw.0.mu.wte`: AdamW's first
+    moment of `wte`), or None for an entry that layout had not (a hyper-parameter)."""
+    parts = name.split(".")
+    if "hparams" in parts:
+        return None
+    adam = d.get("adam", d)
+    if parts[-1] == "count":
+        return adam["step"]
+    i = next(i for i, part in enumerate(parts) if part in MOMENTS)
+    source = d["momentum"] if parts[i] == "momentum" else adam[parts[i]]
+    return named_leaves(source)[".".join(parts[i + 1 :])]
 
 
 def load_matching(

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..config import ModelConfig
 from ..core import layers
+from ..core.config import ModelConfig
 from ..core.models.transformer import swiglu_hidden
 from ..errors import UserError
 

@@ -25,8 +25,9 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .. import fileio
-from ..config import ExportConfig, ImportConfig, ModelConfig
+from ..config import ExportConfig, ImportConfig
 from ..core import models
+from ..core.config import ModelConfig
 from ..core.params import Params, named_leaves
 from ..errors import UserError
 from . import checkpoint

@@ -30,8 +30,8 @@ import orjson
 import torch
 
 from .. import fileio, jit
-from ..config import ModelConfig
 from ..core.cache import KVCache, init_cache
+from ..core.config import ModelConfig
 from ..core.models import Model
 from ..core.params import Params, tree_leaves, tree_unflatten_like
 from ..errors import UserError

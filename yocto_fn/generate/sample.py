@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import jit
-from ..config import InferenceOptions, ModelConfig, SampleConfig
+from ..config import InferenceOptions, SampleConfig
 from ..core import models
 from ..core.cache import KVCache
+from ..core.config import ModelConfig
 from ..core.models import Model
 from ..core.params import Params, to, tree_leaves
 from ..device import resolve

@@ -29,11 +29,11 @@ from typing import Any
 import orjson
 import torch
 
-from .. import fileio
-from ..config import ModelConfig
+from .. import fileio, jit
 from ..core import models, optim, rng
-from ..core.ensemble import ensemble_init, make_ensemble_step, opt_init
-from ..core.muon import Muon, ns_dtype_for
+from ..core.config import ModelConfig
+from ..core.ensemble import ensemble_init, make_ensemble_step
+from ..core.muon import muon, ns_dtype_for
 from ..core.params import to
 from ..core.train import make_train_step
 
@@ -105,15 +105,18 @@ def stepper(
     spec: StepSpec,
     device: torch.device,
     amp_dtype: torch.dtype | None,
-    hp: optim.Optimizer | None = None,
+    tx: optim.GradientTransformation | None = None,
 ) -> Callable[[int], float]:
     """`one(i)` runs optimizer step i of `spec` under `amp_dtype`, waits for the device and
-    returns the step's loss (summed over members). `hp` overrides the optimizer's default
-    settings (for benchmarks)."""
+    returns the step's loss (summed over members). `tx` replaces the optimizer of
+    `spec.optimizer` at its default settings, clipped at 1 (for benchmarks)."""
     m, cfg = models.get(spec.model), spec.cfg
-    if hp is None:
+    if tx is None:
         ns_dtype = ns_dtype_for(spec.muon_ns_dtype, amp_dtype)
-        hp = Muon(ns_dtype=ns_dtype) if spec.optimizer == "muon" else optim.AdamW()
+        inner = muon(ns_dtype=ns_dtype) if spec.optimizer == "muon" else optim.adamw()
+        tx = optim.chain(optim.clip_by_global_norm(1.0), inner)
+    if spec.compile:
+        jit.use_safe_cxx()
     gen = torch.Generator().manual_seed(0)
     lead = ((spec.members,) if spec.members else ()) + ((spec.accum,) if spec.accum > 1 else ())
     x = torch.randint(cfg.vocab_size, (*lead, spec.batch, cfg.block_size), generator=gen)
@@ -121,17 +124,17 @@ def stepper(
     base = rng.key(0, device)
     if spec.members:
         params = ensemble_init(m, cfg, range(spec.members), device)
-        state = opt_init(params, hp)
-        step = make_ensemble_step(m, cfg, hp, amp_dtype=amp_dtype,
+        state = torch.func.vmap(tx.init)(params)
+        step = make_ensemble_step(m, cfg, tx, amp_dtype=amp_dtype,
                                   compile=spec.compile)  # fmt: skip
 
         def keys(i: int) -> torch.Tensor:
             return torch.stack([rng.fold_in(base, i + j) for j in range(spec.members)])
     else:
         params = to(m.init(cfg, 0), device)
-        state = optim.init(params, hp=hp)
+        state = tx.init(params)
         step = make_train_step(
-            m, cfg, hp, amp_dtype=amp_dtype, compile=spec.compile,
+            m, cfg, tx, amp_dtype=amp_dtype, compile=spec.compile,
             activation_checkpointing=spec.activation_checkpointing,
         )  # fmt: skip
 
@@ -140,7 +143,7 @@ def stepper(
 
     def one(i: int) -> float:
         nonlocal params, state
-        params, state, metrics = step(params, state, (x, x), 1e-3, keys(i))
+        params, state, metrics = step(params, state, (x, x), keys(i))
         return metrics["loss"].sum().item()  # waits for the device
 
     return one

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ModelConfig, RecommendConfig
+from ..config import RecommendConfig
+from ..core.config import ModelConfig
 from ..core.models.transformer import swiglu_hidden
 from ..data import Dataset
 from ..device import resolve

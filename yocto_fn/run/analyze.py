@@ -20,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from .. import fileio
-from ..config import AnalyzeConfig, ModelConfig
+from ..config import AnalyzeConfig
 from ..core import analysis, models
+from ..core.config import ModelConfig
 from ..core.ensemble import per_example_grads
 from ..core.params import Params, count, to
 from ..data import Dataset

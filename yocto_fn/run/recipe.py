@@ -7,14 +7,13 @@ step, and what run_meta.json records of them.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 
 from ..config import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULE, TrainConfig, TrainingOptions
-from ..core import optim
-from ..core.muon import Muon, ns_dtype_for
+from ..core import optim, schedules
+from ..core.muon import NS_STEPS, muon, ns_dtype_for
 from ..errors import UserError
 from ..formats import checkpoint
 
@@ -36,8 +35,8 @@ def schedule_of(cfg: TrainingOptions) -> str:
     return cfg.schedule or ("cosine" if cfg.cosine_lr else DEFAULT_SCHEDULE)
 
 
-def optimizer_setup(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> optim.Optimizer:
-    """The optimizer: --optimizer, else (on resume) the checkpoint's, else the default.
+def optimizer_choice(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> str:
+    """The optimizer's name: --optimizer, else (on resume) the checkpoint's, else the default.
 
     On resume another optimizer than the checkpoint's is an error: its state would not fit.
     """
@@ -47,54 +46,59 @@ def optimizer_setup(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> optim.Opti
             f"--resume {cfg.resume} was trained with --optimizer {saved}, not "
             f"{cfg.optimizer}: drop --optimizer, or start afresh with --init-from {cfg.resume}"
         )
-    name = cfg.optimizer or saved or DEFAULT_OPTIMIZER
+    return cfg.optimizer or saved or DEFAULT_OPTIMIZER
+
+
+def make_optimizer(
+    name: str, cfg: TrainingOptions, amp_dtype: torch.dtype | None = None,
+    loss_scaled: bool = False,
+) -> optim.GradientTransformation:  # fmt: skip
+    """The run's optimizer as a chain: clip at --grad-clip, then AdamW or Muon with their
+    rates, momentum and decay injected (set each step by `hparams_at`), inside fp16 loss
+    scaling when `loss_scaled`. Muon's Newton-Schulz precision follows --muon-ns-dtype and
+    the step's autocast dtype, once it is known (after --amp auto has measured)."""
     if name == "adamw":
-        return optim.AdamW(weight_decay=cfg.weight_decay)
-    return Muon(muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
-
-
-def for_step(
-    hp: optim.Optimizer, cfg: TrainingOptions, amp_dtype: torch.dtype | None
-) -> optim.Optimizer:
-    """The optimizer's settings that depend on the step's autocast dtype, once it is known
-    (after --amp auto has measured): Muon's Newton-Schulz precision (--muon-ns-dtype)."""
-    if not isinstance(hp, Muon):
-        return hp
-    return dataclasses.replace(hp, ns_dtype=ns_dtype_for(cfg.muon_ns_dtype, amp_dtype))
-
-
-def optimizer_name(hp: optim.Optimizer) -> str:
-    return "muon" if isinstance(hp, Muon) else "adamw"
+        inner = optim.inject_hyperparams(optim.adamw)(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        inner = optim.inject_hyperparams(muon)(
+            lr=cfg.lr, muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+            weight_decay=cfg.weight_decay, ns_dtype=ns_dtype_for(cfg.muon_ns_dtype, amp_dtype),
+        )  # fmt: skip
+    tx = optim.chain(optim.clip_by_global_norm(cfg.grad_clip), inner)
+    return optim.dynamic_loss_scale(tx) if loss_scaled else tx
 
 
 def lr_at(cfg: TrainConfig, it: int, end: int) -> float:
     """The --lr schedule at step `it` of a run that ends at step `end`."""
     name = schedule_of(cfg)
     if name == "constant":
-        return optim.constant(it, lr=cfg.lr)
+        return schedules.constant(it, lr=cfg.lr)
     if name == "cosine":
-        return optim.cosine_with_warmup(
+        return schedules.cosine_with_warmup(
             it, lr=cfg.lr, warmup_iters=cfg.warmup_iters, max_iters=end, min_lr=cfg.min_lr
         )
-    return optim.wsd(it, lr=cfg.lr, warmup_iters=cfg.warmup_iters, max_iters=end,
+    return schedules.wsd(it, lr=cfg.lr, warmup_iters=cfg.warmup_iters, max_iters=end,
                      min_lr=cfg.min_lr, decay_fraction=cfg.decay_fraction)  # fmt: skip
 
 
-def hparams_at(cfg: TrainConfig, hp: optim.Optimizer, it: int, end: int) -> dict[str, float]:
-    """The step's scheduled settings beyond lr: Muon's rate follows --lr's schedule in
-    proportion (warmup, decay, and --min-lr / --lr at the end)."""
-    if not isinstance(hp, Muon):
-        return {}
-    return {"muon_lr": cfg.muon_lr * lr_at(cfg, it, end) / cfg.lr}
+def hparams_at(cfg: TrainingOptions, name: str, it: int, end: int) -> dict[str, float]:
+    """The optimizer's injected settings at step `it`: the --lr schedule, the decay and, for
+    Muon, its momentum and its rate, which follows --lr's schedule in proportion (warmup,
+    decay, and --min-lr / --lr at the end)."""
+    lr = lr_at(cfg, it, end)
+    out = {"lr": lr, "weight_decay": cfg.weight_decay}
+    if name == "muon":
+        out |= {"muon_lr": cfg.muon_lr * lr / cfg.lr, "momentum": cfg.muon_momentum}
+    return out
 
 
-def optimizer_meta(cfg: TrainConfig, hp: optim.Optimizer) -> dict[str, Any]:
+def optimizer_meta(cfg: TrainConfig, name: str, amp_dtype: torch.dtype | None) -> dict[str, Any]:
     """What run_meta.json says of the optimizer and its schedule."""
-    meta: dict[str, Any] = {"name": optimizer_name(hp), "lr": cfg.lr,
-                            "weight_decay": cfg.weight_decay}  # fmt: skip
-    if isinstance(hp, Muon):
-        meta |= {"muon_lr": cfg.muon_lr, "momentum": hp.momentum, "nesterov": hp.nesterov,
-                 "ns_steps": hp.ns_steps, "ns_dtype": str(hp.ns_dtype).removeprefix("torch."),
+    meta: dict[str, Any] = {"name": name, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if name == "muon":
+        ns_dtype = str(ns_dtype_for(cfg.muon_ns_dtype, amp_dtype)).removeprefix("torch.")
+        meta |= {"muon_lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "nesterov": True,
+                 "ns_steps": NS_STEPS, "ns_dtype": ns_dtype,
                  "lr_scaling": "sqrt(max(1, rows/cols))"}  # fmt: skip
     return meta | {"schedule": schedule_of(cfg), "warmup_iters": cfg.warmup_iters,
                    "min_lr": cfg.min_lr, "decay_fraction": cfg.decay_fraction}  # fmt: skip

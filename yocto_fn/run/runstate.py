@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from .. import fileio
-from ..config import DEFAULT_MODEL, DEFAULT_SHAPE, ModelConfig, TrainConfig, TrainingOptions
-from ..core import models, optim, rng
+from ..config import DEFAULT_MODEL, DEFAULT_SHAPE, TrainConfig, TrainingOptions
+from ..core import models, rng
+from ..core.config import ModelConfig
 from ..core.params import Params, count, to
 from ..core.train import loss_fn
 from ..data import Dataset
@@ -189,38 +190,33 @@ class RunState:
 
     def __init__(
         self, cfg: TrainConfig, ds: Dataset, tok: tokenizers.TextTokenizer, device: torch.device,
-        amp_dtype: torch.dtype | None = None, loss_scale: optim.DynamicLossScale | None = None,
+        amp_dtype: torch.dtype | None = None, loss_scaled: bool = False,
         ckpt: dict[str, Any] | None = None, world: distributed.World = distributed.SINGLE,
     ) -> None:  # fmt: skip
         self.cfg, self.ds, self.tok, self.device, self.world = cfg, ds, tok, device, world
-        self.amp_dtype, self.loss_scale = amp_dtype, loss_scale
+        self.amp_dtype, self.loss_scaled = amp_dtype, loss_scaled
         self.amp_choice: probe.AmpChoice | None = None  # what --amp auto measured
         self.arch, self.mcfg = model_setup(cfg, ds, ckpt)
         ds.check_block_size(self.mcfg.block_size)
         self.model = models.get(self.arch)
         self.params = to(self.model.init(self.mcfg, cfg.seed), device)
-        self.hp = recipe.optimizer_setup(cfg, ckpt)
+        self.opt_name = recipe.optimizer_choice(cfg, ckpt)
+        self.tx = recipe.make_optimizer(self.opt_name, cfg, amp_dtype, loss_scaled)
         self.progress = Progress()
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.ema: Params | None = None
         if ckpt is not None:
             self._restore(ckpt)
         else:
-            self.opt_state = optim.init(self.params, loss_scale, self.hp)
+            self.opt_state = self.tx.init(self.params)
         self.micro_batch, self.accum = cfg.batch_size, cfg.grad_accum_steps
         self.base_key = rng.key(cfg.seed, device)
         self.meta_written = False
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.params, _ = checkpoint.load_matching(self.params, ckpt["params"], True, "--resume")
-        state = to(checkpoint.opt_state_from_dict(ckpt["opt_state"]), self.device)
-        inner = state.inner if isinstance(state, optim.ScaledState) else state
-        if self.loss_scale is None:
-            self.opt_state = inner
-        elif isinstance(state, optim.ScaledState):
-            self.opt_state = state
-        else:
-            self.opt_state = optim.ScaledState(inner, self.loss_scale.init(self.device))
+        template = self.tx.init(self.params)
+        self.opt_state = checkpoint.opt_state_from_dict(ckpt["opt_state"], template, "--resume")
         if ckpt.get("ema") is not None:
             self.ema = to(ckpt["ema"], self.device)
         self.progress = Progress(**ckpt["progress"])
@@ -242,7 +238,7 @@ class RunState:
             "model_config": self.mcfg.to_dict(),
             "train_config": self.cfg.to_dict(),
             "params": to(self.params, "cpu"),
-            "opt_state": checkpoint.opt_state_to_dict(to(self.opt_state, "cpu")),
+            "opt_state": checkpoint.opt_state_to_dict(to(self.opt_state, "cpu"), self.opt_name),
             "ema": None if self.ema is None else to(self.ema, "cpu"),
             "iter": prog.iter,
             "best_val_loss": prog.best_val_loss,
@@ -264,8 +260,8 @@ class RunState:
         return recipe.lr_at(self.cfg, it, end)
 
     def hparams(self, it: int, end: int) -> dict[str, float]:
-        """The step's other scheduled settings (`recipe.hparams_at`)."""
-        return recipe.hparams_at(self.cfg, self.hp, it, end)
+        """The optimizer's settings at step `it`: rates, decay, momentum (`recipe.hparams_at`)."""
+        return recipe.hparams_at(self.cfg, self.opt_name, it, end)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step's rows; with accumulation shaped [A, B, T]."""
@@ -334,7 +330,7 @@ class RunState:
             "dtype": "float32" if self.amp_dtype is None else f"autocast {self.amp_name}",
             "amp": {"flag": self.cfg.amp, "autocast": self.amp_name}
             | (self.amp_choice.to_dict() if self.amp_choice else {}),
-            "optimizer": recipe.optimizer_meta(self.cfg, self.hp),
+            "optimizer": recipe.optimizer_meta(self.cfg, self.opt_name, self.amp_dtype),
             "parameters": count(self.params),
             "tokens_per_step": self.tokens_per_step,
             "torch": torch.__version__, "git_commit": git_commit(),

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, SmokeCpuConfig, SmokeTrainConfig, TrainConfig
+from ..config import SmokeCpuConfig, SmokeTrainConfig, TrainConfig
 from ..core import models
+from ..core.config import ModelConfig
 from ..core.params import to
 from ..data import PrepareCharConfig, default_corpus_text, prepare_char
 from ..device import resolve

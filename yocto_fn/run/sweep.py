@@ -27,9 +27,10 @@ import orjson
 import torch
 from tqdm import tqdm
 
-from .. import fileio
-from ..config import DEFAULT_OPTIMIZER, ModelConfig, SweepConfig, TrainConfig, TrainingOptions
+from .. import fileio, jit
+from ..config import DEFAULT_OPTIMIZER, SweepConfig, TrainConfig, TrainingOptions
 from ..core import rng
+from ..core.config import ModelConfig
 from ..core.ensemble import make_ensemble_step
 from ..core.params import count, stack, tree_map
 from ..data import Dataset
@@ -208,7 +209,6 @@ class Sweep:
         ]
         for m in self.members:
             m.amp_choice = choice
-            m.hp = recipe.for_step(m.hp, cfg, amp_dtype)
         if len({m.progress.iter for m in self.members}) > 1:
             raise UserError(f"--resume {cfg.resume}: the members' latest.pt are at different "
                             "steps; resume them one by one with `train --resume`")  # fmt: skip
@@ -217,9 +217,13 @@ class Sweep:
         self.opt_state = stack([m.opt_state for m in self.members])
         for m in self.members:
             m.params = m.opt_state = None  # the stacked ensemble holds them (see `member`)
+        # The members' optimizers differ only in the values their states hold (rates, decay).
+        tx = recipe.make_optimizer(self.members[0].opt_name, cfg, amp_dtype)
+        if cfg.compile:
+            jit.use_safe_cxx()
         self.step = make_ensemble_step(
-            self.members[0].model, mcfg, self.members[0].hp, label_smoothing=cfg.label_smoothing,
-            grad_clip=cfg.grad_clip, amp_dtype=amp_dtype, compile=cfg.compile,
+            self.members[0].model, mcfg, tx, label_smoothing=cfg.label_smoothing,
+            amp_dtype=amp_dtype, compile=cfg.compile,
         )  # fmt: skip
 
     @contextlib.contextmanager
@@ -240,9 +244,8 @@ class Sweep:
         batches = [m.batch() for m in self.members]
         x, y = (torch.stack([b[k] for b in batches]) for k in (0, 1))
         keys = torch.stack([rng.fold_in(m.base_key, it) for m in self.members])
-        lrs = torch.tensor([m.lr(it, end) for m in self.members], device=self.device)
         self.params, self.opt_state, out = self.step(
-            self.params, self.opt_state, (x, y), lrs, keys, **self.hparams(it, end)
+            self.params, self.opt_state, (x, y), keys, **self.hparams(it, end)
         )
         losses, norms = out["loss"].tolist(), out["grad_norm"].tolist()
         for i, loss in enumerate(losses):
@@ -255,8 +258,8 @@ class Sweep:
         return [{"loss": a, "grad_norm": b} for a, b in zip(losses, norms, strict=True)]
 
     def hparams(self, it: int, end: int) -> dict[str, torch.Tensor]:
-        """Each member's weight decay and scheduled optimizer settings, as [E] tensors."""
-        rows = [m.hparams(it, end) | {"weight_decay": m.cfg.weight_decay} for m in self.members]
+        """Each member's optimizer settings at step `it` (rates, decay), as [E] tensors."""
+        rows = [m.hparams(it, end) for m in self.members]
         return {k: torch.tensor([r[k] for r in rows], device=self.device) for k in rows[0]}
 
     def write_sweep_file(self) -> None:

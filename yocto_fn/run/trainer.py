@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .. import fileio
+from .. import fileio, jit
 from ..config import TrainConfig
-from ..core import optim, rng
+from ..core import rng, schedules
 from ..core.params import clone, count, tree_leaves
 from ..core.train import make_train_step
 from ..data import Dataset
@@ -48,7 +48,6 @@ class Trainer(RunState):
         check_flags(cfg)
         device = device or resolve(cfg.device)
         amp_dtype = None if cfg.amp == "auto" else amp_dtype_of(cfg.amp, cfg.amp_dtype, device)
-        loss_scale = optim.DynamicLossScale() if amp_dtype is torch.float16 else None
         if cfg.ckpt_dir.exists() and not cfg.ckpt_dir.is_dir():
             raise UserError(
                 f"--ckpt-dir {cfg.ckpt_dir} is an existing file; choose a directory path"
@@ -66,7 +65,7 @@ class Trainer(RunState):
                 f"--resume {cfg.resume} was trained with another tokenizer than the one of "
                 f"{cfg.data_dir} (same size, other symbols); resume on the data it was trained on"
             )
-        super().__init__(cfg, ds, tok, device, amp_dtype, loss_scale, ckpt, world)
+        super().__init__(cfg, ds, tok, device, amp_dtype, amp_dtype is torch.float16, ckpt, world)
         if ckpt is None and cfg.init_from:
             self._warm_start(cfg.init_from)
         if cfg.ema_decay and self.ema is None:
@@ -75,7 +74,7 @@ class Trainer(RunState):
             spec = probe.StepSpec(
                 self.arch, self.mcfg, cfg.batch_size, cfg.grad_accum_steps, compile=cfg.compile,
                 activation_checkpointing=cfg.activation_checkpointing,
-                optimizer=recipe.optimizer_name(self.hp), muon_ns_dtype=cfg.muon_ns_dtype,
+                optimizer=self.opt_name, muon_ns_dtype=cfg.muon_ns_dtype,
             )  # fmt: skip
             self.amp_choice = choose_amp(spec, device, world)
             self.amp_dtype = self.amp_choice.dtype
@@ -107,13 +106,13 @@ class Trainer(RunState):
 
     def _build_step(self) -> None:
         sync = partial(distributed.average, world=self.world) if self.world.launched else None
-        self.hp = recipe.for_step(self.hp, self.cfg, self.amp_dtype)
+        self.tx = recipe.make_optimizer(self.opt_name, self.cfg, self.amp_dtype, self.loss_scaled)
+        if self.cfg.compile:
+            jit.use_safe_cxx()
         self.step = make_train_step(
-            self.model, self.mcfg, self.hp,
-            label_smoothing=self.cfg.label_smoothing, grad_clip=self.cfg.grad_clip,
+            self.model, self.mcfg, self.tx, label_smoothing=self.cfg.label_smoothing,
             amp_dtype=self.amp_dtype, compile=self.cfg.compile,
-            activation_checkpointing=self.cfg.activation_checkpointing, loss_scale=self.loss_scale,
-            grad_sync=sync,
+            activation_checkpointing=self.cfg.activation_checkpointing, grad_sync=sync,
         )  # fmt: skip
 
     def train_step(self, it: int, end: int) -> dict[str, float]:
@@ -126,13 +125,7 @@ class Trainer(RunState):
         while True:
             try:
                 self.params, self.opt_state, m = self.step(
-                    self.params,
-                    self.opt_state,
-                    batch,
-                    self.lr(it, end),
-                    key,
-                    **stop,
-                    **self.hparams(it, end),
+                    self.params, self.opt_state, batch, key, **stop, **self.hparams(it, end)
                 )
                 break
             except torch.OutOfMemoryError:
@@ -224,7 +217,7 @@ class Trainer(RunState):
         c = self.cfg
         if recipe.schedule_of(c) != "wsd":
             return None
-        return optim.wsd_decay_start(c.warmup_iters, end, c.decay_fraction)
+        return schedules.wsd_decay_start(c.warmup_iters, end, c.decay_fraction)
 
     def save_pre_decay(self) -> None:
         """`pre_decay.pt`: the run as it stands before its first decay step. Resumed with a

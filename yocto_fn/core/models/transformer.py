@@ -16,11 +16,11 @@ from typing import Literal, NamedTuple
 import torch
 import torch.utils.checkpoint
 
-from ...config import ModelConfig
 from ...errors import UserError
 from .. import layers, rng
 from ..cache import KVCache, Writes, check_room, positions_and_mask
 from ..cache import init_cache as _init_cache
+from ..config import ModelConfig
 from ..params import Params, as_generator, normal
 
 INIT_STD = 0.02
