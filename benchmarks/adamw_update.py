@@ -1,5 +1,5 @@
 """The AdamW update alone, and the eager train step around it: the functional `_foreach_*`
-form against the fused form (`optim.AdamW(fused=True)`, torch's fused kernel on copies of
+form against the fused form (`optim.adamw(fused=True)`, torch's fused kernel on copies of
 the leaves) and against torch.optim.AdamW (foreach and fused) on the same leaves.
 
 An eager step on a GPU at small sizes is bound by kernel launches, so each update is also
@@ -27,7 +27,12 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.contenders import functional_steps, random_batch, reference_steps  # noqa: E402
+from benchmarks.contenders import (  # noqa: E402
+    adamw,
+    functional_steps,
+    random_batch,
+    reference_steps,  # noqa: E402
+)
 from benchmarks.measure import device_name, interleaved, sync  # noqa: E402
 from benchmarks.presets import LR  # noqa: E402
 from benchmarks.presets import WEIGHT_DECAY as WD  # noqa: E402
@@ -39,11 +44,14 @@ def update_contenders(variant: str, cfg: ModelConfig, device: torch.device):
     """Zero-argument AdamW updates of the same leaves and gradients, each keeping its state."""
     p = params.to(models.get(variant).init(cfg, 0), device)
     g = params.tree_map(torch.randn_like, p)
-    state = {name: [p, optim.init(p)] for name in ("foreach", "fused")}
+    txs = {name: optim.adamw(LR, weight_decay=WD, fused=name == "fused")
+           for name in ("foreach", "fused")}  # fmt: skip
+    state = {name: [p, tx.init(p)] for name, tx in txs.items()}
 
-    def functional(name: str, hp: optim.AdamW) -> Callable[[], Any]:
+    def functional(name: str) -> Callable[[], Any]:
         def run() -> None:
-            state[name] = list(optim.update(g, state[name][1], state[name][0], LR, hp))
+            updates, state[name][1] = txs[name].update(g, state[name][1], state[name][0])
+            state[name][0] = optim.apply_updates(state[name][0], updates)
 
         return run
 
@@ -55,8 +63,8 @@ def update_contenders(variant: str, cfg: ModelConfig, device: torch.device):
         return opt.step
 
     return {
-        "functional foreach": functional("foreach", optim.AdamW(weight_decay=WD, fused=False)),
-        "functional fused": functional("fused", optim.AdamW(weight_decay=WD, fused=True)),
+        "functional foreach": functional("foreach"),
+        "functional fused": functional("fused"),
         "torch.optim foreach": torch_optim(False),
         "torch.optim fused": torch_optim(True),
     }
@@ -68,8 +76,7 @@ def step_contenders(variant: str, cfg: ModelConfig, device: torch.device, batch:
     xy = random_batch(batch, cfg.block_size, device)
     out: dict[str, Callable[[], Any]] = {}
     for fused in (False, True):
-        hp = optim.AdamW(weight_decay=WD, fused=fused)
-        run, _ = functional_steps(variant, cfg, device, xy, hp=hp)
+        run, _ = functional_steps(variant, cfg, device, xy, tx=adamw(fused))
         out[f"step {variant} {'fused' if fused else 'foreach'}"] = run
     for fused in (False, True):
         name = f"step reference {'fused' if fused else 'foreach'}"

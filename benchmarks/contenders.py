@@ -14,7 +14,7 @@ from benchmarks.measure import matmul_params
 from benchmarks.presets import CLIP, LR, PROMPT, VOCAB, WEIGHT_DECAY, EnsembleCase, Preset
 from benchmarks.reference_module import ReferenceGPT, make_optimizer
 from benchmarks.reference_module import train_step as reference_step
-from yocto_fn import ensemble, models, optim, params
+from yocto_fn import ensemble, jit, models, optim, params
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
 from yocto_fn.device import autocast
@@ -22,6 +22,20 @@ from yocto_fn.generate.quantize import quantize
 from yocto_fn.generate.sample import decode_step, generate
 
 VARIANTS = (*models.NAMES, "reference")
+
+
+def adamw(fused: bool | None = None) -> optim.GradientTransformation:
+    """The benchmarks' optimizer, the reference's too: clip at CLIP, AdamW at LR with
+    WEIGHT_DECAY (`fused`: scale_by_adam's choice of kernel)."""
+    adam = optim.adamw(LR, weight_decay=WEIGHT_DECAY, fused=fused)
+    return optim.chain(optim.clip_by_global_norm(CLIP), adam)
+
+
+def train_step(model, cfg: ModelConfig, tx: optim.GradientTransformation, compile: bool, **kw):
+    """`make_train_step`, after the host's compiler settings when compiling (`jit`)."""
+    if compile:
+        jit.use_safe_cxx()
+    return make_train_step(model, cfg, tx, compile=compile, **kw)
 
 
 def random_tokens(shape: tuple[int, ...], device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -35,19 +49,18 @@ def random_batch(batch_size: int, block_size: int, device: torch.device):
 
 
 def functional_steps(
-    variant: str, cfg: ModelConfig, device: torch.device, xy, *, hp: optim.Optimizer,
+    variant: str, cfg: ModelConfig, device: torch.device, xy, *, tx: optim.GradientTransformation,
     amp: torch.dtype | None = None, compile: bool = False, steps: int = 1,
 ) -> tuple[Callable[[], Any], int]:  # fmt: skip
     """`steps` train steps of a functional variant per call (its state kept between calls),
     and N, the weights that multiply activations."""
-    step = make_train_step(models.get(variant), cfg, hp, grad_clip=CLIP, amp_dtype=amp,
-                           compile=compile)  # fmt: skip
+    step = train_step(models.get(variant), cfg, tx, compile, amp_dtype=amp)
     p = params.to(models.get(variant).init(cfg, 0), device)
-    state = [p, hp.init(p)]
+    state = [p, tx.init(p)]
 
     def run() -> None:
         for _ in range(steps):
-            state[0], state[1], _ = step(state[0], state[1], xy, LR, None)
+            state[0], state[1], _ = step(state[0], state[1], xy)
 
     return run, matmul_params(p, cfg)
 
@@ -94,15 +107,15 @@ def train_runner(
         return ref_step, n
     model = models.get(variant)
     state = {"p": params.to(model.init(cfg, 0), device)}
-    state["opt"] = optim.init(state["p"])
-    step = make_train_step(
-        model, cfg, optim.AdamW(weight_decay=WEIGHT_DECAY), grad_clip=CLIP, amp_dtype=amp,
-        compile=compiled, eager_autograd=mode != "eager torch.func",
+    tx = adamw()
+    state["opt"] = tx.init(state["p"])
+    step = train_step(
+        model, cfg, tx, compiled, amp_dtype=amp, eager_autograd=mode != "eager torch.func",
         activation_checkpointing=remat,
     )  # fmt: skip
 
     def fn_step() -> None:
-        state["p"], state["opt"], _ = step(state["p"], state["opt"], (x, y), LR, None)
+        state["p"], state["opt"], _ = step(state["p"], state["opt"], (x, y))
 
     return fn_step, matmul_params(state["p"], cfg)
 
@@ -155,23 +168,26 @@ def ensemble_runners(
     """One `make_ensemble_step` over E members against E `make_train_step` calls: the same
     members, data rows and learning rates (one per member, as in a sweep)."""
     model, cfg, E = models.get(variant), case.model_config(), case.members
-    hp = optim.AdamW(weight_decay=WEIGHT_DECAY)
+    adam = optim.inject_hyperparams(optim.adamw)(lr=LR, weight_decay=WEIGHT_DECAY)
+    tx = optim.chain(optim.clip_by_global_norm(CLIP), adam)
     data = random_tokens((E, case.batch_size, cfg.block_size + 1), device)
     x, y = data[..., :-1].contiguous(), data[..., 1:].contiguous()
     lrs = torch.linspace(LR, LR / 4, E, device=device)
-    ens = ensemble.make_ensemble_step(model, cfg, hp, grad_clip=CLIP, compile=compile)
-    one = make_train_step(model, cfg, hp, grad_clip=CLIP, compile=compile)
+    if compile:
+        jit.use_safe_cxx()
+    ens = ensemble.make_ensemble_step(model, cfg, tx, compile=compile)
+    one = train_step(model, cfg, tx, compile)
     stacked = {"p": ensemble.ensemble_init(model, cfg, range(E), device)}
-    stacked["opt"] = ensemble.opt_init(stacked["p"])
+    stacked["opt"] = torch.func.vmap(tx.init)(stacked["p"])
     members = [params.to(model.init(cfg, i), device) for i in range(E)]
-    states = [optim.init(p) for p in members]
+    states = [tx.init(p) for p in members]
 
     def ensemble_step() -> None:
-        stacked["p"], stacked["opt"], _ = ens(stacked["p"], stacked["opt"], (x, y), lrs, None)
+        stacked["p"], stacked["opt"], _ = ens(stacked["p"], stacked["opt"], (x, y), lr=lrs)
 
     def loop() -> None:
         for i in range(E):
-            members[i], states[i], _ = one(members[i], states[i], (x[i], y[i]), lrs[i], None)
+            members[i], states[i], _ = one(members[i], states[i], (x[i], y[i]), lr=lrs[i])
 
     mode = "compiled" if compile else "eager"
     return {f"{mode} ensemble": ensemble_step, f"{mode} loop": loop}

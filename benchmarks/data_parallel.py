@@ -32,7 +32,7 @@ def child(args: argparse.Namespace) -> None:
     """One rank: time train steps and the all-reduce; rank 0 prints a JSON line."""
     import torch
 
-    from yocto_fn import models, optim, rng
+    from yocto_fn import jit, models, optim, rng
     from yocto_fn.core.config import ModelConfig
     from yocto_fn.core.params import to
     from yocto_fn.core.train import make_train_step
@@ -46,16 +46,19 @@ def child(args: argparse.Namespace) -> None:
                           n_head=n_head, n_embd=n_embd, dropout=0.0)  # fmt: skip
         model = models.get(args.model)
         params = to(model.init(cfg, 0), device)
-        state = optim.init(params)
+        tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(1e-3))
+        state = tx.init(params)
         sync = partial(distributed.average, world=world)
-        step = make_train_step(model, cfg, optim.AdamW(), grad_sync=sync, compile=args.compile)
+        if args.compile:
+            jit.use_safe_cxx()
+        step = make_train_step(model, cfg, tx, grad_sync=sync, compile=args.compile)
         gen = torch.Generator().manual_seed(world.rank)
         data = torch.randint(96, (args.batch_size, cfg.block_size + 1), generator=gen)
         batch = (data[:, :-1].contiguous().to(device), data[:, 1:].contiguous().to(device))
         times = []
         for i in range(args.steps + 2):
             t0 = time.perf_counter()
-            params, state, metrics = step(params, state, batch, 1e-3, rng.key(i))
+            params, state, metrics = step(params, state, batch, rng.key(i))
             metrics["loss"].item()
             times.append(time.perf_counter() - t0)
         grads = params

@@ -61,6 +61,7 @@ if __package__ in (None, ""):
 
 from benchmarks import adamw_update  # noqa: E402
 from benchmarks.contenders import (  # noqa: E402
+    adamw,
     functional_steps,
     no_cache_decode,
     random_batch,
@@ -75,11 +76,12 @@ from benchmarks.measure import (  # noqa: E402
     sync,
     train_flops_per_token,
 )
+from benchmarks.presets import CLIP  # noqa: E402
 from benchmarks.presets import WEIGHT_DECAY as WD  # noqa: E402
 from benchmarks.reference_module import ReferenceGPT  # noqa: E402
 from yocto_fn import fileio, models, optim, params  # noqa: E402
 from yocto_fn.core.config import ModelConfig  # noqa: E402
-from yocto_fn.core.muon import Muon  # noqa: E402
+from yocto_fn.core.muon import muon  # noqa: E402
 from yocto_fn.generate.sample import decode_step, generate  # noqa: E402
 
 SECTIONS = ("env", "train-eager", "adamw", "decode", "train-compiled", "gpt2-adamw",
@@ -193,10 +195,10 @@ def section_train_eager(s: Suite) -> None:
     fns, n = {}, 0
     for variant in models.NAMES:
         fns[f"{variant} eager fp32"], n = functional_steps(
-            variant, cfg, s.device, xy, hp=optim.AdamW(weight_decay=WD), amp=None,
+            variant, cfg, s.device, xy, tx=adamw(), amp=None,
             compile=False, steps=steps)  # fmt: skip
     fns["gpt-fast eager fp32, foreach AdamW"], n = functional_steps(
-        "gpt-fast", cfg, s.device, xy, hp=optim.AdamW(weight_decay=WD, fused=False), amp=None,
+        "gpt-fast", cfg, s.device, xy, tx=adamw(fused=False), amp=None,
         compile=False, steps=steps)  # fmt: skip
     for fused in (False, True):
         name = f"reference eager fp32, {'fused' if fused else 'foreach'} AdamW"
@@ -247,7 +249,7 @@ def section_train_compiled(s: Suite) -> None:
     fns, n = {}, 0
     for amp, label in ((None, "fp32"), (torch.bfloat16, "bf16")):
         fns[f"gpt-fast compiled {label}"], n = functional_steps(
-            "gpt-fast", cfg, s.device, xy, hp=optim.AdamW(weight_decay=WD), amp=amp,
+            "gpt-fast", cfg, s.device, xy, tx=adamw(), amp=amp,
             compile=True, steps=steps)  # fmt: skip
         fns[f"reference compiled {label}"] = reference_steps(
             cfg, s.device, xy, amp=amp, compile=True, fused=False, steps=steps)  # fmt: skip
@@ -263,8 +265,14 @@ def section_gpt2(s: Suite, optimizer: str) -> None:
         return s.add(f"gpt2-{optimizer}", "compiled bf16", None, "", note="skipped: --no-compile")
     shape = s.shape(GPT2)
     cfg, xy, steps = shape.config(), batch_of(shape, s.device), 3
-    hp = optim.AdamW(weight_decay=WD) if optimizer == "adamw" else Muon(ns_dtype=torch.bfloat16)
-    fn, n = functional_steps("gpt-fast", cfg, s.device, xy, hp=hp, amp=torch.bfloat16,
+    tx = (
+        adamw()
+        if optimizer == "adamw"
+        else optim.chain(
+            optim.clip_by_global_norm(CLIP), muon(weight_decay=WD, ns_dtype=torch.bfloat16)
+        )
+    )
+    fn, n = functional_steps("gpt-fast", cfg, s.device, xy, tx=tx, amp=torch.bfloat16,
                             compile=True, steps=steps)  # fmt: skip
     t0 = time.perf_counter()
     fn()

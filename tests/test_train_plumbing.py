@@ -10,7 +10,7 @@ import torch
 from conftest import ckpt
 
 import cli
-from yocto_fn import models
+from yocto_fn import models, optim
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.params import clone, max_abs_diff, tree_leaves
 from yocto_fn.device import amp_dtype
@@ -37,9 +37,9 @@ def record_steps(monkeypatch) -> list[dict]:
     def build(*args, **kwargs):
         step = real(*args, **kwargs)
 
-        def recorded(params, opt_state, batch, lr, key, **hparams):
-            out = step(params, opt_state, batch, lr, key, **hparams)
-            calls.append({"lr": float(lr), "params": clone(out[0])})
+        def recorded(params, opt_state, batch, key, **hparams):
+            out = step(params, opt_state, batch, key, **hparams)
+            calls.append({"lr": float(hparams["lr"]), "params": clone(out[0])})
             return out
 
         return recorded
@@ -85,24 +85,25 @@ def test_best_checkpoint_is_written_only_on_improvement(char_dir, tmp_path, monk
 
 
 def test_step_flags_reach_the_train_step(char_dir, tmp_path, monkeypatch):
-    """--label-smoothing, --weight-decay, --grad-clip, --activation-checkpointing and --amp
-    (bf16) are passed on to make_train_step, which the run then steps with."""
-    seen, steps = {}, []
-    real = trainer.make_train_step
+    """--label-smoothing, --activation-checkpointing and --amp (bf16) are passed on to
+    make_train_step, which the run then steps with; --grad-clip and --weight-decay reach
+    its optimizer's chain (the clip link, the injected decay the step is given)."""
+    seen, steps, clips = {}, [], []
+    real, real_clip = trainer.make_train_step, optim.clip_by_global_norm
 
-    def build(model, cfg, hp, **kwargs):
-        seen.update(kwargs, weight_decay=hp.weight_decay)
-        step = real(model, cfg, hp, **kwargs)
-        return lambda *args, **kw: steps.append(1) or step(*args, **kw)
+    def build(model, cfg, tx, **kwargs):
+        seen.update(kwargs)
+        step = real(model, cfg, tx, **kwargs)
+        return lambda *args, **kw: steps.append(kw["weight_decay"]) or step(*args, **kw)
 
     monkeypatch.setattr(trainer, "make_train_step", build)
+    monkeypatch.setattr(optim, "clip_by_global_norm", lambda m: clips.append(m) or real_clip(m))
     flags = ("--label-smoothing", "0.1", "--weight-decay", "0.05", "--grad-clip", "0.5",
              "--activation-checkpointing", "--amp", "--amp-dtype", "bf16")  # fmt: skip
     assert train(char_dir, tmp_path, "--max-iters", "1", *flags) == 0
-    assert seen["label_smoothing"] == 0.1 and seen["weight_decay"] == 0.05
-    assert seen["grad_clip"] == 0.5 and seen["activation_checkpointing"] is True
-    assert seen["amp_dtype"] == torch.bfloat16
-    assert steps == [1]
+    assert seen["label_smoothing"] == 0.1 and seen["activation_checkpointing"] is True
+    assert seen["amp_dtype"] == torch.bfloat16 and clips and set(clips) == {0.5}
+    assert steps == [0.05]
 
 
 def test_the_jit_flag_reaches_the_train_step(char_dir, tmp_path, monkeypatch):
@@ -112,13 +113,13 @@ def test_the_jit_flag_reaches_the_train_step(char_dir, tmp_path, monkeypatch):
     seen = {}
     real = trainer.make_train_step
 
-    def build(model, cfg, hp, **kwargs):
+    def build(model, cfg, tx, **kwargs):
         seen.update(kwargs)
-        return real(model, cfg, hp, **(kwargs | {"compile": False}))
+        return real(model, cfg, tx, **(kwargs | {"compile": False}))
 
     monkeypatch.setattr(trainer, "make_train_step", build)
     assert train(char_dir, tmp_path, "--max-iters", "1", "--compile") == 0
-    assert seen["compile"] is True and seen["loss_scale"] is None
+    assert seen["compile"] is True
 
 
 def hand_cosine(step: int, lr: float, warmup: int, end: int, min_lr: float) -> float:

@@ -39,7 +39,7 @@ from ..device import resolve
 from ..errors import UserError
 from ..formats import checkpoint
 from ..plan import probe, recommend
-from . import distributed, recipe
+from . import distributed
 from .runstate import Interrupt, RunState, check_flags, choose_amp, load_tokenizer, model_setup
 from .sweep_report import GridPoint, plot_val_curves, point_label, summary, table, write_summary
 
@@ -217,12 +217,11 @@ class Sweep:
         self.opt_state = stack([m.opt_state for m in self.members])
         for m in self.members:
             m.params = m.opt_state = None  # the stacked ensemble holds them (see `member`)
-        # The members' optimizers differ only in the values their states hold (rates, decay).
-        tx = recipe.make_optimizer(self.members[0].opt_name, cfg, amp_dtype)
         if cfg.compile:
             jit.use_safe_cxx()
+        # The members' optimizers differ only in the values their states hold (rates, decay).
         self.step = make_ensemble_step(
-            self.members[0].model, mcfg, tx, label_smoothing=cfg.label_smoothing,
+            self.members[0].model, mcfg, self.members[0].tx, label_smoothing=cfg.label_smoothing,
             amp_dtype=amp_dtype, compile=cfg.compile,
         )  # fmt: skip
 
