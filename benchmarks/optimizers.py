@@ -8,15 +8,13 @@ no optimizer or schedule flags, i.e. the shipped recipe. From each run's metrics
 val loss, the training seconds, and the seconds to reach the best AdamW rate's best val
 loss (its median over seeds), interpolated between evaluations.
 
-step: the compiled train step of AdamW and of Muon at the same shape (and the eager ones
-with --eager), timed in interleaved rounds (`probe.timed_rounds`); the ratio is Muon's step
-time over AdamW's. With --baseline-tree another checkout's steps run in the same rounds, to
-hold a change of the steps against the code before it.
+step: the compiled train step of AdamW and of Muon at the same shape, timed in
+interleaved rounds (`probe.timed_rounds`); the ratio is Muon's step time over AdamW's
+(`against.py` holds these steps against another checkout's).
 
     python benchmarks/optimizers.py --shape demo --max-iters 2000 --seeds 1 2 3 --adamw-lrs 4e-3 \
         --default-iters 1000 2000
     python benchmarks/optimizers.py --parts step --shape demo
-    python benchmarks/optimizers.py --parts step --shape demo --eager --baseline-tree ../before
 
 Writes results.jsonl, table.md and curves.png to --out-dir, and each run's metrics.csv
 under --out-dir/runs/ as soon as it ends.
@@ -27,9 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import importlib
 import io
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,6 +39,7 @@ if __package__ in (None, ""):
 
 from benchmarks.proc import cli  # noqa: E402
 from yocto_fn import fileio  # noqa: E402
+from yocto_fn.core.config import ModelConfig  # noqa: E402
 from yocto_fn.plan import probe  # noqa: E402
 
 SHAPES = {  # name: (model, n_layer, n_head, n_embd, block, batch)
@@ -195,64 +192,25 @@ STEP_CONTENDERS = {
 }  # name: (optimizer, Newton-Schulz dtype)
 
 
-def baseline_probe(tree: Path):
-    """The `plan.probe` module of another checkout's package (`--baseline-tree`), imported
-    under its own name beside this one, so both step in the same process and rounds."""
-    root = Path(tempfile.mkdtemp(prefix="baseline-"))
-    shutil.copytree(tree / "yocto_fn", root / "yocto_baseline")
-    sys.path.insert(0, str(root))
-    return importlib.import_module("yocto_baseline.plan.probe")
-
-
 def step_cost(args) -> dict:
-    """Tokens/s of the AdamW and Muon steps (compiled, and eager with --eager), interleaved;
-    with --baseline-tree the same steps of that checkout run in the same rounds."""
+    """Tokens/s of the compiled AdamW and Muon steps at the default settings, interleaved."""
     model, layers, heads, embd, block, batch = SHAPES[args.shape]
-    probes = {"": probe}
-    if args.baseline_tree:
-        probes["baseline "] = baseline_probe(args.baseline_tree)
-    ones = {}
-    for compiled in (True, False) if args.eager else (True,):
-        for prefix, pr in probes.items():
-            cfg = pr.ModelConfig(vocab_size=65, n_layer=layers, n_head=heads, n_embd=embd,
-                                 block_size=block, tie_weights=False)  # fmt: skip
-            for name, (opt, ns) in STEP_CONTENDERS.items():
-                spec = pr.StepSpec(model, cfg, batch, compile=compiled, optimizer=opt,
-                                   muon_ns_dtype=ns)  # fmt: skip
-                ones[f"{prefix}{name}{'' if compiled else ' eager'}"] = pr.stepper(
-                    spec, torch.device("cpu"), None
-                )
+    cfg = ModelConfig(vocab_size=65, n_layer=layers, n_head=heads, n_embd=embd,
+                      block_size=block, tie_weights=False)  # fmt: skip
+    cpu = torch.device("cpu")
+    ones = {
+        name: probe.stepper(probe.StepSpec(model, cfg, batch, compile=True, optimizer=opt,
+                                           muon_ns_dtype=ns), cpu, None)
+        for name, (opt, ns) in STEP_CONTENDERS.items()
+    }  # fmt: skip
     rates = probe.timed_rounds(ones, batch * block, args.rounds, 3, 0.0)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    row = {"part": "step", "shape": args.shape, "amp": "fp32",
-           "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
-           "muon_step_over_adamw": round(med["adamw"] / med["muon"], 3),
-           "muon_bf16_ns_step_over_adamw": round(med["adamw"] / med["muon-bf16-ns"], 3),
-           "rounds": args.rounds, "torch": torch.__version__,
-           "cpu": probe.device_name(torch.device("cpu")),
-           "threads": torch.get_num_threads()}  # fmt: skip
-    if args.baseline_tree:  # step time of this checkout over the baseline's
-        row["step_time_over_baseline"] = {
-            k: round(med[f"baseline {k}"] / v, 3) for k, v in med.items() if f"baseline {k}" in med
-        }
-    return row
-
-
-def step_table(row: dict) -> str:
-    """The step part as a markdown table (tokens/s, medians of the rounds)."""
-    rates, rel = row["tokens_per_s"], row.get("step_time_over_baseline", {})
-    lines = [f"Train steps at {row['shape']}, fp32, tokens/s (median of {row['rounds']} "
-             f"interleaved rounds, {row['cpu']}, torch {row['torch']}):", "",
-             "| step | tokens/s | baseline tokens/s | step time / baseline |",
-             "|---|---:|---:|---:|"]  # fmt: skip
-    for k, v in rates.items():
-        if k.startswith("baseline "):
-            continue
-        base = rates.get(f"baseline {k}")
-        cells = (f"{base:,.0f}", f"{rel[k]:.3f}") if base else ("", "")
-        lines.append(f"| {k} | {v:,.0f} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + (f"\n\nMuon's step time is {row['muon_step_over_adamw']:.2f}x "
-                               "AdamW's (compiled).\n")  # fmt: skip
+    return {"part": "step", "shape": args.shape, "compiled": True, "amp": "fp32",
+            "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
+            "muon_step_over_adamw": round(med["adamw"] / med["muon"], 3),
+            "muon_bf16_ns_step_over_adamw": round(med["adamw"] / med["muon-bf16-ns"], 3),
+            "rounds": args.rounds, "torch": torch.__version__,
+            "cpu": probe.device_name(cpu), "threads": torch.get_num_threads()}  # fmt: skip
 
 
 def main() -> None:
@@ -269,9 +227,6 @@ def main() -> None:
     ap.add_argument("--default-iters", nargs="+", type=int,
                     help="the default recipe's lengths (default: --max-iters)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=15, help="step part: interleaved rounds")
-    ap.add_argument("--eager", action="store_true", help="step part: the eager steps too")
-    ap.add_argument("--baseline-tree", type=Path,
-                    help="step part: a checkout whose steps run in the same rounds")  # fmt: skip
     ap.add_argument(
         "--out-dir", type=Path, help="default: benchmarks/results/DATE-cpu-optimizers-SHAPE"
     )
@@ -290,7 +245,12 @@ def main() -> None:
         row = step_cost(args)
         print(orjson.dumps(row).decode(), flush=True)
         rows.append(row)
-        text += step_table(row)
+        rates = row["tokens_per_s"]
+        text += (f"Compiled fp32 step at {args.shape}, tokens/s (median of {args.rounds} "
+                 f"interleaved rounds): AdamW {rates['adamw']:,.0f}, Muon {rates['muon']:,.0f} "
+                 f"({row['muon_step_over_adamw']:.2f}x AdamW's step time), Muon with bf16 "
+                 f"Newton-Schulz {rates['muon-bf16-ns']:,.0f} "
+                 f"({row['muon_bf16_ns_step_over_adamw']:.2f}x).\n")  # fmt: skip
     args.out_dir.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write_bytes(args.out_dir / "results.jsonl",
                               b"".join(orjson.dumps(r) + b"\n" for r in rows))  # fmt: skip

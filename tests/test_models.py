@@ -5,7 +5,9 @@ import torch
 from conftest import VARIANTS, tiny_config
 
 from yocto_fn import layers, models, params, rng
+from yocto_fn.core import members as member_forms
 from yocto_fn.errors import UserError
+from yocto_fn.generate import products
 
 
 def _idx(cfg, b=2, t=None, seed=0):
@@ -196,8 +198,8 @@ def test_label_smoothing_matches_a_hand_computed_loss():
         per_token = (1 - s) * nll + s * (-logp).mean(-1)
         got = layers.cross_entropy(logits, targets, s)
         torch.testing.assert_close(got, per_token.mean(), atol=1e-6, rtol=0)
-        members = layers.cross_entropy(logits, targets, s, members=True)
-        torch.testing.assert_close(members, per_token.mean(1), atol=1e-6, rtol=0)
+        per_member = member_forms.cross_entropy(logits, targets, s)
+        torch.testing.assert_close(per_member, per_token.mean(1), atol=1e-6, rtol=0)
     plain = layers.cross_entropy(logits, targets)  # no smoothing unless asked for
     torch.testing.assert_close(plain, nll.mean(), atol=1e-6, rtol=0)
 
@@ -395,7 +397,7 @@ def test_member_norms_equal_each_members_own_norm(with_bias):
     p = {"w": torch.randn(E, C, generator=gen)}
     if with_bias:
         p["b"] = torch.randn(E, C, generator=gen)
-    ln, rms = layers.layer_norm(x, p), layers.rms_norm(x, {"w": p["w"]})
+    ln, rms = member_forms.layer_norm(x, p), member_forms.rms_norm(x, {"w": p["w"]})
     for e in range(E):
         want = F.layer_norm(x[e], (C,), p["w"][e], p.get("b", [None] * E)[e], 1e-5)
         torch.testing.assert_close(ln[e], want)
@@ -416,8 +418,9 @@ def test_norms_use_the_eps_they_are_given(members):
     centred = x64 - x64.mean(-1, keepdim=True)
     want_ln = centred / (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w + b
     want_rms = x64 / (x64.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w
-    got_ln = layers.layer_norm(x, {"w": w_in, "b": b_in}, eps=eps)
-    got_rms = layers.rms_norm(x, {"w": w_in}, eps=eps)
+    forms = member_forms if members else layers
+    got_ln = forms.layer_norm(x, {"w": w_in, "b": b_in}, eps=eps)
+    got_rms = forms.rms_norm(x, {"w": w_in}, eps=eps)
     torch.testing.assert_close(got_ln.double(), want_ln, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_rms.double(), want_rms, atol=1e-5, rtol=1e-5)
 
@@ -436,15 +439,14 @@ def test_mlp_gelu_is_exact_gelu_unless_asked_for_tanh():
     assert (exact - tanh).abs().max() > 1e-4
 
 
-def test_the_one_row_product_and_sum_form_matches_the_matmul(monkeypatch):
-    """`project` takes its product-and-sum form for one row only under the compiler; with the
-    compiler's flag faked, the form runs eagerly here and must equal x @ w.T (scaled, plus
-    bias) for 2-D and 3-D rows, fp32, int8 and bf16 weights, in the input's dtype."""
+def test_the_one_row_product_and_sum_form_matches_the_matmul():
+    """The compiled decode's product (`products.row_project`) writes one row as a product and
+    a sum; run eagerly here it must equal x @ w.T (scaled, plus bias) for 2-D and 3-D
+    rows, fp32, int8 and bf16 weights, in the input's dtype."""
     gen = torch.Generator().manual_seed(10)
     w = torch.randn(6, 4, generator=gen)
     b, scale = torch.randn(6, generator=gen), torch.rand(6, generator=gen) + 0.5
     w8 = torch.randint(-127, 128, (6, 4), generator=gen, dtype=torch.int8)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     for x in (torch.randn(1, 4, generator=gen), torch.randn(1, 1, 4, generator=gen)):
         x64 = x.double()
         cases = [
@@ -453,13 +455,13 @@ def test_the_one_row_product_and_sum_form_matches_the_matmul(monkeypatch):
             ((w.bfloat16(), b, None), x64 @ w.bfloat16().double().T + b),
         ]
         for (weight, bias, s), want in cases:
-            got = layers.project(x, weight, bias, s)
+            got = products.row_project(x, weight, bias, s)
             assert got.shape == (*x.shape[:-1], 6) and got.dtype == torch.float32
             torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
         for weight, s, want in (
             (w, None, x.bfloat16().double() @ w.bfloat16().double().T),
             (w8, scale, x.bfloat16().double() @ w8.double().T * scale),
         ):
-            got = layers.project(x.bfloat16(), weight, None, s)
+            got = products.row_project(x.bfloat16(), weight, None, s)
             assert got.dtype == torch.bfloat16
             torch.testing.assert_close(got.double(), want, atol=0.1, rtol=0.02)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from conftest import VARIANTS, tiny_config
 
-from yocto_fn import layers, models, params
+from yocto_fn import models, params
+from yocto_fn.generate import products
+from yocto_fn.generate import quantize as quantize_module
 from yocto_fn.generate.quantize import int8_rows, quantize
 from yocto_fn.generate.sample import generate
 
@@ -57,8 +59,10 @@ def test_int8_tree_and_forward_match_the_dequantised_weights(name):
     assert q["wte"].dtype == torch.float32 and blocks["ln1"]["w"].dtype == torch.float32
     idx = torch.randint(cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     want, _ = model.forward(_dequantised(q), idx, cfg)
-    got, _ = model.forward(q, idx, cfg)
+    got, _ = model.forward(q, idx, cfg, ops=quantize_module.OPS)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="int8 weights with a scale"):
+        model.forward(q, idx, cfg)  # the plain primitives never read int8 rows as plain
     fp32, _ = model.forward(p, idx, cfg)
     assert 0 < (got - fp32).abs().max() < 0.05  # quantised, but close
 
@@ -67,7 +71,7 @@ def test_one_row_under_the_compiler_equals_the_library_matmul():
     gen = torch.Generator().manual_seed(2)
     x, w, b = torch.randn(1, 1, 24, generator=gen), torch.randn(40, 24, generator=gen), None
     q, scale = int8_rows(w)
-    compiled = torch.compile(layers.project, fullgraph=True)
+    compiled = torch.compile(products.row_project, fullgraph=True)
     torch.testing.assert_close(compiled(x, w, b), F.linear(x, w), atol=1e-5, rtol=1e-5)
     want = F.linear(x, q.float() * scale[:, None])
     torch.testing.assert_close(compiled(x, q, None, scale), want, atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ forward call with a cache writes the new keys/values at `pos` and returns the ca
 a compiled single-token step compiles once for every position.
 
 The contract: a cache is consumed by the call that takes it; go on with the returned one.
+Where the write goes is one rule, `writes_in_place`:
 - In plain eager or compiled code the write is in place, into the buffers of the cache
   passed in (as gpt-fast does; a copy per token would cost more than the step). The
   returned cache shares those buffers, and the old value's `pos` no longer describes them.
@@ -32,6 +33,11 @@ from .params import under_transform
 
 
 class KVCache(NamedTuple):
+    """Per-layer key/value buffers [L, B, H, Tmax, Dh] and the filled positions (0-d or [B]).
+
+    A forward call consumes the cache it is given and returns the one to go on with; where
+    it writes is the one rule of `writes_in_place`."""
+
     k: torch.Tensor
     v: torch.Tensor
     pos: torch.Tensor
@@ -39,6 +45,15 @@ class KVCache(NamedTuple):
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
+
+
+def writes_in_place() -> bool:
+    """The cache's one write rule. In eager and compiled code a forward writes the new keys
+    and values into the buffers of the cache it is given (a copy per token would cost more
+    than the step), and the returned cache shares them. Under a torch.func transform
+    (`vmap` over prompts, `grad`), whose batched values cannot be written into buffers it
+    does not batch, the forward makes new buffers and leaves the given cache as it was."""
+    return not under_transform()
 
 
 def init_cache(
@@ -109,7 +124,7 @@ class Writes:
     def __init__(self, cache: KVCache, positions: torch.Tensor) -> None:
         self.cache, self.positions = cache, positions
         self.copies: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        if under_transform():
+        if not writes_in_place():
             self.copies = []
 
     def __call__(

@@ -1,19 +1,21 @@
-"""Pure building blocks of the three GPT variants.
+"""Pure building blocks of the GPT variants: the plain math, one model's weights.
 
 Every function takes tensors (and small dicts of tensors) and returns new tensors: no module
 state, no global RNG. A parameter dict names its weights `<name>_w` and its optional biases
 `<name>_b`, so a biasless variant is simply one whose dict has no `_b` entries.
 
-Ensembles: every parameter may carry one extra leading member axis E (`params.stack`), the
-activations then carry it too ([E, B, T, C]) and dropout keys are [E]. Members share nothing,
-so one forward over stacked params computes E models in batched kernels (bmm instead of mm)
-under plain autograd, which on CPU is markedly cheaper than `vmap` over the member axis.
+The four primitives that depend on how the weights are held (the table lookup, the product
+with a weight, the two norms) come as an `Ops` bundle. `PLAIN` is this module's; the others
+each live in one named place: a stacked ensemble's in `members`, int8 rows in
+`generate.quantize`, the compiled single-row decode product in `generate.products`. The
+forward takes a bundle (`ops=`) and hands it to the blocks here that need one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,68 +27,45 @@ Tensor = torch.Tensor
 LAYER_NORM_EPS = 1e-5
 RMS_NORM_EPS = 1e-6
 Attend = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+Project = Callable[..., Tensor]  # (x, w, b=None, scale=None) -> x @ w.T (+ b)
 
 
-def _per_member(v: Tensor, x: Tensor) -> Tensor:
-    """A per-member vector v [E, C] viewed as [E, 1, ..., C] against activations x [E, ..., C]."""
-    return v.view(v.shape[0], *(1,) * (x.dim() - 2), v.shape[-1])
+class Ops(NamedTuple):
+    """The primitives that depend on how the weights are held (see the module docstring)."""
+
+    embedding: Callable[[Tensor, Tensor], Tensor]  # (weight, idx) -> rows
+    project: Project
+    layer_norm: Callable[..., Tensor]  # (x, {"w", "b"?}, eps)
+    rms_norm: Callable[..., Tensor]  # (x, {"w"}, eps)
 
 
 def embedding(weight: Tensor, idx: Tensor) -> Tensor:
-    """Rows of `weight` [V, C] for `idx`; with members (weight [E, V, C], idx [E, ...]) each
-    member reads its own table: one lookup in the flattened [E*V, C] table."""
-    if weight.dim() == 2:
-        return F.embedding(idx, weight)
-    E, V = weight.shape[:2]
-    offsets = torch.arange(E, device=idx.device).view(E, *(1,) * (idx.dim() - 1)) * V
-    return F.embedding(idx + offsets, weight.flatten(0, 1))
+    """Rows of `weight` [V, C] for `idx`."""
+    return F.embedding(idx, weight)
 
 
 def project(x: Tensor, w: Tensor, b: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
-    """x @ w.T (+ b); with members (w [E, out, in]) one batched matmul over x [E, ..., in].
-
-    Weights quantised to int8 (`quantize.quantize`) carry a per-output-row `scale`.
-    A single row under the compiler (decoding at batch 1) is written as a product and a
-    sum, which the compiler fuses into one pass over the weights at their stored width: on
-    CPU about 4x the library's matrix-vector product in fp32, and the only form in which
-    int8 or bf16 weights are read as such rather than widened to a temporary first.
-    """
-    if w.dim() == 3:
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        y = torch.bmm(flat, w.mT) if b is None else torch.baddbmm(b.unsqueeze(1), flat, w.mT)
-        return y.view(*x.shape[:-1], w.shape[1])
-    if torch.compiler.is_compiling() and x.shape[:-1].numel() == 1:
-        y = (x.unsqueeze(-2) * w.to(x.dtype)).sum(-1)
-    elif w.dtype == torch.int8:
-        y = F.linear(x, w.to(x.dtype))
-    else:
-        return F.linear(x, w, b)
+    """x @ w.T (+ b). Weights with a per-row `scale` (int8 rows) are `generate.quantize`'s to
+    read: here they are refused rather than read as if they were plain."""
     if scale is not None:
-        y = y * scale.to(y.dtype)
-    return y if b is None else y + b
-
-
-def linear(x: Tensor, p: dict[str, Tensor], name: str) -> Tensor:
-    return project(x, p[f"{name}_w"], p.get(f"{name}_b"), p.get(f"{name}_scale"))
+        raise ValueError("int8 weights with a scale: run the forward with quantize.OPS")
+    return F.linear(x, w, b)
 
 
 def layer_norm(x: Tensor, p: dict[str, Tensor], eps: float = LAYER_NORM_EPS) -> Tensor:
-    w, b = p["w"], p.get("b")
-    if w.dim() == 1:
-        return F.layer_norm(x, (x.shape[-1],), w, b, eps)
-    y = F.layer_norm(x, (x.shape[-1],), None, None, eps)
-    return (
-        y * _per_member(w, x)
-        if b is None
-        else torch.addcmul(_per_member(b, x), y, _per_member(w, x))
-    )
+    return F.layer_norm(x, (x.shape[-1],), p["w"], p.get("b"), eps)
 
 
 def rms_norm(x: Tensor, p: dict[str, Tensor], eps: float = RMS_NORM_EPS) -> Tensor:
-    w = p["w"]
-    if w.dim() == 1:
-        return F.rms_norm(x, (x.shape[-1],), w, eps)
-    return F.rms_norm(x, (x.shape[-1],), None, eps) * _per_member(w, x)
+    return F.rms_norm(x, (x.shape[-1],), p["w"], eps)
+
+
+PLAIN = Ops(embedding, project, layer_norm, rms_norm)
+
+
+def linear(x: Tensor, p: dict[str, Tensor], name: str, ops: Ops = PLAIN) -> Tensor:
+    """`{name}_w` (with `{name}_b` and `{name}_scale` where the dict has them) applied to x."""
+    return ops.project(x, p[f"{name}_w"], p.get(f"{name}_b"), p.get(f"{name}_scale"))
 
 
 def dropout(x: Tensor, p: float, key: Tensor | None) -> Tensor:
@@ -167,6 +146,7 @@ def causal_self_attention(
     kv: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     positions: Tensor | None = None,
     mask: Tensor | None = None,
+    ops: Ops = PLAIN,
 ) -> Tensor:
     """Multi-head causal self-attention with one fused QKV projection.
 
@@ -177,7 +157,7 @@ def causal_self_attention(
     """
     q, k, v = (
         rearrange(t, "... t (h d) -> ... h t d", h=n_head)
-        for t in linear(x, p, "qkv").chunk(3, dim=-1)
+        for t in linear(x, p, "qkv", ops).chunk(3, dim=-1)
     )
     if rope is not None:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -185,31 +165,29 @@ def causal_self_attention(
         k, v = kv(k, v)
         q = q.to(k.dtype)
     y = attend(q, k, v, mask)
-    return linear(rearrange(y, "... h t d -> ... t (h d)"), p, "proj")
+    return linear(rearrange(y, "... h t d -> ... t (h d)"), p, "proj", ops)
 
 
-def mlp_gelu(x: Tensor, p: dict[str, Tensor], approximate: str = "none") -> Tensor:
+def mlp_gelu(
+    x: Tensor, p: dict[str, Tensor], approximate: str = "none", ops: Ops = PLAIN
+) -> Tensor:
     """GELU MLP; approximate="tanh" is the tanh form GPT-2 was trained with (its `gelu_new`)."""
-    return linear(F.gelu(linear(x, p, "fc"), approximate=approximate), p, "proj")
+    return linear(F.gelu(linear(x, p, "fc", ops), approximate=approximate), p, "proj", ops)
 
 
-def swiglu(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+def swiglu(x: Tensor, p: dict[str, Tensor], ops: Ops = PLAIN) -> Tensor:
     """SiLU-gated MLP; gate and up projections share one fused matmul (`fc_w` = [gate; up])."""
-    gate, up = linear(x, p, "fc").chunk(2, dim=-1)
-    return linear(F.silu(gate) * up, p, "proj")
+    gate, up = linear(x, p, "fc", ops).chunk(2, dim=-1)
+    return linear(F.silu(gate) * up, p, "proj", ops)
 
 
 def cross_entropy(
-    logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, members: bool = False
+    logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
 ) -> Tensor:
-    """Mean token cross-entropy in at least fp32 (also under autocast: bf16 logits are
-    upcast; float64 ones stay float64), with optional label smoothing.
-
-    members=True: logits [E, ..., V] of an ensemble; returns each member's mean, [E].
-    """
-    losses = F.cross_entropy(
+    """Token cross-entropy in at least fp32 (also under autocast: bf16 logits are upcast;
+    float64 ones stay float64), with optional label smoothing; `reduction="none"` gives
+    each token's, flat."""
+    return F.cross_entropy(
         logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32)),
-        targets.flatten(), label_smoothing=label_smoothing,
-        reduction="none" if members else "mean",
+        targets.flatten(), label_smoothing=label_smoothing, reduction=reduction,
     )  # fmt: skip
-    return losses.view(logits.shape[0], -1).mean(1) if members else losses

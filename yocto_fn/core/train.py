@@ -23,6 +23,7 @@ import torch
 from ..device import autocast, floats_on
 from . import layers, optim, rng
 from .config import ModelConfig
+from .members import cross_entropy as member_cross_entropy
 from .models import Model
 from .params import Params, tree_leaves, tree_map, tree_unflatten_like, under_transform
 
@@ -94,7 +95,8 @@ def loss_fn(
             params, x, cfg, train=train, dropout_key=key,
             activation_checkpointing=activation_checkpointing,
         )  # fmt: skip
-    return layers.cross_entropy(logits, y, label_smoothing, members)
+    loss = member_cross_entropy if members else layers.cross_entropy
+    return loss(logits, y, label_smoothing)
 
 
 def accumulate_grads(

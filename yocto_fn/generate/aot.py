@@ -36,6 +36,7 @@ from ..core.models import Model
 from ..core.params import Params, tree_leaves, tree_unflatten_like
 from ..errors import UserError
 from ..formats import checkpoint
+from . import products
 
 FORMAT = 1  # bump when the exported step's inputs or outputs change
 
@@ -94,7 +95,8 @@ class _Step(torch.nn.Module):
     def forward(self, tokens, k, v, pos):
         leaves = [getattr(self, f"w{i}") for i in range(len(tree_leaves(self.tree)))]
         p = tree_unflatten_like(self.tree, leaves)
-        logits, cache = self.model.forward(p, tokens, self.cfg, cache=KVCache(k, v, pos))
+        cache = KVCache(k, v, pos)
+        logits, cache = self.model.forward(p, tokens, self.cfg, cache=cache, ops=products.COMPILED)
         return logits[:, -1].float(), cache.pos
 
 

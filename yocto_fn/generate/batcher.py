@@ -37,6 +37,7 @@ from ..core import cache as kv
 from ..core.models import Model
 from ..core.params import Params
 from ..formats.tokenizer import CharTokenizer, TextTokenizer
+from . import products
 from .chat import Masks, banned, reply_end, reply_text
 from .sample import DecodeStep, compiled_decode_step, decode_step, sample_next
 
@@ -282,7 +283,8 @@ class Batcher:
         ids = [c + [0] * (longest - len(c)) for c in contexts]
         ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         fresh = kv.init_cache(self.cfg, len(group), longest, self.cache.k.dtype, self.device)
-        logits, fresh = self.model.forward(self.params, ids, self.cfg, cache=fresh)
+        ops = products.decode_ops(self.params, compiled=False)
+        logits, fresh = self.model.forward(self.params, ids, self.cfg, cache=fresh, ops=ops)
         self.prefills += 1
         for k, (i, context) in enumerate(zip(group, contexts, strict=True)):
             for buf, new in ((self.cache.k, fresh.k), (self.cache.v, fresh.v)):

@@ -29,6 +29,7 @@ from ..device import resolve
 from ..errors import UserError
 from ..formats import checkpoint
 from ..formats import tokenizer as tokenizers
+from . import products
 from .quantize import quantize
 
 Stream = Callable[[torch.Tensor], None]
@@ -83,7 +84,8 @@ def decode_step(model: Model, compiled: bool, cuda_graphs: bool = False) -> Deco
     """
 
     def step(params: Params, tokens: torch.Tensor, cfg: ModelConfig, cache: KVCache):
-        logits, cache = model.forward(params, tokens, cfg, cache=cache)
+        ops = products.decode_ops(params, compiled)
+        logits, cache = model.forward(params, tokens, cfg, cache=cache, ops=ops)
         return logits[:, -1].float(), cache
 
     if not compiled:

@@ -17,7 +17,7 @@ import torch
 import torch.utils.checkpoint
 
 from ...errors import UserError
-from .. import layers, rng
+from .. import layers, members, rng
 from ..cache import KVCache, Writes, check_room, positions_and_mask
 from ..cache import init_cache as _init_cache
 from ..config import ModelConfig
@@ -124,6 +124,7 @@ def forward(
     train: bool = False,
     dropout_key: torch.Tensor | None = None,
     activation_checkpointing: bool = False,
+    ops: layers.Ops | None = None,
 ) -> tuple[torch.Tensor, KVCache | None]:
     """Logits [B, T, V] for tokens idx [B, T] (only the new tokens when a cache is given).
 
@@ -131,6 +132,9 @@ def forward(
     dropout key [E] give logits [E, B, T, V], member e exactly as its own forward.
     `activation_checkpointing` recomputes each block in the backward pass instead of keeping
     its activations; dropout masks come from keys, so the recomputation is exact.
+    `ops`: the primitives that read the weights (`layers.Ops`); None takes `members.OPS`
+    for a stacked tree and `layers.PLAIN` otherwise. Decoding passes its own forms
+    (int8 rows, the compiled single-row product: `generate.products`).
     """
     T = idx.shape[-1]
     if cache is not None:
@@ -138,6 +142,8 @@ def forward(
     elif recipe.positions == "learned" and cfg.block_size < T:
         raise UserError(f"sequence of {T} tokens exceeds block_size {cfg.block_size}")
     positions, mask = positions_and_mask(cache, T, idx.device)
+    if ops is None:
+        ops = members.OPS if members.is_stacked(params) else layers.PLAIN
 
     n_sites = 1 + 3 * cfg.n_layer  # embedding, then per layer: attention probs, attn, mlp
     if train and cfg.dropout > 0.0:
@@ -148,23 +154,21 @@ def forward(
         keys = [None] * n_sites
     p_drop = cfg.dropout
 
-    x = layers.embedding(params["wte"], idx)
+    x = ops.embedding(params["wte"], idx)
     rope = None
     if recipe.positions == "learned":
-        wpe = params["wpe"]
-        pos = positions if wpe.dim() == 2 else positions.expand(wpe.shape[0], 1, T)
-        x = x + layers.embedding(wpe, pos)
+        x = x + ops.embedding(params["wpe"], positions)
     else:
         rope = layers.rope_angles(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
     x = layers.dropout(x, p_drop, keys[0])
 
-    norm = layers.layer_norm if recipe.norm == "layer" else layers.rms_norm
+    norm = ops.layer_norm if recipe.norm == "layer" else ops.rms_norm
     if cfg.norm_eps is not None:
         norm = partial(norm, eps=cfg.norm_eps)
     mlp = (
-        partial(layers.mlp_gelu, approximate="tanh" if cfg.gelu == "tanh" else "none")
+        partial(layers.mlp_gelu, approximate="tanh" if cfg.gelu == "tanh" else "none", ops=ops)
         if recipe.mlp == "gelu"
-        else layers.swiglu
+        else partial(layers.swiglu, ops=ops)
     )
 
     def block(x, p, k_probs, k_attn, k_mlp, kv):
@@ -175,7 +179,7 @@ def forward(
         )
         h = layers.causal_self_attention(
             norm(x, p["ln1"]), p["attn"], cfg.n_head, attend,
-            rope=rope, kv=kv, positions=positions, mask=mask,
+            rope=rope, kv=kv, positions=positions, mask=mask, ops=ops,
         )  # fmt: skip
         x = x + layers.dropout(h, p_drop, k_attn)
         return x + layers.dropout(mlp(norm(x, p["ln2"]), p["mlp"]), p_drop, k_mlp)
@@ -191,9 +195,8 @@ def forward(
             x = block(x, p, *block_keys, kv)
 
     x = norm(x, params["ln_f"])
-    logits = layers.project(
-        x, params.get("lm_head", params["wte"]), scale=params.get("lm_head_scale")
-    )
+    head = params.get("lm_head", params["wte"])
+    logits = ops.project(x, head, None, params.get("lm_head_scale"))
     return logits, (writes.result() if writes is not None else None)
 
 
@@ -222,10 +225,11 @@ def make_model(name: str, recipe: Recipe) -> Model:
         train: bool = False,
         dropout_key: torch.Tensor | None = None,
         activation_checkpointing: bool = False,
+        ops: layers.Ops | None = None,
     ) -> tuple[torch.Tensor, KVCache | None]:
         return forward(
             params, idx, cfg, recipe, cache=cache, train=train, dropout_key=dropout_key,
-            activation_checkpointing=activation_checkpointing,
+            activation_checkpointing=activation_checkpointing, ops=ops,
         )  # fmt: skip
 
     def init_cache_fn(

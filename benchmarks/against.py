@@ -1,0 +1,187 @@
+"""This checkout against another one, in one process: a change of the core held against the
+code before it (train steps, ensemble steps, compiled decode), interleaved, as medians.
+
+The other checkout's package is copied under the name `yocto_baseline` and imported beside
+`yocto_fn`; both are driven through calls their APIs share (`plan.probe.stepper` for the
+steps, `generate.sample.generate` for decoding), so the same script times an API change.
+
+- step: the train step of `optimizers.py`'s contenders (AdamW, Muon; compiled, and eager
+  with --eager) at the demo shape, tokens/s;
+- ensemble: one ensemble step of E=8 members at 2/2/64 (batch 8, block 64) against a loop
+  of 8 single-model steps, eager, tokens/s and the speed-up of each checkout;
+- decode: compiled greedy decode at batch 1 (gpt-fast, --decode-shapes), new tokens/s.
+
+    python benchmarks/against.py --baseline-tree ../before --out benchmarks/results/<dir>
+    python benchmarks/against.py --baseline-tree ../before --parts decode --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yocto_fn  # noqa: E402
+from yocto_fn import fileio  # noqa: E402
+from yocto_fn.plan import probe  # noqa: E402
+
+CPU = torch.device("cpu")
+STEPS = {"adamw": ("adamw", "fp32"), "muon": ("muon", "fp32")}  # name: (optimizer, NS dtype)
+DEMO = ("gpt-fast", 4, 4, 128, 128, 32)  # model, L, H, C, block, batch
+ENSEMBLE = ("gpt", 2, 2, 64, 64, 8, 8)  # model, L, H, C, block, batch, members
+
+
+def load_baseline(tree: Path) -> ModuleType:
+    """The package of checkout `tree`, imported as `yocto_baseline`."""
+    root = Path(tempfile.mkdtemp(prefix="baseline-"))
+    shutil.copytree(tree / "yocto_fn", root / "yocto_baseline")
+    sys.path.insert(0, str(root))
+    return importlib.import_module("yocto_baseline")
+
+
+def stepper(pkg: ModuleType, shape: tuple, **spec: Any) -> Callable[[int], float]:
+    model, layers, heads, embd, block, batch = shape[:6]
+    pr = importlib.import_module(f"{pkg.__name__}.plan.probe")
+    cfg = pkg.ModelConfig(vocab_size=65, n_layer=layers, n_head=heads, n_embd=embd,
+                          block_size=block, tie_weights=False)  # fmt: skip
+    return pr.stepper(pr.StepSpec(model, cfg, batch, **spec), CPU, None)
+
+
+def step_contenders(pkgs: dict[str, ModuleType], eager: bool) -> dict[str, Callable[[int], Any]]:
+    out = {}
+    for compiled in (True, False) if eager else (True,):
+        for tag, pkg in pkgs.items():
+            for name, (opt, ns) in STEPS.items():
+                key = f"{tag} {name}{'' if compiled else ' eager'}"
+                out[key] = stepper(pkg, DEMO, compile=compiled, optimizer=opt, muon_ns_dtype=ns)
+    return out
+
+
+def ensemble_contenders(pkgs: dict[str, ModuleType]) -> dict[str, Callable[[int], Any]]:
+    members = ENSEMBLE[6]
+    out = {}
+    for tag, pkg in pkgs.items():
+        out[f"{tag} ensemble"] = stepper(pkg, ENSEMBLE, members=members, optimizer="adamw")
+        one = stepper(pkg, ENSEMBLE, optimizer="adamw")
+        out[f"{tag} loop"] = lambda i, one=one: [one(i * members + e) for e in range(members)]
+    return out
+
+
+def decode_contenders(pkgs: dict[str, ModuleType], shapes: list[str], new_tokens: int):
+    out = {}
+    prompt = torch.randint(65, (1, 16), generator=torch.Generator().manual_seed(1))
+    for shape in shapes:
+        layers, heads, embd = (int(v) for v in shape.split("/"))
+        for tag, pkg in pkgs.items():
+            sample = importlib.import_module(f"{pkg.__name__}.generate.sample")
+            cfg = pkg.ModelConfig(vocab_size=65, n_layer=layers, n_head=heads, n_embd=embd,
+                                  block_size=16 + new_tokens)  # fmt: skip
+            model = pkg.models.get("gpt-fast")
+            p = model.init(cfg, 0)
+            out[f"{tag} decode {shape}"] = lambda i, s=sample, m=model, p=p, c=cfg: s.generate(
+                m, p, c, prompt, max_new_tokens=new_tokens, temperature=0, compile=True
+            )
+    return out
+
+
+def timed_rounds(fns: dict[str, Callable[[int], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender, one call each per round after two warm-up calls."""
+    for fn in fns.values():
+        fn(0), fn(1)
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(2 + r)
+            out[k].append(time.perf_counter() - t0)
+    return out
+
+
+def table(seconds: dict[str, list[float]], work: dict[str, int], unit: str) -> list[dict]:
+    """A row per contender: this checkout's rate, the baseline's, and time over baseline."""
+    rows = []
+    for key in seconds:
+        if not key.startswith("this "):
+            continue
+        name = key.removeprefix("this ")
+        mine, base = (statistics.median(seconds[f"{t} {name}"]) for t in ("this", "baseline"))
+        rows.append({"contender": name, unit: round(work[name] / mine, 1),
+                     f"baseline {unit}": round(work[name] / base, 1),
+                     "time_over_baseline": round(mine / base, 3)})  # fmt: skip
+    return rows
+
+
+def markdown(title: str, rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:,}" if isinstance(v, float) else str(v)
+                                       for v in r.values()) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline-tree", type=Path, required=True, help="the other checkout")
+    ap.add_argument("--parts", nargs="+", default=["step", "ensemble", "decode"],
+                    choices=["step", "ensemble", "decode"])  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--eager", action="store_true", help="step: the eager steps too")
+    ap.add_argument("--decode-shapes", nargs="+", default=["4/4/128", "6/6/384"])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--out", type=Path, help="a folder for results.jsonl and table.md")
+    args = ap.parse_args()
+    pkgs = {"this": yocto_fn, "baseline": load_baseline(args.baseline_tree)}
+    header = (f"{probe.device_name(CPU)}, {torch.get_num_threads()} threads, torch "
+              f"{torch.__version__}; medians of {args.rounds} interleaved rounds")  # fmt: skip
+    text, records = f"{header}\n\n", []
+    if "step" in args.parts:
+        s = timed_rounds(step_contenders(pkgs, args.eager), args.rounds)
+        work = {k.removeprefix("this "): DEMO[4] * DEMO[5] for k in s}
+        rows = table(s, work, "tokens/s")
+        records += [{"part": "step"} | r for r in rows]
+        text += markdown("Train steps, demo shape (gpt-fast 4/4/128, block 128, batch 32)", rows)
+    if "ensemble" in args.parts:
+        s = timed_rounds(ensemble_contenders(pkgs), args.rounds)
+        tokens = ENSEMBLE[4] * ENSEMBLE[5] * ENSEMBLE[6]
+        rows = table(s, dict.fromkeys(("ensemble", "loop"), tokens), "tokens/s")
+        for tag in ("this", "baseline"):
+            speedup = statistics.median(s[f"{tag} loop"]) / statistics.median(s[f"{tag} ensemble"])
+            rows.append({"contender": f"{tag}: ensemble speed-up over the loop",
+                         "tokens/s": round(speedup, 3), "baseline tokens/s": "",
+                         "time_over_baseline": ""})  # fmt: skip
+        records += [{"part": "ensemble"} | r for r in rows]
+        text += "\n" + markdown("Ensemble step, E=8 at 2/2/64, eager, against 8 single steps",
+                                rows)  # fmt: skip
+    if "decode" in args.parts:
+        s = timed_rounds(decode_contenders(pkgs, args.decode_shapes, args.new_tokens),
+                         args.rounds)  # fmt: skip
+        rows = table(s, {k.removeprefix("this "): args.new_tokens for k in s}, "tokens/s")
+        records += [{"part": "decode"} | r for r in rows]
+        text += "\n" + markdown(f"Compiled decode, gpt-fast, batch 1, {args.new_tokens} new "
+                                "tokens after a 16-token prompt", rows)  # fmt: skip
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {"header": header, "baseline_tree": str(args.baseline_tree)}
+        lines = b"".join(orjson.dumps(meta | r) + b"\n" for r in records)
+        fileio.atomic_write_bytes(args.out / "results.jsonl", lines)
+        fileio.atomic_write_bytes(args.out / "table.md", text.encode())
+
+
+if __name__ == "__main__":
+    main()
