@@ -275,10 +275,13 @@ def add_decayed_weights(
         names, ups, ps = list(named_leaves(u)), tree_leaves(u), tree_leaves(params)
         idx = [i for i, n in enumerate(names) if mask is None or mask(n, ps[i])]
         out = list(ups)
-        if idx:
+        if idx and not _per_leaf() and not isinstance(weight_decay, Tensor):
+            shrunk = torch._foreach_add([ups[i] for i in idx], [ps[i] for i in idx],
+                                        alpha=weight_decay)  # one pass  # fmt: skip
+        elif idx:
             shrunk = _add(_mul([ps[i] for i in idx], weight_decay), [ups[i] for i in idx])
-            for i, x in zip(idx, shrunk, strict=True):
-                out[i] = x
+        for i, x in zip(idx, shrunk if idx else [], strict=True):
+            out[i] = x
         return tree_unflatten_like(u, out)
 
     return _stateless(decay)
