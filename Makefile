@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-extras
 # The exact versions the suite last passed with (Python 3.11, CPU torch); `make lock`
 # refreshes them. Every install goes through it, so a fresh clone gets what CI ran.
 LOCK := requirements.lock
 TORCH := 2.13.0
+# What the tests, docs and lint need beyond the package itself (`make demo` needs none).
 EXTRAS := dev,interop,serve,research,docs
 
-.PHONY: venv test lint format docs demo bench mutate lock clean
+.PHONY: venv venv-extras test lint format docs demo bench mutate lock clean
 
 venv: $(STAMP)
+venv-extras: $(TEST_STAMP)
 
 # torch is pinned and installed first so pip never resolves the (multi-GB) CUDA build; the
 # project installs without build isolation, so its build backend is the locked setuptools.
@@ -19,8 +22,12 @@ $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c $(LOCK) pip setuptools
 	$(PY) -m pip install -q -c $(LOCK) torch==$(TORCH)
-	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[$(EXTRAS)]'
+	touch $(TEST_STAMP)
 
 # Resolve the newest releases into a scratch venv, run the suite there, and only if it
 # passes write them to $(LOCK) (a few minutes).
@@ -28,18 +35,18 @@ lock:
 	PYTHON=$(PYTHON) TORCH=$(TORCH) EXTRAS=$(EXTRAS) scripts/lock.sh $(LOCK)
 
 # pytest exits 5 when it collects nothing: a failure only while tests/ holds test files.
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q || { rc=$$?; [ $$rc -eq 5 ] && ! ls tests/test_*.py >/dev/null 2>&1 || exit $$rc; }
 
 # The docs/ site into site/; --strict fails on a broken page link or anchor.
-docs: $(STAMP)
+docs: $(TEST_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
@@ -66,7 +73,7 @@ bench: $(STAMP)
 # `.venv/bin/mutmut results` lists the survivors.
 # One torch thread per worker: mutmut runs a worker per core, and more threads than cores
 # makes OpenMP spin (several times slower).
-mutate: $(STAMP)
+mutate: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(if $(MODULE),"yocto_fn.$(MODULE).*")
 
 clean:

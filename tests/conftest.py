@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
+from yocto_fn import cli
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.plan import probe
 

@@ -15,8 +15,7 @@ import torch
 from conftest import ckpt
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import cli
-from yocto_fn import analysis, models
+from yocto_fn import analysis, cli, models
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.ensemble import per_example_grads
 from yocto_fn.core.params import count, to, tree_leaves, tree_map

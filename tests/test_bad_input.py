@@ -11,7 +11,7 @@ import torch
 from conftest import real_text
 from test_reliability import _flip_a_tensor_byte
 
-import cli
+from yocto_fn import cli
 
 TINY = ("--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 2 --eval-iters 1 "
         "--amp off --device cpu --max-iters 1")  # fmt: skip
@@ -78,7 +78,7 @@ CASES = [
     ("prepare-char --text-path W/text.txt --out-dir W/out --val-fraction -0.1",
      "--val-fraction must be between 0 and 1"),
     ("prepare-char --text-path W/text.txt --out-dir W/out --bogus 1",
-     "unknown flag '--bogus' for prepare-char (see python cli.py prepare-char --help)"),
+     "unknown flag '--bogus' for prepare-char (see yocto prepare-char --help)"),
     # prepare-tokenizer
     ("prepare-tokenizer --text-path W/missing.txt --out-dir W/out", "text file not found"),
     ("prepare-tokenizer --text-path W/empty.txt --out-dir W/out", "is empty"),
@@ -86,7 +86,7 @@ CASES = [
     ("prepare-tokenizer --text-path W/text.txt --out-dir W/out --vocab-size 1",
      "--vocab-size 1 is below the byte alphabet"),
     ("prepare-tokenizer --text-path W/text.txt --out-dir W/out --vocab-size abc",
-     "Error parsing --vocab-size"),
+     "bad value for --vocab-size"),
     # train: data
     ("train --data-dir W/missing --ckpt-dir W/out", "no prepared data in"),
     ("train --data-dir W/emptydir --ckpt-dir W/out", "meta.json missing"),
@@ -104,6 +104,13 @@ CASES = [
     # train: sizes and flag values
     (f"train {CKPT} --block-size 1000000", "is larger than the train split"),
     (f"train {CKPT} --n-embd 30 --n-head 4", "must be divisible by n_head"),
+    (f"train {CKPT} --n-layer 0", "--n-layer must be at least 1 (got 0)"),
+    (f"train {CKPT} --n-embd 0", "--n-embd must be at least 1 (got 0)"),
+    (f"train {CKPT} --n-head 0", "--n-head must be at least 1 (got 0)"),
+    (f"train {CKPT} --block-size 0", "--block-size must be at least 1 (got 0)"),
+    (f"train {CKPT} --n-layer -2", "--n-layer must be at least 1 (got -2)"),
+    ("sweep --data-dir W/char --out-dir W/out --lrs 1e-3 --n-head 0",
+     "--n-head must be at least 1 (got 0)"),
     (f"train {CKPT} --lr -1", "--lr must be positive"),
     (f"train {CKPT} --max-iters -5", "--max-iters must be >= 0"),
     (f"train {CKPT} --batch-size 0", "--batch-size must be at least 1"),
@@ -113,7 +120,7 @@ CASES = [
     (f"train {CKPT} --model gpt-huge", "invalid choice 'gpt-huge'"),
     (f"train {CKPT} --amp-dtype int8", "invalid choice 'int8'"),
     (f"train {CKPT} --device tpu", "invalid choice 'tpu'"),
-    (f"train {CKPT} --max_iters", "Missing value for argument '--max-iters'"),
+    (f"train {CKPT} --max_iters", "--max-iters needs a value (see yocto train --help)"),
     (f"train {CKPT} --n-layr 2", "unknown flag '--n-layr' for train; did you mean '--n-layer'?"),
     (f"train {CKPT} --n_layr=2", "unknown flag '--n_layr' for train; did you mean '--n-layer'?"),
     # train: checkpoints
@@ -169,8 +176,8 @@ CASES = [
     ("bench --preset huge", "expected one of small, tiny"),
     ("bench --device tpu", "expected one of cpu, cuda, mps"),
     ("smoke-train --device tpu", "invalid choice 'tpu'"),
-    ("frobnicate", "unknown subcommand 'frobnicate' (see python cli.py --help)"),
-    ("trian", "unknown subcommand 'trian'; did you mean 'train'? (see python cli.py --help)"),
+    ("frobnicate", "unknown subcommand 'frobnicate' (see yocto --help)"),
+    ("trian", "unknown subcommand 'trian'; did you mean 'train'? (see yocto --help)"),
     ("--n-layer 2", "--n-layer needs a subcommand before it"),
 ]  # fmt: skip
 

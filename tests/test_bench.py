@@ -7,11 +7,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
-import cli
 from benchmarks import contenders, measure, memory, presets
 from benchmarks import run as bench
 from benchmarks.report import write_report
-from yocto_fn import models
+from yocto_fn import cli, models
 
 
 def test_matmul_params_and_flops_match_a_hand_count():

@@ -2,10 +2,14 @@
 older flag spellings, and one short line for an unknown subcommand or flag."""
 
 import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-import cli
+from yocto_fn import cli
 
 HELPED = list(cli.COMMANDS)
 
@@ -55,9 +59,9 @@ def test_older_spellings_still_parse():
     ("argv", "message"),
     [
         ("trian", "error: unknown subcommand 'trian'; did you mean 'train'? "
-                  "(see python cli.py --help)"),
+                  "(see yocto --help)"),
         ("train --n-layr 2", "error: unknown flag '--n-layr' for train; did you mean "
-                             "'--n-layer'? (see python cli.py train --help)"),
+                             "'--n-layer'? (see yocto train --help)"),
         ("chat --ckpt x.pt --sytem-prompt hi", "error: unknown flag '--sytem-prompt' for chat; "
                                                "did you mean '--system-prompt'?"),
         ("smoke-cpu --zzz", "error: unknown flag '--zzz' for smoke-cpu (see"),
@@ -67,3 +71,36 @@ def test_an_unknown_name_is_one_short_line_with_the_closest_match(argv, message,
     assert cli.main(argv.split()) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1 and len(err) < 120, err
+
+
+def test_the_installed_command_trains_the_demo_outside_the_checkout(tmp_path):
+    """`pip install .` puts a `yocto` command on the path that needs nothing of the checkout:
+    installed into its own folder and run from another, it prepares the embedded corpus and
+    trains from it, with the package (and its data files) imported from the install."""
+    root = Path(cli.__file__).resolve().parents[1]
+    site, away = tmp_path / "site", tmp_path / "away"
+    away.mkdir()
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--target", str(site), str(root)], check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    yocto = str(site / "bin" / "yocto")
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([yocto, *argv], cwd=away, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    where = subprocess.run(
+        [sys.executable, "-c", "import yocto_fn; print(yocto_fn.__file__)"],
+        cwd=away, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert Path(where.stdout.strip()).is_relative_to(site)
+    assert run().stdout.startswith("usage: yocto <subcommand>")
+    assert run("prepare-char").returncode == 0
+    shape = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+             "--batch-size", "2", "--max-iters", "2", "--eval-interval", "2", "--eval-iters",
+             "1", "--amp", "off", "--device", "cpu"]  # fmt: skip
+    done = run("train", "--model", "gpt-fast", *shape, "--ckpt-dir", "ck")
+    assert done.returncode == 0, done.stderr
+    assert (away / "ck" / "best.pt").is_file() and (away / "data/char/meta.json").is_file()
+    bad = run("train", "--n-layer", "0")
+    assert bad.returncode == 2 and bad.stderr == "error: --n-layer must be at least 1 (got 0)\n"

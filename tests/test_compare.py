@@ -11,8 +11,7 @@ import matplotlib.image
 import orjson
 import pytest
 
-import cli
-from yocto_fn import fileio
+from yocto_fn import cli, fileio
 from yocto_fn.config import TrainConfig
 from yocto_fn.run import compare, metrics
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import real_text
 
-import cli
-from yocto_fn import data
+from yocto_fn import cli, data
 from yocto_fn.data import CorpusOptions, Dataset, char, split
 from yocto_fn.data import text as corpus_text
 from yocto_fn.formats.tokenizer import CharTokenizer, HFTokenizer, load, train_bpe, train_word

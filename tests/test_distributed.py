@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ckpt, tiny_config
 
-import cli
+from yocto_fn import cli
 from yocto_fn.core.params import max_abs_diff
 from yocto_fn.data import Dataset
 from yocto_fn.run.distributed import World

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from yocto_fn import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

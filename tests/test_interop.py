@@ -13,8 +13,7 @@ import torch
 from conftest import real_text
 from safetensors.torch import load_file, save_file
 
-import cli
-from yocto_fn import models
+from yocto_fn import cli, models
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.params import named_leaves, tree_map
 from yocto_fn.formats import checkpoint, interop

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import real_text
 
-import cli
+from yocto_fn import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import real_text
 
-import cli
-from yocto_fn import models
+from yocto_fn import cli, models
 from yocto_fn.config import TrainConfig
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.params import count

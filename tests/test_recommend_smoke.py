@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import VARIANTS, tiny_config
 
-import cli
-from yocto_fn import models
+from yocto_fn import cli, models
 from yocto_fn.config import TrainConfig
 from yocto_fn.core.params import count
 from yocto_fn.plan.recommend import estimate_params, plan

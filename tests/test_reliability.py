@@ -15,8 +15,7 @@ import pytest
 import torch
 from conftest import ckpt
 
-import cli
-from yocto_fn import fileio
+from yocto_fn import cli, fileio
 from yocto_fn.errors import UserError
 from yocto_fn.formats import checkpoint
 

@@ -11,8 +11,7 @@ import torch._dynamo
 from conftest import VARIANTS, real_text, tiny_config
 from torch._dynamo.utils import counters
 
-import cli
-from yocto_fn import models
+from yocto_fn import cli, models
 from yocto_fn.config import ChatConfig
 from yocto_fn.core.params import tree_leaves as params_leaves
 from yocto_fn.generate.chat import Conversation

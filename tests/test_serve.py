@@ -25,9 +25,8 @@ import pytest
 import torch
 from conftest import VARIANTS, tiny_config
 
-import cli
 from yocto_fn import cache as kv
-from yocto_fn import jit, models
+from yocto_fn import cli, jit, models
 from yocto_fn.config import SampleConfig
 from yocto_fn.formats.tokenizer import CharTokenizer
 from yocto_fn.generate.batcher import (

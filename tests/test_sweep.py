@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ckpt
 
-import cli
+from yocto_fn import cli
 from yocto_fn.core.params import max_abs_diff
 from yocto_fn.plan import recommend
 

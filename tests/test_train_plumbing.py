@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import ckpt
 
-import cli
-from yocto_fn import models, optim
+from yocto_fn import cli, models, optim
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.params import clone, max_abs_diff, tree_leaves
 from yocto_fn.device import amp_dtype

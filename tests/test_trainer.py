@@ -11,8 +11,7 @@ import pytest
 import torch
 from conftest import VARIANTS, ckpt, tiny_config
 
-import cli
-from yocto_fn import layers, models, optim, rng
+from yocto_fn import cli, layers, models, optim, rng
 from yocto_fn.core.params import max_abs_diff, named_leaves, tree_leaves
 from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
 from yocto_fn.run.trainer import Trainer

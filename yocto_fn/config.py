@@ -1,8 +1,16 @@
 """The command line's schemas: one tyro dataclass per subcommand, on the host side (the
 model's own shape, `ModelConfig`, is the core's: `yocto_fn.core.config`).
 
-Field names follow the command-line flags (`--n_layer` / `--n-layer` -> `n_layer`), so a
-flag, a config field and a checkpoint entry always carry the same name.
+Options several commands share are small groups (`DeviceOption`, `SeedOption`,
+`DataOptions`, `ShapeOptions`, `SamplingOptions`) that a command's config inherits; tyro
+flattens inherited fields into one flag list, so `--device` is declared once and reads the
+same everywhere. Field names follow the flags (`--n_layer` / `--n-layer` -> `n_layer`), so a
+flag, a config field and a checkpoint entry carry the same name.
+
+Every config checks its own values when it is built (`Options.check`, run from
+`__post_init__`), whether the CLI or a caller builds it: a bad value is one `UserError`
+before anything is read or written. Checks that need a file (a checkpoint, the data) stay
+with the code that opens it.
 """
 
 from __future__ import annotations
@@ -13,45 +21,124 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
+from .errors import UserError
+
 ModelName = Literal["gpt", "gpt-plus", "gpt-fast", "gpt_plus", "gpt_fast"]
 MODEL_CHOICES = "{gpt,gpt-plus,gpt-fast}"  # the help's spelling: the underscore ones work too
-LRS_NEEDED = "(required unless --resume)"  # the help's hint for --lrs, instead of `()`
-DEFAULT_MODEL = "gpt"
-DEFAULT_OPTIMIZER = "muon"  # chosen by the sweeps in benchmarks/results/2026-12-02-cpu-recipe
-DEFAULT_SCHEDULE = "cosine"
-DEFAULT_SYSTEM_PROMPT = "You are yocto_fn, a concise and helpful assistant."
-DEFAULT_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
+Device = Literal["auto", "cpu", "cuda", "mps"]
+SYSTEM_PROMPT = "You are yocto_fn, a concise and helpful assistant."
+MAX_MEMBERS = 64  # members of one sweep: more stacks past what a step handles well
 
 
 def unset_means(meaning: str, metavar: str | None = None) -> Any:
-    """tyro metadata of a flag whose None default stands for something: its help says
-    `(default: meaning)` rather than `(default: None)`."""
+    """tyro metadata of a flag whose None stands for something no value can say (the
+    checkpoint's, a new run): its help says `(default: meaning)`, not `(default: None)`."""
     return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {meaning})")
 
 
+def flag(name: str) -> str:
+    """A field's flag, as errors name it: `n_layer` -> `--n-layer`."""
+    return "--" + name.replace("_", "-")
+
+
+def at_least(cfg: object, low: int, *names: str) -> None:
+    """Refuse any of the named fields below `low` (a None field is unset, and passes)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            bound = ">= 0" if low == 0 else f"at least {low}"
+            raise UserError(f"{flag(name)} must be {bound} (got {value:g})")
+
+
+def within(cfg: object, name: str, low: float, high: float, *, open_high: bool = False) -> None:
+    """Refuse a field outside [low, high], or [low, high) with `open_high`."""
+    value = getattr(cfg, name)
+    if not (low <= value < high if open_high else low <= value <= high):
+        shown = f"[{low:g}, {high:g}{')' if open_high else ']'}"
+        raise UserError(f"{flag(name)} must be in {shown} (got {value:g})")
+
+
+class Options:
+    """Base of every schema: `check` runs once the dataclass is built. Each class's `check`
+    refuses its own fields and calls `super().check()`, so a config composed of groups checks
+    all of them in one pass."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse values no run could use (UserError, naming the flag and its fix)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
 @dataclass(frozen=True)
-class TrainingOptions:
+class DeviceOption(Options):
+    device: Device = "auto"
+    """auto picks cuda > mps > cpu."""
+
+
+@dataclass(frozen=True)
+class SeedOption(Options):
+    seed: int = 1337
+    """Seed of the command's random draws (initialisation, batches, dropout, sampling): the
+    same seed repeats the result."""
+
+
+@dataclass(frozen=True)
+class DataOptions(Options):
+    data_dir: Path = Path("data/char")
+    """Prepared data directory (train.bin, val.bin, meta.json)."""
+    tokenizer_path: Annotated[Path | None, unset_means("the one in --data-dir")] = None
+    """vocab.json / tokenizer.json."""
+
+
+@dataclass(frozen=True)
+class ShapeOptions(Options):
+    """The model's variant and shape. On --resume a flag left at its default takes the
+    checkpoint's value; one set to another value than the checkpoint's is refused."""
+
+    model: Annotated[ModelName, tyro.conf.arg(metavar=MODEL_CHOICES)] = "gpt"
+    """Variant (--model-type is the same flag)."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads."""
+    n_embd: int = 128
+    """Embedding width."""
+    block_size: int = 128
+    """Context length in tokens."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "n_layer", "n_head", "n_embd", "block_size")
+
+
+@dataclass(frozen=True)
+class SamplingOptions(Options):
+    max_new_tokens: int = 200
+    """Tokens to generate."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 picks the most likely token (greedy)."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0 disables)."""
+    top_p: float = 0.0
+    """Nucleus sampling: the smallest set of tokens reaching probability p (0 or 1 disables)."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "max_new_tokens")
+        at_least(self, 0, "temperature", "top_k")
+        within(self, "top_p", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TrainingOptions(DeviceOption, ShapeOptions, DataOptions):
     """What `train` and `sweep` share: data, shape, batch, schedule, evaluation and device."""
 
     mode: Literal["char", "token"] = "char"
     """char or token; must match the prepared data."""
-    data_dir: Path = Path("data/char")
-    """Directory with train.bin, val.bin, meta.json."""
-    tokenizer_path: Annotated[Path | None, unset_means("the one in --data-dir")] = None
-    """vocab.json / tokenizer.json."""
-    model: Annotated[
-        ModelName | None,
-        unset_means(f"{DEFAULT_MODEL}; on --resume the checkpoint's", MODEL_CHOICES),
-    ] = None
-    """Variant (--model-type is the same flag)."""
-    n_layer: Annotated[int | None, unset_means(str(DEFAULT_SHAPE["n_layer"]))] = None
-    """Transformer blocks."""
-    n_head: Annotated[int | None, unset_means(str(DEFAULT_SHAPE["n_head"]))] = None
-    """Attention heads."""
-    n_embd: Annotated[int | None, unset_means(str(DEFAULT_SHAPE["n_embd"]))] = None
-    """Embedding width."""
-    block_size: Annotated[int | None, unset_means(str(DEFAULT_SHAPE["block_size"]))] = None
-    """Context length in tokens."""
     batch_size: int = 32
     """Sequences per micro-batch (the global batch is batch_size * grad_accum_steps)."""
     max_iters: int = 1000
@@ -64,25 +151,21 @@ class TrainingOptions:
     """Share the token embedding and the LM head."""
     auto_tie_weights: bool = False
     """Tie the weights when the training split has fewer than 1M tokens."""
-    optimizer: Annotated[
-        Literal["adamw", "muon"] | None,
-        unset_means(f"{DEFAULT_OPTIMIZER}; on --resume the checkpoint's", "{adamw,muon}"),
-    ] = None
+    # muon: the sweeps of docs/benchmarks.md (benchmarks/results/2026-12-02-cpu-recipe)
+    optimizer: Literal["adamw", "muon"] = "muon"
     """adamw trains every tensor with AdamW at --lr; muon trains the block matrices with Muon
-    at --muon-lr and the embeddings, head, norms and biases with AdamW at --lr."""
+    at --muon-lr and the embeddings, head, norms and biases with AdamW at --lr (on --resume
+    the default means the checkpoint's)."""
     muon_momentum: float = 0.95
     """Muon's Nesterov momentum."""
     muon_ns_dtype: Literal["fp32", "bf16", "auto"] = "fp32"
     """Precision of Muon's Newton-Schulz iterations; auto = bf16 when the step autocasts to
-    bf16. bf16 is a few percent faster but ended 0.002-0.009 higher in each of 3 seeds."""
-    schedule: Annotated[
-        Literal["constant", "cosine", "wsd"] | None,
-        unset_means(DEFAULT_SCHEDULE, "{constant,cosine,wsd}"),
-    ] = None
+    bf16 (faster, and a little higher loss: docs/benchmarks.md)."""
+    schedule: Literal["constant", "cosine", "wsd"] = "cosine"
     """Learning-rate schedule: constant; cosine (linear warmup, cosine decay to --min-lr);
     wsd (warmup, stable, then a linear decay to --min-lr over the last --decay-fraction)."""
     cosine_lr: bool = False
-    """The older spelling of --schedule cosine."""
+    """Same as --schedule cosine."""
     warmup_iters: int = 100
     """Linear warmup steps of cosine and wsd."""
     min_lr: float = 1e-4
@@ -103,19 +186,23 @@ class TrainingOptions:
     """Micro-batches accumulated per optimizer step."""
     compile: bool = False
     """torch.compile the whole train step (forward, backward and optimizer)."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    """auto picks cuda > mps > cpu."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "batch_size", "eval_interval", "eval_iters", "grad_accum_steps")
+        at_least(self, 0, "max_iters", "warmup_iters", "grad_clip")
+        within(self, "dropout", 0.0, 1.0, open_high=True)
+        within(self, "label_smoothing", 0.0, 1.0, open_high=True)
+        within(self, "muon_momentum", 0.0, 1.0, open_high=True)
+        if self.cosine_lr and self.schedule != "cosine":
+            raise UserError(f"--cosine-lr means --schedule cosine, not {self.schedule}: drop one")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise UserError(f"--decay-fraction must be in (0, 1] (got {self.decay_fraction})")
 
 
 @dataclass(frozen=True)
-class TrainConfig(TrainingOptions):
-    """Train a model on a prepared data directory (see `prepare-char`, `prepare-tokenizer`).
-
-    Shape flags left unset take the defaults below, or on --resume the checkpoint's values.
-    """
+class TrainConfig(SeedOption, TrainingOptions):
+    """Train a model on a prepared data directory (see `prepare-char`, `prepare-tokenizer`)."""
 
     ckpt_dir: Path = Path("checkpoints/run")
     """Where latest.pt, best.pt, metrics.csv, run_meta.json and loss.png go."""
@@ -127,8 +214,6 @@ class TrainConfig(TrainingOptions):
     weight_decay: float = 0.1
     """Decoupled weight decay of >= 2-D weights (not embeddings, norms or biases), at each
     tensor's own rate."""
-    seed: int = 1337
-    """Seed of initialisation, batch sampling and dropout."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the parameters with this decay (0 disables)."""
     resume: Annotated[Path | None, unset_means("a new run")] = None
@@ -151,11 +236,21 @@ class TrainConfig(TrainingOptions):
     early_stopping_min_delta: float = 0.0
     """Smallest val-loss decrease that counts as an improvement."""
 
+    def check(self) -> None:
+        super().check()
+        for name in ("lr", "muon_lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{flag(name)} must be positive (got {getattr(self, name)})")
+        at_least(self, 0, "weight_decay", "early_stopping_patience", "early_stopping_min_delta")
+        within(self, "ema_decay", 0.0, 1.0, open_high=True)
+        if self.resume and self.init_from:
+            raise UserError("use either --resume (continue a run) or --init-from (warm start)")
+
 
 @dataclass(frozen=True)
 class SweepConfig(TrainingOptions):
     """Train a grid of --lrs x --muon-lrs (with --optimizer muon) x --seeds x --weight-decays
-    as one vmapped ensemble.
+    as one ensemble, every member in each step.
 
     Member i is the same run as `train` with the same flags and its grid point's learning
     rate(s), seed and weight decay: same initialisation, batches, dropout, schedule,
@@ -165,7 +260,9 @@ class SweepConfig(TrainingOptions):
     activation checkpointing, --auto-microbatch and --amp-dtype fp16 (--amp on is bf16).
     """
 
-    lrs: Annotated[tuple[float, ...], tyro.conf.arg(help_behavior_hint=LRS_NEEDED)] = ()
+    lrs: Annotated[
+        tuple[float, ...], tyro.conf.arg(help_behavior_hint="(required unless --resume)")
+    ] = ()
     """Peak learning rates of the grid."""
     muon_lrs: tuple[float, ...] = (0.05,)
     """Peak Muon rates of the grid (--optimizer muon)."""
@@ -179,33 +276,57 @@ class SweepConfig(TrainingOptions):
     """Continue the sweep in this directory for --max-iters more steps (flags left at their
     defaults take the saved values; others must agree with them)."""
 
+    def check(self) -> None:
+        super().check()
+        if self.resume is not None:
+            return  # the saved grid decides; `sweep` checks the flags against it
+        muon = self.optimizer == "muon"
+        if not muon and self.muon_lrs != SweepConfig.muon_lrs:
+            raise UserError("--muon-lrs sets Muon's rates: add --optimizer muon, or drop it")
+        lists = {"lrs": self.lrs, "muon_lrs": self.muon_lrs, "seeds": self.seeds,
+                 "weight_decays": self.weight_decays}  # fmt: skip
+        for name, values in lists.items():
+            if not values:
+                raise UserError(f"{flag(name)} needs at least one value")
+            if len(set(values)) < len(values):
+                raise UserError(f"{flag(name)} lists a value twice ({' '.join(map(str, values))})")
+        for name in ("lrs", "muon_lrs"):
+            bad = [lr for lr in lists[name] if not lr > 0]
+            if bad:
+                raise UserError(f"{flag(name)} must all be positive (got {bad[0]})")
+        bad_wd = [wd for wd in self.weight_decays if not wd >= 0]
+        if bad_wd:
+            raise UserError(f"--weight-decays must all be >= 0 (got {bad_wd[0]})")
+        if not muon:
+            del lists["muon_lrs"]
+        n = 1
+        for values in lists.values():
+            n *= len(values)
+        if n > MAX_MEMBERS:
+            axes = " x ".join(flag(k) for k, v in lists.items() if len(v) > 1)
+            raise UserError(f"the grid has {n} members ({axes}); one sweep trains at most "
+                            f"{MAX_MEMBERS}: split it into several sweeps")  # fmt: skip
+
 
 @dataclass(frozen=True)
-class InferenceOptions:
-    """What sampling and chat share: the checkpoint, its overrides and the sampling knobs."""
-
+class CheckpointOption(Options):
     ckpt: Path
     """Checkpoint (latest.pt / best.pt); it holds the architecture and the tokenizer."""
+
+
+@dataclass(frozen=True)
+class InferenceOptions(DeviceOption, SeedOption, SamplingOptions, CheckpointOption):
+    """What sampling, chat and serving share: the checkpoint, its overrides and the sampling
+    knobs."""
+
     mode: Annotated[Literal["char", "token"] | None, unset_means("the checkpoint's")] = None
     """char or token (given, it must agree with the checkpoint)."""
     vocab_path: Annotated[Path | None, unset_means("the checkpoint's")] = None
     """Override the checkpoint's character vocabulary (vocab.json)."""
     tokenizer_path: Annotated[Path | None, unset_means("the checkpoint's")] = None
     """Override the checkpoint's tokenizer (tokenizer.json)."""
-    max_new_tokens: int = 200
-    """Tokens to generate."""
-    temperature: float = 1.0
-    """Softmax temperature; 0 picks the most likely token (greedy)."""
-    top_k: int = 0
-    """Sample from the k most likely tokens only (0 disables)."""
-    top_p: float = 0.0
-    """Nucleus sampling: the smallest set of tokens reaching probability p (0 or 1 disables)."""
-    seed: int = 1337
-    """Seed of the sampling generator: the same seed gives the same text."""
     compile: bool = False
     """Compile the one-token decode step; on CPU/CUDA the package is kept beside the checkpoint."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    """auto picks cuda > mps > cpu."""
     ema: bool = False
     """Use the checkpoint's EMA weights (trained with --ema-decay) instead of the raw ones."""
     quantize: Literal["none", "int8", "bf16"] = "none"
@@ -225,12 +346,18 @@ class SampleConfig(InferenceOptions):
     drop_unknown: bool = False
     """Char mode: drop prompt characters outside the vocabulary (warning) instead of failing."""
 
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "num_samples")
+
 
 @dataclass(frozen=True)
 class ChatConfig(InferenceOptions):
-    """Chat with a checkpoint: `/reset` clears the history, `/exit` or end of input quits."""
+    """Chat with a checkpoint: `/reset` clears the history, `/exit` or end of input quits.
 
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    Its sampling defaults are a chat's: shorter replies, a little cooler, top-k and top-p."""
+
+    system_prompt: str = SYSTEM_PROMPT
     """First line of every context (kept when old turns are trimmed)."""
     max_new_tokens: int = 128
     """Longest reply in tokens (a reply also ends at a blank line, at a `User:`, `System:` or
@@ -250,7 +377,7 @@ class ServeConfig(InferenceOptions):
     The sampling flags are the defaults of requests that leave a field out (as in the
     OpenAI API: temperature 1, no top-k or top-p filter)."""
 
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompt: str = SYSTEM_PROMPT
     """A chat's first line when its messages have no system message."""
     host: str = "127.0.0.1"
     """Address to bind (the default takes connections from this machine only)."""
@@ -274,21 +401,25 @@ class ServeConfig(InferenceOptions):
     grace_s: float = 10.0
     """On SIGTERM: seconds in-flight requests get to finish before they are cut."""
 
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "max_batch", "max_queue", "prefill_chunk", "max_tokens_limit",
+                 "max_body_kb")  # fmt: skip
+        at_least(self, 0, "grace_s")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be in 0..65535 (got {self.port})")
+        if self.api_key is not None and not self.api_key.strip():
+            raise UserError("--api-key is empty; give a key or leave the flag out")
+
 
 @dataclass(frozen=True)
-class RecommendConfig:
+class RecommendConfig(DeviceOption, DataOptions):
     """Recommend a model and a full `train` command for a prepared corpus and a device."""
 
-    data_dir: Path = Path("data/char")
-    """Prepared data directory (meta.json, train.bin, val.bin)."""
     mode: Annotated[Literal["char", "token"] | None, unset_means("meta.json's")] = None
     """char or token (given, it must agree with meta.json)."""
-    tokenizer_path: Annotated[Path | None, unset_means("the one in --data-dir")] = None
-    """Passed on to the train command."""
     priority: Literal["speed", "quality"] = "speed"
     """speed: gpt-fast; quality: gpt-plus."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    """Device to plan for (auto picks cuda > mps > cpu)."""
     device_mem_gb: Annotated[
         float | None, unset_means("the device's total; system RAM on CPU, 8 on MPS")
     ] = None
@@ -299,39 +430,44 @@ class RecommendConfig:
     """Wall-clock budget of the training run (90s, 5m, 1h, 1h30m): plan the lowest
     validation loss this device reaches in it (times a few candidate shapes, once)."""
 
+    def check(self) -> None:
+        super().check()
+        if self.device_mem_gb is not None and not self.device_mem_gb > 0:
+            raise UserError(f"--device-mem-gb must be positive (got {self.device_mem_gb})")
+
 
 @dataclass(frozen=True)
-class SmokeCpuConfig:
+class SmokeCpuConfig(DeviceOption, SeedOption):
     """Random-weight models on the default corpus's characters: sample, compare cache paths."""
 
     prompt: str = "Hello, world! What is a list?"
     """Prompt; normalised (NFKC) and stripped of characters the vocabulary lacks."""
     new_tokens: int = 64
     """Characters to generate per variant."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    """auto picks cuda > mps > cpu."""
-    seed: int = 1337
-    """Seed of the random weights and of sampling."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "new_tokens")
 
 
 @dataclass(frozen=True)
-class SmokeTrainConfig:
+class SmokeTrainConfig(DeviceOption, SeedOption):
     """Train a tiny model on the default corpus; check the loss falls, resume and init-from."""
 
     model: Annotated[ModelName, tyro.conf.arg(metavar=MODEL_CHOICES)] = "gpt-fast"
     """Variant to train."""
     iters: int = 200
     """Training steps of the first run."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    """auto picks cuda > mps > cpu."""
-    seed: int = 1337
-    """Seed of initialisation, batches and dropout."""
     out_dir: Annotated[Path | None, unset_means("a temporary directory, removed after")] = None
     """Keep the data and checkpoints here."""
 
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "iters")
 
-@dataclass(frozen=True)
-class ExportConfig:
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(Options):
     """Export a checkpoint as safetensors or as a Hugging Face directory.
 
     safetensors keeps this project's names (sample --ckpt and train --init-from read the
@@ -349,8 +485,8 @@ class ExportConfig:
     """Export the checkpoint's EMA weights (trained with --ema-decay) instead of the raw ones."""
 
 
-@dataclass(frozen=True)
-class ImportConfig:
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig(Options):
     """Import a local Hugging Face GPT-2 or Llama directory as a checkpoint.
 
     GPT-2 becomes gpt, Llama gpt-plus; the checkpoint samples and warm-starts, and nothing is
@@ -364,12 +500,12 @@ class ImportConfig:
 
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(DeviceOption, SeedOption, CheckpointOption):
     """Measure a checkpoint's loss surface: sharpness, Hessian trace, gradient noise scale or
-    a 2-D loss landscape (JSON, and a contour plot for the landscape)."""
+    a 2-D loss landscape (JSON, and a contour plot for the landscape).
 
-    ckpt: Path
-    """Checkpoint (latest.pt / best.pt) to measure."""
+    --seed draws the batches, the Lanczos start, the trace's vectors and the directions."""
+
     what: Literal["sharpness", "trace", "noise-scale", "landscape"] = "sharpness"
     """sharpness: top eigenvalues; trace: Hutchinson; noise-scale: B_simple; landscape: 2-D."""
     data_dir: Annotated[Path | None, unset_means("the run's own, from the checkpoint")] = None
@@ -390,18 +526,24 @@ class AnalyzeConfig:
     """landscape: grid points per axis."""
     span: float = 1.0
     """landscape: both coordinates run over [-span, span], in filter-normalised units."""
-    seed: int = 0
-    """Seeds the batches, the Lanczos start, the trace's vectors and the directions."""
     ema: bool = False
     """Measure the checkpoint's EMA weights instead of the raw ones."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    """auto picks cuda > mps > cpu."""
     out: Annotated[Path | None, unset_means("analysis/ beside the checkpoint")] = None
     """Directory for WHAT-iterN.json (and WHAT-iterN.png for the landscape)."""
 
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "batches", "iters", "eigenvalues", "batch_size")
+        at_least(self, 2, "samples", "steps")
+        if self.what == "sharpness" and self.eigenvalues > self.iters:
+            raise UserError(f"--eigenvalues {self.eigenvalues} needs at least as many --iters "
+                            f"(got {self.iters})")  # fmt: skip
+        if not self.span > 0:
+            raise UserError(f"--span must be positive (got {self.span})")
+
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(Options):
     """Compare configurations across seeds: each one's mean ± sd, and Welch's t-test of every
     pair (train run and sweep directories; needs the research extra).
 

@@ -176,9 +176,8 @@ def advance(cache: KVCache, new_tokens: int) -> KVCache:
     """The cache with `pos` moved past `new_tokens` tokens.
 
     Built with the constructor, not `_replace`, here and in `Writes.result` (the code that
-    compiled steps trace): under torch.compile in torch 2.11, Dynamo returns a NamedTuple
-    made by `_replace` as an empty tuple, and the next compiled call then fails with an
-    IndexError while wrapping it.
+    compiled steps trace): Dynamo can return a NamedTuple made by `_replace` as an empty
+    tuple, which breaks the next compiled call.
     """
     return KVCache(cache.k, cache.v, cache.pos + new_tokens)
 

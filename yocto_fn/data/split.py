@@ -136,10 +136,8 @@ class Scan:
 
 
 def scan(corpus: Corpus, out_dir: Path, on_chunk: Callable[[int, str], None] | None = None) -> Scan:
-    """Validate the options and the corpus (nothing is written yet) and cut it into pieces;
+    """Validate the output directory and the corpus (nothing is written yet) and cut it into pieces;
     `on_chunk(offset, chunk)` sees every chunk of the same pass."""
-    if not 0.0 < corpus.opts.val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be between 0 and 1 (got {corpus.opts.val_fraction})")
     check_out_dir(out_dir)
     parts, chars, blank = [], 0, True
     for offset, chunk in corpus.offset_chunks():

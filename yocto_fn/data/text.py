@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import tyro
 
 from .. import fileio
-from ..config import unset_means
+from ..config import Options, unset_means
 from ..errors import UserError
 
 DEFAULT_CORPUS = Path("data/default.txt")
@@ -25,7 +25,7 @@ TEXT_DIR_USE = "(read only with --all-txt-in-dir)"  # its help's hint instead of
 
 
 @dataclass(frozen=True)
-class CorpusOptions:
+class CorpusOptions(Options):
     """Where the text comes from and how it is cleaned and split."""
 
     text_path: Annotated[Path | None, unset_means("the embedded corpus")] = None
@@ -46,6 +46,11 @@ class CorpusOptions:
     """Draw validation paragraphs at random instead of taking the end of the corpus."""
     split_seed: int = 1337
     """Seed of --random-split (same seed, same split)."""
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
 
 
 def default_corpus_text() -> str:

@@ -36,6 +36,10 @@ class PrepareTokenizerConfig(CorpusOptions):
     add_bos_eos: bool = True
     """Frame every paragraph (text between blank lines) as <bos> ... <eos>."""
 
+    def check(self) -> None:
+        super().check()
+        check_vocab_size(self.vocab_size, self.backend)
+
 
 def _training_sample(corpus: Corpus, ps: Pieces, seed: int) -> Iterator[str]:
     """Texts of at most BPE_SAMPLE_CHARS of the pieces `ps` (drawn at random when they hold
@@ -74,7 +78,6 @@ def encode_pieces(
 
 def prepare_tokenizer(opts: PrepareTokenizerConfig) -> dict:
     """Train a BPE (or word-level) tokenizer on the train split and encode both splits."""
-    check_vocab_size(opts.vocab_size, opts.backend)
     corpus = Corpus.load(opts)
     sc = scan(corpus, opts.out_dir)
     is_val = split_mask(sc.pieces, opts)

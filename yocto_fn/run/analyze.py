@@ -32,22 +32,6 @@ from ..formats import checkpoint
 from .runstate import git_commit
 
 
-def check_flags(cfg: AnalyzeConfig) -> None:
-    """Every count the measure needs, checked before anything is loaded."""
-    least = {"batches": 1, "iters": 1, "eigenvalues": 1, "samples": 2, "steps": 2}
-    for name, low in least.items():
-        if getattr(cfg, name) < low:
-            raise UserError(f"--{name} must be at least {low} (got {getattr(cfg, name)})")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {cfg.batch_size})")
-    if cfg.what == "sharpness" and cfg.eigenvalues > cfg.iters:
-        raise UserError(
-            f"--eigenvalues {cfg.eigenvalues} needs at least as many --iters (got {cfg.iters})"
-        )
-    if not cfg.span > 0:
-        raise UserError(f"--span must be positive (got {cfg.span})")
-
-
 def data_dir_of(cfg: AnalyzeConfig, ckpt: dict[str, Any]) -> Path:
     if cfg.data_dir is not None:
         return cfg.data_dir
@@ -188,7 +172,6 @@ def out_dir_of(cfg: AnalyzeConfig) -> Path:
 
 
 def run(cfg: AnalyzeConfig) -> dict[str, Any]:
-    check_flags(cfg)
     out = out_dir_of(cfg)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is an existing file; choose a directory")

@@ -1,4 +1,5 @@
-"""metrics.csv (the original tool's columns) and the loss.png plot.
+"""metrics.csv (its columns are the command line's interface: scripts read them) and the
+loss.png plot.
 
 The CSV is rewritten whole, atomically, at every evaluation: it stays small, a crash never
 leaves a torn row, and a resumed run can drop rows past its checkpoint before appending.

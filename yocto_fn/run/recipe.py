@@ -1,8 +1,7 @@
 """The optimizer and the learning-rate schedule a run's flags ask for.
 
-`train` and `sweep` share these: the checks of the optimizer and schedule flags, the
-optimizer a run uses (the flag, the checkpoint's on resume, or the default), the rates at a
-step, and what run_meta.json records of them.
+`train` and `sweep` share these: the optimizer a run uses (the flag, or the checkpoint's on
+resume), the rates at a step, and what run_meta.json records of them.
 """
 
 from __future__ import annotations
@@ -11,42 +10,25 @@ from typing import Any
 
 import torch
 
-from ..config import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULE, TrainConfig, TrainingOptions
+from ..config import TrainConfig, TrainingOptions
 from ..core import optim, schedules
 from ..core.muon import NS_STEPS, muon, ns_dtype_for
 from ..errors import UserError
 from ..formats import checkpoint
 
 
-def check_schedule(cfg: TrainingOptions) -> None:
-    """Flags of the optimizer and the schedule that `train` and `sweep` share."""
-    if not 0.0 <= cfg.muon_momentum < 1.0:
-        raise UserError(f"--muon-momentum must be in [0, 1) (got {cfg.muon_momentum})")
-    if cfg.cosine_lr and cfg.schedule not in (None, "cosine"):
-        raise UserError(f"--cosine-lr means --schedule cosine, not {cfg.schedule}: drop one")
-    if not 0.0 < cfg.decay_fraction <= 1.0:
-        raise UserError(f"--decay-fraction must be in (0, 1] (got {cfg.decay_fraction})")
-    if cfg.warmup_iters < 0:
-        raise UserError(f"--warmup-iters must be >= 0 (got {cfg.warmup_iters})")
-
-
-def schedule_of(cfg: TrainingOptions) -> str:
-    """--schedule, else cosine for --cosine-lr (the older spelling), else the default."""
-    return cfg.schedule or ("cosine" if cfg.cosine_lr else DEFAULT_SCHEDULE)
-
-
 def optimizer_choice(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> str:
-    """The optimizer's name: --optimizer, else (on resume) the checkpoint's, else the default.
-
-    On resume another optimizer than the checkpoint's is an error: its state would not fit.
-    """
-    saved = None if ckpt is None else checkpoint.optimizer_name(ckpt["opt_state"])
-    if saved and cfg.optimizer and cfg.optimizer != saved:
+    """The optimizer's name: --optimizer; on resume the checkpoint's, unless the flag was set
+    to another one, which is an error: the saved state would not fit it."""
+    if ckpt is None:
+        return cfg.optimizer
+    saved = checkpoint.optimizer_name(ckpt["opt_state"])
+    if cfg.optimizer not in (saved, TrainConfig.optimizer):
         raise UserError(
             f"--resume {cfg.resume} was trained with --optimizer {saved}, not "
             f"{cfg.optimizer}: drop --optimizer, or start afresh with --init-from {cfg.resume}"
         )
-    return cfg.optimizer or saved or DEFAULT_OPTIMIZER
+    return saved
 
 
 def make_optimizer(
@@ -70,7 +52,7 @@ def make_optimizer(
 
 def lr_at(cfg: TrainConfig, it: int, end: int) -> float:
     """The --lr schedule at step `it` of a run that ends at step `end`."""
-    name = schedule_of(cfg)
+    name = cfg.schedule
     if name == "constant":
         return schedules.constant(it, lr=cfg.lr)
     if name == "cosine":
@@ -100,5 +82,5 @@ def optimizer_meta(cfg: TrainConfig, name: str, amp_dtype: torch.dtype | None) -
         meta |= {"muon_lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "nesterov": True,
                  "ns_steps": NS_STEPS, "ns_dtype": ns_dtype,
                  "lr_scaling": "sqrt(max(1, rows/cols))"}  # fmt: skip
-    return meta | {"schedule": schedule_of(cfg), "warmup_iters": cfg.warmup_iters,
+    return meta | {"schedule": cfg.schedule, "warmup_iters": cfg.warmup_iters,
                    "min_lr": cfg.min_lr, "decay_fraction": cfg.decay_fraction}  # fmt: skip

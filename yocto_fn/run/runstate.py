@@ -12,14 +12,14 @@ import math
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import fileio
-from ..config import DEFAULT_MODEL, DEFAULT_SHAPE, TrainConfig, TrainingOptions
+from ..config import ShapeOptions, TrainConfig, TrainingOptions
 from ..core import models, rng
 from ..core.config import ModelConfig
 from ..core.params import Params, count, to
@@ -33,24 +33,6 @@ from ..plan import probe
 from . import distributed, metrics, recipe
 
 AUTO_TIE_TOKENS = 1_000_000
-
-
-def check_flags(cfg: TrainConfig) -> None:
-    positive = ("batch_size", "eval_interval", "eval_iters", "grad_accum_steps")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.max_iters < 0:
-        raise UserError("--max-iters must be >= 0")
-    if cfg.lr <= 0:
-        raise UserError(f"--lr must be positive (got {cfg.lr})")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise UserError(f"--ema-decay must be in [0, 1) (got {cfg.ema_decay})")
-    if cfg.resume and cfg.init_from:
-        raise UserError("use either --resume (continue a run) or --init-from (warm start)")
-    if cfg.muon_lr <= 0:
-        raise UserError(f"--muon-lr must be positive (got {cfg.muon_lr})")
-    recipe.check_schedule(cfg)
 
 
 def load_tokenizer(cfg: TrainingOptions, ds: Dataset) -> tokenizers.TextTokenizer:
@@ -72,25 +54,27 @@ def load_tokenizer(cfg: TrainingOptions, ds: Dataset) -> tokenizers.TextTokenize
 def model_setup(
     cfg: TrainConfig, ds: Dataset, ckpt: dict[str, Any] | None
 ) -> tuple[str, ModelConfig]:
-    """Variant and shape: flags, else the checkpoint's (on resume), else the defaults.
-
-    On resume a flag that contradicts the checkpoint is an error, as is another vocabulary.
-    """
+    """Variant and shape: the flags; on resume the checkpoint's, where a flag left at its
+    default gives way to it and one set to another value is an error (as is another
+    vocabulary)."""
     vocab = ds.meta["vocab_size"]
+    keys = [f.name for f in fields(ShapeOptions)]
+    wanted = {k: getattr(cfg, k) for k in keys} | {"model": models.canonical_name(cfg.model)}
     if ckpt is None:
-        name = models.canonical_name(cfg.model or DEFAULT_MODEL)
-        shape = {k: getattr(cfg, k) or v for k, v in DEFAULT_SHAPE.items()}
         tie = cfg.tie_weights or (
             cfg.auto_tie_weights and ds.meta["train_tokens"] < AUTO_TIE_TOKENS
         )
-        return name, ModelConfig(vocab_size=vocab, dropout=cfg.dropout, tie_weights=tie, **shape)
+        shape = {k: wanted[k] for k in keys if k != "model"}
+        return wanted["model"], ModelConfig(
+            vocab_size=vocab, dropout=cfg.dropout, tie_weights=tie, **shape
+        )
     saved = ModelConfig.from_dict(ckpt["model_config"])
     name = models.canonical_name(ckpt["arch"])
-    wanted = {"model": cfg.model and models.canonical_name(cfg.model)} | {
-        k: getattr(cfg, k) for k in DEFAULT_SHAPE
-    }
-    have = {"model": name} | {k: getattr(saved, k) for k in DEFAULT_SHAPE}
-    clash = [f"{k} {wanted[k]} vs {have[k]}" for k in wanted if wanted[k] not in (None, have[k])]
+    have = {k: getattr(saved, k) for k in keys if k != "model"} | {"model": name}
+    default = {k: getattr(ShapeOptions, k) for k in keys}
+    default["model"] = models.canonical_name(default["model"])
+    clash = [f"{k} {wanted[k]} vs {have[k]}" for k in keys
+             if wanted[k] not in (default[k], have[k])]  # fmt: skip
     if cfg.tie_weights and not saved.tie_weights:
         clash.append("tie_weights True vs False")
     if clash:

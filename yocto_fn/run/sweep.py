@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .. import fileio, jit
-from ..config import DEFAULT_OPTIMIZER, SweepConfig, TrainConfig, TrainingOptions
+from ..config import SweepConfig, TrainConfig, TrainingOptions
 from ..core import rng
 from ..core.config import ModelConfig
 from ..core.ensemble import make_ensemble_step
@@ -40,41 +40,18 @@ from ..errors import UserError
 from ..formats import checkpoint
 from ..plan import probe, recommend
 from . import distributed
-from .runstate import Interrupt, RunState, check_flags, choose_amp, load_tokenizer, model_setup
+from .runstate import Interrupt, RunState, choose_amp, load_tokenizer, model_setup
 from .sweep_report import GridPoint, plot_val_curves, point_label, summary, table, write_summary
 
-MAX_MEMBERS = 64
 SWEEP_FILE = "sweep.json"
 FREE_ON_RESUME = frozenset({"max_iters", "resume", "out_dir", "device", "compile"})
 
 
 def make_grid(cfg: SweepConfig) -> list[GridPoint]:
-    """--lrs x (--muon-lrs with --optimizer muon) x --seeds x --weight-decays, in that order;
-    a grid that cannot run is a UserError."""
-    muon = (cfg.optimizer or DEFAULT_OPTIMIZER) == "muon"
-    if not muon and cfg.muon_lrs != SweepConfig.muon_lrs:
-        raise UserError("--muon-lrs sets Muon's rates: add --optimizer muon, or drop it")
-    lists = (("--lrs", cfg.lrs), ("--muon-lrs", cfg.muon_lrs), ("--seeds", cfg.seeds),
-             ("--weight-decays", cfg.weight_decays))  # fmt: skip
-    for flag, values in lists:
-        if not values:
-            raise UserError(f"{flag} needs at least one value")
-        if len(set(values)) < len(values):
-            raise UserError(f"{flag} lists a value twice ({' '.join(map(str, values))})")
-    for flag, values in lists[:2]:
-        bad = [lr for lr in values if not lr > 0]
-        if bad:
-            raise UserError(f"{flag} must all be positive (got {bad[0]})")
-    bad_wd = [wd for wd in cfg.weight_decays if not wd >= 0]
-    if bad_wd:
-        raise UserError(f"--weight-decays must all be >= 0 (got {bad_wd[0]})")
+    """--lrs x (--muon-lrs with --optimizer muon) x --seeds x --weight-decays, in that order
+    (`SweepConfig.check` has refused a grid that cannot run)."""
+    muon = cfg.optimizer == "muon"
     muon_lrs = cfg.muon_lrs if muon else (None,)
-    n = len(cfg.lrs) * len(muon_lrs) * len(cfg.seeds) * len(cfg.weight_decays)
-    if n > MAX_MEMBERS:
-        raise UserError(
-            f"the grid has {n} members ({' x '.join(f for f, v in lists if len(v) > 1)}); "
-            f"one sweep trains at most {MAX_MEMBERS}: split it into several sweeps"
-        )
     product = itertools.product(cfg.lrs, muon_lrs, cfg.seeds, cfg.weight_decays)
     return [
         {"lr": lr} | ({"muon_lr": mlr} if muon else {}) | {"seed": seed, "weight_decay": wd}
@@ -129,16 +106,17 @@ def resumed_config(cfg: SweepConfig, saved: dict[str, Any]) -> SweepConfig:
 
     Flags left at their defaults take the saved values; a flag given with another value than
     the saved one is an error (the members would no longer be the runs they started as)."""
-    default, given = SweepConfig(), cfg.to_dict()
+    given = cfg.to_dict()
     values, clash = {}, []
     for f in dataclasses.fields(SweepConfig):
         if f.name in FREE_ON_RESUME:
             continue
-        was, now = saved["config"][f.name], _plain(given[f.name])
-        if now not in (_plain(getattr(default, f.name)), was):
+        was, now = saved["config"].get(f.name), _plain(given[f.name])
+        if now not in (_plain(f.default), was):
             clash.append(f"--{f.name.replace('_', '-')} {now} vs {was}")
-        values[f.name] = _typed(f, was)
-    if cfg.out_dir not in (default.out_dir, cfg.resume):
+        if was is not None or f.default is None:  # a sweep saved before a default existed
+            values[f.name] = _typed(f, was)
+    if cfg.out_dir not in (SweepConfig.out_dir, cfg.resume):
         clash.append(f"--out-dir {cfg.out_dir} vs {cfg.resume}")
     if clash:
         raise UserError(
@@ -161,7 +139,6 @@ def sweep_plan(cfg: SweepConfig) -> tuple[SweepConfig, list[GridPoint]]:
     if cfg.resume is not None:
         saved = load_saved(cfg.resume)
         return resumed_config(cfg, saved), saved["grid"]
-    cfg = dataclasses.replace(cfg, optimizer=cfg.optimizer or DEFAULT_OPTIMIZER)
     grid = make_grid(cfg)
     if (cfg.out_dir / SWEEP_FILE).exists():
         raise UserError(
@@ -186,8 +163,6 @@ class Sweep:
         cfg, grid = sweep_plan(cfg)
         self.cfg, self.grid = cfg, grid
         configs = [member_config(cfg, i, point) for i, point in enumerate(grid)]
-        for c in configs:
-            check_flags(c)
         self.device = resolve(cfg.device)
         ds = Dataset(cfg.data_dir)
         tok = load_tokenizer(cfg, ds)
@@ -199,7 +174,7 @@ class Sweep:
         if cfg.amp == "auto":
             spec = probe.StepSpec(arch, mcfg, cfg.batch_size, cfg.grad_accum_steps,
                                   members=len(grid), compile=cfg.compile,
-                                  optimizer=cfg.optimizer or DEFAULT_OPTIMIZER,
+                                  optimizer=cfg.optimizer,
                                   muon_ns_dtype=cfg.muon_ns_dtype)  # fmt: skip
             choice = choose_amp(spec, self.device, distributed.SINGLE)
         amp_dtype = choice.dtype if choice else amp_dtype_of(cfg.amp, "bf16", self.device)

@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..formats import checkpoint
 from ..plan import probe
 from . import distributed, metrics, recipe
-from .runstate import Interrupt, RunState, check_flags, choose_amp, load_tokenizer
+from .runstate import Interrupt, RunState, choose_amp, load_tokenizer
 
 
 class Trainer(RunState):
@@ -45,7 +45,6 @@ class Trainer(RunState):
         world: distributed.World = distributed.SINGLE,
         device: torch.device | None = None,
     ) -> None:
-        check_flags(cfg)
         device = device or resolve(cfg.device)
         amp_dtype = None if cfg.amp == "auto" else amp_dtype_of(cfg.amp, cfg.amp_dtype, device)
         if cfg.ckpt_dir.exists() and not cfg.ckpt_dir.is_dir():
@@ -215,7 +214,7 @@ class Trainer(RunState):
     def decay_start(self, end: int) -> int | None:
         """The first decaying step of a wsd run that ends at `end` (None: another schedule)."""
         c = self.cfg
-        if recipe.schedule_of(c) != "wsd":
+        if c.schedule != "wsd":
             return None
         return schedules.wsd_decay_start(c.warmup_iters, end, c.decay_fraction)
 

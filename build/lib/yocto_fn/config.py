@@ -1,0 +1,562 @@
+"""The command line's schemas: one tyro dataclass per subcommand, on the host side (the
+model's own shape, `ModelConfig`, is the core's: `yocto_fn.core.config`).
+
+Options several commands share are small groups (`DeviceOption`, `SeedOption`,
+`DataOptions`, `ShapeOptions`, `SamplingOptions`) that a command's config inherits; tyro
+flattens inherited fields into one flag list, so `--device` is declared once and reads the
+same everywhere. Field names follow the flags (`--n_layer` / `--n-layer` -> `n_layer`), so a
+flag, a config field and a checkpoint entry carry the same name.
+
+Every config checks its own values when it is built (`Options.check`, run from
+`__post_init__`), whether the CLI or a caller builds it: a bad value is one `UserError`
+before anything is read or written. Checks that need a file (a checkpoint, the data) stay
+with the code that opens it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+
+from .errors import UserError
+
+ModelName = Literal["gpt", "gpt-plus", "gpt-fast", "gpt_plus", "gpt_fast"]
+MODEL_CHOICES = "{gpt,gpt-plus,gpt-fast}"  # the help's spelling: the underscore ones work too
+Device = Literal["auto", "cpu", "cuda", "mps"]
+SYSTEM_PROMPT = "You are yocto_fn, a concise and helpful assistant."
+MAX_MEMBERS = 64  # members of one sweep: more stacks past what a step handles well
+
+
+def unset_means(meaning: str, metavar: str | None = None) -> Any:
+    """tyro metadata of a flag whose None stands for something no value can say (the
+    checkpoint's, a new run): its help says `(default: meaning)`, not `(default: None)`."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {meaning})")
+
+
+def flag(name: str) -> str:
+    """A field's flag, as errors name it: `n_layer` -> `--n-layer`."""
+    return "--" + name.replace("_", "-")
+
+
+def at_least(cfg: object, low: int, *names: str) -> None:
+    """Refuse any of the named fields below `low` (a None field is unset, and passes)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            bound = ">= 0" if low == 0 else f"at least {low}"
+            raise UserError(f"{flag(name)} must be {bound} (got {value:g})")
+
+
+def within(cfg: object, name: str, low: float, high: float, *, open_high: bool = False) -> None:
+    """Refuse a field outside [low, high], or [low, high) with `open_high`."""
+    value = getattr(cfg, name)
+    if not (low <= value < high if open_high else low <= value <= high):
+        shown = f"[{low:g}, {high:g}{')' if open_high else ']'}"
+        raise UserError(f"{flag(name)} must be in {shown} (got {value:g})")
+
+
+class Options:
+    """Base of every schema: `check` runs once the dataclass is built. Each class's `check`
+    refuses its own fields and calls `super().check()`, so a config composed of groups checks
+    all of them in one pass."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse values no run could use (UserError, naming the flag and its fix)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class DeviceOption(Options):
+    device: Device = "auto"
+    """auto picks cuda > mps > cpu."""
+
+
+@dataclass(frozen=True)
+class SeedOption(Options):
+    seed: int = 1337
+    """Seed of the command's random draws (initialisation, batches, dropout, sampling): the
+    same seed repeats the result."""
+
+
+@dataclass(frozen=True)
+class DataOptions(Options):
+    data_dir: Path = Path("data/char")
+    """Prepared data directory (train.bin, val.bin, meta.json)."""
+    tokenizer_path: Annotated[Path | None, unset_means("the one in --data-dir")] = None
+    """vocab.json / tokenizer.json."""
+
+
+@dataclass(frozen=True)
+class ShapeOptions(Options):
+    """The model's variant and shape. On --resume a flag left at its default takes the
+    checkpoint's value; one set to another value than the checkpoint's is refused."""
+
+    model: Annotated[ModelName, tyro.conf.arg(metavar=MODEL_CHOICES)] = "gpt"
+    """Variant (--model-type is the same flag)."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads."""
+    n_embd: int = 128
+    """Embedding width."""
+    block_size: int = 128
+    """Context length in tokens."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "n_layer", "n_head", "n_embd", "block_size")
+
+
+@dataclass(frozen=True)
+class SamplingOptions(Options):
+    max_new_tokens: int = 200
+    """Tokens to generate."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 picks the most likely token (greedy)."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0 disables)."""
+    top_p: float = 0.0
+    """Nucleus sampling: the smallest set of tokens reaching probability p (0 or 1 disables)."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "max_new_tokens")
+        at_least(self, 0, "temperature", "top_k")
+        within(self, "top_p", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TrainingOptions(DeviceOption, ShapeOptions, DataOptions):
+    """What `train` and `sweep` share: data, shape, batch, schedule, evaluation and device."""
+
+    mode: Literal["char", "token"] = "char"
+    """char or token; must match the prepared data."""
+    batch_size: int = 32
+    """Sequences per micro-batch (the global batch is batch_size * grad_accum_steps)."""
+    max_iters: int = 1000
+    """Optimizer steps to run (on --resume: additional steps; 0: evaluate and save only)."""
+    dropout: float = 0.0
+    """Dropout probability (0.1-0.3 against overfitting on small corpora)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training loss."""
+    tie_weights: bool = False
+    """Share the token embedding and the LM head."""
+    auto_tie_weights: bool = False
+    """Tie the weights when the training split has fewer than 1M tokens."""
+    # muon: the sweeps of docs/benchmarks.md (benchmarks/results/2026-12-02-cpu-recipe)
+    optimizer: Literal["adamw", "muon"] = "muon"
+    """adamw trains every tensor with AdamW at --lr; muon trains the block matrices with Muon
+    at --muon-lr and the embeddings, head, norms and biases with AdamW at --lr (on --resume
+    the default means the checkpoint's)."""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum."""
+    muon_ns_dtype: Literal["fp32", "bf16", "auto"] = "fp32"
+    """Precision of Muon's Newton-Schulz iterations; auto = bf16 when the step autocasts to
+    bf16 (faster, and a little higher loss: docs/benchmarks.md)."""
+    schedule: Literal["constant", "cosine", "wsd"] = "cosine"
+    """Learning-rate schedule: constant; cosine (linear warmup, cosine decay to --min-lr);
+    wsd (warmup, stable, then a linear decay to --min-lr over the last --decay-fraction)."""
+    cosine_lr: bool = False
+    """Same as --schedule cosine."""
+    warmup_iters: int = 100
+    """Linear warmup steps of cosine and wsd."""
+    min_lr: float = 1e-4
+    """Final learning rate of cosine and wsd (Muon's falls in the same proportion)."""
+    decay_fraction: float = 0.2
+    """wsd: the fraction of the run, at its end, over which the rate decays."""
+    grad_clip: float = 1.0
+    """Clip gradients to this global norm (0 disables)."""
+    eval_interval: int = 100
+    """Evaluate, log and checkpoint every this many steps (and at the end)."""
+    eval_iters: int = 20
+    """Batches per split in each evaluation."""
+    amp: Literal["auto", "on", "off"] = "auto"
+    """Autocast the forward: auto = the faster of fp32 and bf16 for this run, timed once and
+    cached (fp32 where bf16 is not native); on = --amp-dtype; off = fp32. A bare --amp means
+    on, --no-amp off."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    compile: bool = False
+    """torch.compile the whole train step (forward, backward and optimizer)."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "batch_size", "eval_interval", "eval_iters", "grad_accum_steps")
+        at_least(self, 0, "max_iters", "warmup_iters", "grad_clip")
+        within(self, "dropout", 0.0, 1.0, open_high=True)
+        within(self, "label_smoothing", 0.0, 1.0, open_high=True)
+        within(self, "muon_momentum", 0.0, 1.0, open_high=True)
+        if self.cosine_lr and self.schedule != "cosine":
+            raise UserError(f"--cosine-lr means --schedule cosine, not {self.schedule}: drop one")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise UserError(f"--decay-fraction must be in (0, 1] (got {self.decay_fraction})")
+
+
+@dataclass(frozen=True)
+class TrainConfig(SeedOption, TrainingOptions):
+    """Train a model on a prepared data directory (see `prepare-char`, `prepare-tokenizer`)."""
+
+    ckpt_dir: Path = Path("checkpoints/run")
+    """Where latest.pt, best.pt, metrics.csv, run_meta.json and loss.png go."""
+    lr: float = 3e-3
+    """Peak learning rate (with --optimizer muon: of the tensors AdamW trains)."""
+    muon_lr: float = 0.05
+    """Peak Muon rate of the block matrices (--optimizer muon), scaled by sqrt(max(1,
+    rows/cols)) per matrix."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of >= 2-D weights (not embeddings, norms or biases), at each
+    tensor's own rate."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the parameters with this decay (0 disables)."""
+    resume: Annotated[Path | None, unset_means("a new run")] = None
+    """Continue from this checkpoint: params, optimizer, iteration, best loss, data RNG."""
+    init_from: Annotated[Path | None, unset_means("random initialisation")] = None
+    """Start from this checkpoint's weights only (fresh optimizer and iteration count)."""
+    strict_init: bool = True
+    """With --init-from, require every tensor to match (--no-strict-init: load the matching)."""
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    """Autocast dtype of --amp: bf16 (CPU, CUDA, MPS) or fp16 with dynamic loss scaling (CUDA)."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass to save activation memory (with --compile
+    too: the forward is then compiled apart from the optimizer)."""
+    auto_microbatch: bool = False
+    """On CUDA out-of-memory, halve the micro-batch and double accumulation."""
+    save_strategy: Literal["both", "best", "latest", "all", "none"] = "both"
+    """Which checkpoints to write at each evaluation (all: both, plus iter-N.pt kept)."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without improvement (0 disables)."""
+    early_stopping_min_delta: float = 0.0
+    """Smallest val-loss decrease that counts as an improvement."""
+
+    def check(self) -> None:
+        super().check()
+        for name in ("lr", "muon_lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{flag(name)} must be positive (got {getattr(self, name)})")
+        at_least(self, 0, "weight_decay", "early_stopping_patience", "early_stopping_min_delta")
+        within(self, "ema_decay", 0.0, 1.0, open_high=True)
+        if self.resume and self.init_from:
+            raise UserError("use either --resume (continue a run) or --init-from (warm start)")
+
+
+@dataclass(frozen=True)
+class SweepConfig(TrainingOptions):
+    """Train a grid of --lrs x --muon-lrs (with --optimizer muon) x --seeds x --weight-decays
+    as one ensemble, every member in each step.
+
+    Member i is the same run as `train` with the same flags and its grid point's learning
+    rate(s), seed and weight decay: same initialisation, batches, dropout, schedule,
+    evaluation and checkpoints (in --out-dir/member-XX/). Left out, because one ensemble
+    step has no per-member control flow or extra state for them: --ema-decay, early
+    stopping, --init-from, --save-strategy (every member writes latest.pt and best.pt),
+    activation checkpointing, --auto-microbatch and --amp-dtype fp16 (--amp on is bf16).
+    """
+
+    lrs: Annotated[
+        tuple[float, ...], tyro.conf.arg(help_behavior_hint="(required unless --resume)")
+    ] = ()
+    """Peak learning rates of the grid."""
+    muon_lrs: tuple[float, ...] = (0.05,)
+    """Peak Muon rates of the grid (--optimizer muon)."""
+    seeds: tuple[int, ...] = (1337,)
+    """Seeds of the grid (initialisation, batch sampling and dropout of a member)."""
+    weight_decays: tuple[float, ...] = (0.1,)
+    """Weight decays of the grid."""
+    out_dir: Path = Path("sweeps/run")
+    """Where sweep.json, summary.csv, val_curves.png and member-XX/ go."""
+    resume: Annotated[Path | None, unset_means("a new sweep")] = None
+    """Continue the sweep in this directory for --max-iters more steps (flags left at their
+    defaults take the saved values; others must agree with them)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.resume is not None:
+            return  # the saved grid decides; `sweep` checks the flags against it
+        muon = self.optimizer == "muon"
+        if not muon and self.muon_lrs != SweepConfig.muon_lrs:
+            raise UserError("--muon-lrs sets Muon's rates: add --optimizer muon, or drop it")
+        lists = {"lrs": self.lrs, "muon_lrs": self.muon_lrs, "seeds": self.seeds,
+                 "weight_decays": self.weight_decays}  # fmt: skip
+        for name, values in lists.items():
+            if not values:
+                raise UserError(f"{flag(name)} needs at least one value")
+            if len(set(values)) < len(values):
+                raise UserError(f"{flag(name)} lists a value twice ({' '.join(map(str, values))})")
+        for name in ("lrs", "muon_lrs"):
+            bad = [lr for lr in lists[name] if not lr > 0]
+            if bad:
+                raise UserError(f"{flag(name)} must all be positive (got {bad[0]})")
+        bad_wd = [wd for wd in self.weight_decays if not wd >= 0]
+        if bad_wd:
+            raise UserError(f"--weight-decays must all be >= 0 (got {bad_wd[0]})")
+        if not muon:
+            del lists["muon_lrs"]
+        n = 1
+        for values in lists.values():
+            n *= len(values)
+        if n > MAX_MEMBERS:
+            axes = " x ".join(flag(k) for k, v in lists.items() if len(v) > 1)
+            raise UserError(f"the grid has {n} members ({axes}); one sweep trains at most "
+                            f"{MAX_MEMBERS}: split it into several sweeps")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckpointOption(Options):
+    ckpt: Path
+    """Checkpoint (latest.pt / best.pt); it holds the architecture and the tokenizer."""
+
+
+@dataclass(frozen=True)
+class InferenceOptions(DeviceOption, SeedOption, SamplingOptions, CheckpointOption):
+    """What sampling, chat and serving share: the checkpoint, its overrides and the sampling
+    knobs."""
+
+    mode: Annotated[Literal["char", "token"] | None, unset_means("the checkpoint's")] = None
+    """char or token (given, it must agree with the checkpoint)."""
+    vocab_path: Annotated[Path | None, unset_means("the checkpoint's")] = None
+    """Override the checkpoint's character vocabulary (vocab.json)."""
+    tokenizer_path: Annotated[Path | None, unset_means("the checkpoint's")] = None
+    """Override the checkpoint's tokenizer (tokenizer.json)."""
+    compile: bool = False
+    """Compile the one-token decode step; on CPU/CUDA the package is kept beside the checkpoint."""
+    ema: bool = False
+    """Use the checkpoint's EMA weights (trained with --ema-decay) instead of the raw ones."""
+    quantize: Literal["none", "int8", "bf16"] = "none"
+    """Decode with int8 weights (per-row scales) or bf16 weights and cache."""
+
+
+@dataclass(frozen=True)
+class SampleConfig(InferenceOptions):
+    """Generate text from a checkpoint; it streams to stdout as it is generated."""
+
+    prompt: str = ""
+    """Text to continue (\\n and \\t escapes are honoured)."""
+    num_samples: int = 1
+    """Independent samples, one after the other."""
+    stats: bool = False
+    """Print load/compile time, prefill ms, first step and steady decode tokens/s to stderr."""
+    drop_unknown: bool = False
+    """Char mode: drop prompt characters outside the vocabulary (warning) instead of failing."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "num_samples")
+
+
+@dataclass(frozen=True)
+class ChatConfig(InferenceOptions):
+    """Chat with a checkpoint: `/reset` clears the history, `/exit` or end of input quits.
+
+    Its sampling defaults are a chat's: shorter replies, a little cooler, top-k and top-p."""
+
+    system_prompt: str = SYSTEM_PROMPT
+    """First line of every context (kept when old turns are trimmed)."""
+    max_new_tokens: int = 128
+    """Longest reply in tokens (a reply also ends at a blank line, at a `User:`, `System:` or
+    `Assistant:` line the model starts, or at <eos>)."""
+    temperature: float = 0.9
+    """Softmax temperature; 0 is greedy."""
+    top_k: int = 40
+    """Sample from the k most likely tokens only (0 disables)."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold (0 or 1 disables)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig(InferenceOptions):
+    """Serve a checkpoint over an OpenAI-compatible HTTP API, with a chat page at `/`.
+
+    The sampling flags are the defaults of requests that leave a field out (as in the
+    OpenAI API: temperature 1, no top-k or top-p filter)."""
+
+    system_prompt: str = SYSTEM_PROMPT
+    """A chat's first line when its messages have no system message."""
+    host: str = "127.0.0.1"
+    """Address to bind (the default takes connections from this machine only)."""
+    port: int = 8000
+    """TCP port."""
+    max_batch: int = 16
+    """Rows of the shared KV cache: requests (and choices of `n`) generated at once."""
+    max_queue: int = 64
+    """Requests that may wait for a row; beyond it a request gets a 429."""
+    prefill_chunk: int = 64
+    """Prompt tokens prefilled between two decode steps (bounds the stall a long prompt
+    causes the running streams)."""
+    max_tokens_limit: int = 4096
+    """Largest `max_tokens` a request may ask for."""
+    max_body_kb: int = 256
+    """Largest request body in KiB; larger ones get a 413."""
+    api_key: Annotated[str | None, unset_means("no key", "KEY")] = None
+    """Require `Authorization: Bearer KEY` on /v1/."""
+    model_id: str = "yocto_fn"
+    """The model's name in /v1/models and in replies; requests may name it or leave it out."""
+    grace_s: float = 10.0
+    """On SIGTERM: seconds in-flight requests get to finish before they are cut."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "max_batch", "max_queue", "prefill_chunk", "max_tokens_limit",
+                 "max_body_kb")  # fmt: skip
+        at_least(self, 0, "grace_s")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be in 0..65535 (got {self.port})")
+        if self.api_key is not None and not self.api_key.strip():
+            raise UserError("--api-key is empty; give a key or leave the flag out")
+
+
+@dataclass(frozen=True)
+class RecommendConfig(DeviceOption, DataOptions):
+    """Recommend a model and a full `train` command for a prepared corpus and a device."""
+
+    mode: Annotated[Literal["char", "token"] | None, unset_means("meta.json's")] = None
+    """char or token (given, it must agree with meta.json)."""
+    priority: Literal["speed", "quality"] = "speed"
+    """speed: gpt-fast; quality: gpt-plus."""
+    device_mem_gb: Annotated[
+        float | None, unset_means("the device's total; system RAM on CPU, 8 on MPS")
+    ] = None
+    """Memory budget in GiB."""
+    ckpt_dir: Path = Path("checkpoints/run")
+    """Checkpoint directory of the suggested run."""
+    time_budget: Annotated[str | None, unset_means("no budget: --priority decides")] = None
+    """Wall-clock budget of the training run (90s, 5m, 1h, 1h30m): plan the lowest
+    validation loss this device reaches in it (times a few candidate shapes, once)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.device_mem_gb is not None and not self.device_mem_gb > 0:
+            raise UserError(f"--device-mem-gb must be positive (got {self.device_mem_gb})")
+
+
+@dataclass(frozen=True)
+class SmokeCpuConfig(DeviceOption, SeedOption):
+    """Random-weight models on the default corpus's characters: sample, compare cache paths."""
+
+    prompt: str = "Hello, world! What is a list?"
+    """Prompt; normalised (NFKC) and stripped of characters the vocabulary lacks."""
+    new_tokens: int = 64
+    """Characters to generate per variant."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "new_tokens")
+
+
+@dataclass(frozen=True)
+class SmokeTrainConfig(DeviceOption, SeedOption):
+    """Train a tiny model on the default corpus; check the loss falls, resume and init-from."""
+
+    model: Annotated[ModelName, tyro.conf.arg(metavar=MODEL_CHOICES)] = "gpt-fast"
+    """Variant to train."""
+    iters: int = 200
+    """Training steps of the first run."""
+    out_dir: Annotated[Path | None, unset_means("a temporary directory, removed after")] = None
+    """Keep the data and checkpoints here."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "iters")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(Options):
+    """Export a checkpoint as safetensors or as a Hugging Face directory.
+
+    safetensors keeps this project's names (sample --ckpt and train --init-from read the
+    directory); hf writes a directory transformers loads: GPT-2 layout for gpt and gpt-fast,
+    Llama for gpt-plus.
+    """
+
+    ckpt: Path
+    """Checkpoint (latest.pt / best.pt) or an exported safetensors directory."""
+    out: Path
+    """Directory to write (created; files of the same names are replaced)."""
+    format: Literal["safetensors", "hf"]
+    """safetensors or hf."""
+    ema: bool = False
+    """Export the checkpoint's EMA weights (trained with --ema-decay) instead of the raw ones."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig(Options):
+    """Import a local Hugging Face GPT-2 or Llama directory as a checkpoint.
+
+    GPT-2 becomes gpt, Llama gpt-plus; the checkpoint samples and warm-starts, and nothing is
+    downloaded.
+    """
+
+    hf_dir: Path
+    """Directory with config.json, model.safetensors or pytorch_model.bin, tokenizer.json."""
+    out: Path
+    """Checkpoint file to write (e.g. checkpoints/gpt2.pt)."""
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig(DeviceOption, SeedOption, CheckpointOption):
+    """Measure a checkpoint's loss surface: sharpness, Hessian trace, gradient noise scale or
+    a 2-D loss landscape (JSON, and a contour plot for the landscape).
+
+    --seed draws the batches, the Lanczos start, the trace's vectors and the directions."""
+
+    what: Literal["sharpness", "trace", "noise-scale", "landscape"] = "sharpness"
+    """sharpness: top eigenvalues; trace: Hutchinson; noise-scale: B_simple; landscape: 2-D."""
+    data_dir: Annotated[Path | None, unset_means("the run's own, from the checkpoint")] = None
+    """Prepared data directory to draw the batches from."""
+    split: Literal["train", "val"] = "train"
+    """The split whose loss is measured."""
+    batches: int = 4
+    """Batches the measure averages over (each a fixed draw from --seed)."""
+    batch_size: Annotated[int | None, unset_means("the run's --batch-size")] = None
+    """Rows (sequences of the model's block size) per batch."""
+    iters: int = 20
+    """sharpness: Lanczos steps (one Hessian-vector product each)."""
+    eigenvalues: int = 1
+    """sharpness: how many of the largest eigenvalues to report."""
+    samples: int = 20
+    """trace: Rademacher vectors (one Hessian-vector product each)."""
+    steps: int = 21
+    """landscape: grid points per axis."""
+    span: float = 1.0
+    """landscape: both coordinates run over [-span, span], in filter-normalised units."""
+    ema: bool = False
+    """Measure the checkpoint's EMA weights instead of the raw ones."""
+    out: Annotated[Path | None, unset_means("analysis/ beside the checkpoint")] = None
+    """Directory for WHAT-iterN.json (and WHAT-iterN.png for the landscape)."""
+
+    def check(self) -> None:
+        super().check()
+        at_least(self, 1, "batches", "iters", "eigenvalues", "batch_size")
+        at_least(self, 2, "samples", "steps")
+        if self.what == "sharpness" and self.eigenvalues > self.iters:
+            raise UserError(f"--eigenvalues {self.eigenvalues} needs at least as many --iters "
+                            f"(got {self.iters})")  # fmt: skip
+        if not self.span > 0:
+            raise UserError(f"--span must be positive (got {self.span})")
+
+
+@dataclass(frozen=True)
+class CompareConfig(Options):
+    """Compare configurations across seeds: each one's mean ± sd, and Welch's t-test of every
+    pair (train run and sweep directories; needs the research extra).
+
+    Runs group by their configuration without the seed, device and directory; a sweep
+    directory stands for all its members."""
+
+    paths: Annotated[
+        tuple[Path, ...],
+        tyro.conf.Positional,
+        tyro.conf.arg(metavar="RUN_OR_SWEEP", help_behavior_hint="(two or more)"),
+    ]
+    """train run directories (run_meta.json, metrics.csv) and sweep directories."""
+    metric: Literal["best_val_loss", "final_val_loss"] = "best_val_loss"
+    """The compared value of each run: its lowest or its last val loss."""
+    out: Path = Path("compare")
+    """Directory for compare.json and compare.png (the val curves: mean and a ± sd band)."""

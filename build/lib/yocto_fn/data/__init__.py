@@ -1,0 +1,40 @@
+"""Corpus preparation (char and token level) and memory-mapped training batches.
+
+Raw text becomes `train.bin` / `val.bin` (token ids in the smallest unsigned dtype that
+fits) plus what is needed to encode and decode (`vocab.json` or `tokenizer.json`) and a
+`meta.json` describing the run. Everything is computed and validated before the first byte
+is written, and outputs replace earlier ones only once all of them are complete.
+
+One module per concern:
+- `text`: the input files or the default corpus, cleaning, chunked streaming (`Corpus`);
+- `split`: paragraphs (`Pieces`) and the train/validation split, shared by both preparations;
+- `char`, `tokens`: the two preparations;
+- `output`: the all-or-nothing write and `meta.json`'s corpus fields;
+- `dataset`: the `Dataset` that serves batches from a prepared directory.
+"""
+
+from .char import PrepareCharConfig, prepare_char
+from .dataset import Dataset
+from .text import (
+    CorpusOptions,
+    clean,
+    collapse_whitespace,
+    default_corpus_text,
+    ensure_default_corpus,
+    sanitize_basic,
+)
+from .tokens import PrepareTokenizerConfig, prepare_tokenizer
+
+__all__ = [
+    "CorpusOptions",
+    "Dataset",
+    "PrepareCharConfig",
+    "PrepareTokenizerConfig",
+    "clean",
+    "collapse_whitespace",
+    "default_corpus_text",
+    "ensure_default_corpus",
+    "prepare_char",
+    "prepare_tokenizer",
+    "sanitize_basic",
+]
