@@ -16,6 +16,7 @@ from conftest import ckpt
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from yocto_fn import analysis, cli, models
+from yocto_fn.config import AnalyzeConfig
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.ensemble import per_example_grads
 from yocto_fn.core.params import count, to, tree_leaves, tree_map
@@ -233,7 +234,9 @@ def run_ckpt(char_dir, tmp_path_factory) -> Path:
     return out / "latest.pt"
 
 
-def measured_batches(ckpt_path: Path, char_dir: Path, batches: int, rows: int, seed: int = 0):
+def measured_batches(
+    ckpt_path: Path, char_dir: Path, batches: int, rows: int, seed: int = AnalyzeConfig.seed
+):
     """The batches `analyze` draws: --batches draws of --batch-size rows from --seed."""
     saved = ckpt(ckpt_path)
     mcfg = ModelConfig.from_dict(saved["model_config"])
@@ -255,24 +258,24 @@ def test_analyze_writes_the_library_measure_with_provenance(what, run_ckpt, char
     saved = orjson.loads((out / f"{what}-iter6.json").read_bytes())
     assert saved["what"] == what and saved["checkpoint"]["iter"] == 6
     assert saved["data"] == {"dir": str(char_dir), "split": "train", "batches": 2, "rows": 4,
-                             "block_size": 16, "seed": 0}  # fmt: skip
+                             "block_size": 16, "seed": AnalyzeConfig.seed}  # fmt: skip
     assert saved["torch"] == torch.__version__ and saved["model_config"]["n_embd"] == 16
     model, mcfg, params, batches = measured_batches(run_ckpt, char_dir, 2, 4)
-    loss = analysis.make_loss(model, mcfg)
+    loss, seed = analysis.make_loss(model, mcfg), AnalyzeConfig.seed
     got = saved["result"]
     if what == "sharpness":
-        want = analysis.top_eigenvalues(loss, params, batches, k=2, iters=6)
+        want = analysis.top_eigenvalues(loss, params, batches, k=2, iters=6, seed=seed)
         assert got["values"] == pytest.approx(want.values, rel=1e-5)
         assert f"{want.values[0]:.4g}" in line
     elif what == "trace":
-        want = analysis.hessian_trace(loss, params, batches, samples=4)
+        want = analysis.hessian_trace(loss, params, batches, samples=4, seed=seed)
         assert got["estimate"] == pytest.approx(want.estimate, rel=1e-5)
     elif what == "noise-scale":
         want = analysis.gradient_noise_scale(per_example_grads(model, mcfg), params, batches)
         assert got["simple"] == pytest.approx(want.simple, rel=1e-5)
         assert got["simple_tokens"] == pytest.approx(want.simple * 16, rel=1e-5)
     else:
-        want = analysis.loss_landscape(loss, params, batches, steps=3)
+        want = analysis.loss_landscape(loss, params, batches, steps=3, seed=seed)
         assert sum(got["losses"], []) == pytest.approx(sum(want.losses, []), rel=1e-5)
         assert matplotlib.image.imread(out / "landscape-iter6.png").std() > 0.05
 
