@@ -1,2 +1,0 @@
-"""Text out of a params tree: prefill and cached decode, sampling filters, chat, the
-packaged decode step, weight quantisation and the batched server."""
