@@ -75,8 +75,8 @@ def compile_backend(device: torch.device) -> Backend:
     tracing, code generation and imports (about 4.6 s on 2 cores) outweigh a sample of a few
     hundred tokens, and the package also skips torch.compile's Python wrappers (about 0.4 ms
     of a 1.3 ms token at 4/4/128). CUDA: the CUDA-graph step, as a batch-1 step at these sizes
-    is bound by kernel launches (packages are not loaded there: loading one crashed the
-    process under the torch build it was tried with). Elsewhere: the compiled step."""
+    is bound by kernel launches (packages are not used there, as loading one can crash the
+    process on CUDA: docs/gpu.md). Elsewhere: the compiled step."""
     if device.type == "cpu":
         return "packaged"
     return "cuda-graph" if device.type == "cuda" else "compiled"
