@@ -1,15 +1,17 @@
 """This checkout against another one, in one process: a change of the core held against the
-code before it (train steps, ensemble steps, compiled decode), interleaved, as medians.
+code before it (train steps, ensemble steps, decode), interleaved, as medians.
 
 The other checkout's package is copied under the name `yocto_baseline` and imported beside
 `yocto_fn`; both are driven through calls their APIs share (`plan.probe.stepper` for the
-steps, `generate.sample.generate` for decoding), so the same script times an API change.
+steps, `generate.sample.generate` for decoding, with each checkout's own way of choosing
+the decode step), so the same script times an API change.
 
 - step: the train step of `optimizers.py`'s contenders (AdamW, Muon; compiled, and eager
   with --eager) at the demo shape, tokens/s;
 - ensemble: one ensemble step of E=8 members at 2/2/64 (batch 8, block 64) against a loop
   of 8 single-model steps, eager, tokens/s and the speed-up of each checkout;
-- decode: compiled greedy decode at batch 1 (gpt-fast, --decode-shapes), new tokens/s.
+- decode: greedy decode at batch 1 through the KV cache, eager and compiled (gpt-fast,
+  --decode-shapes), new tokens/s.
 
     python benchmarks/against.py --baseline-tree ../before --out benchmarks/results/<dir>
     python benchmarks/against.py --baseline-tree ../before --parts decode --rounds 3
@@ -18,6 +20,7 @@ steps, `generate.sample.generate` for decoding), so the same script times an API
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import shutil
 import statistics
@@ -81,20 +84,34 @@ def ensemble_contenders(pkgs: dict[str, ModuleType]) -> dict[str, Callable[[int]
     return out
 
 
+def decoder(pkg: ModuleType, model: Any, p: Any, cfg: Any, compiled: bool) -> Callable:
+    """`generate` of `pkg` over these weights with its eager or compiled one-token step,
+    called through that checkout's own API: a `generate.steps` backend where it has one,
+    else `generate(compile=...)`."""
+    sample = importlib.import_module(f"{pkg.__name__}.generate.sample")
+    try:
+        steps = importlib.import_module(f"{pkg.__name__}.generate.steps")
+    except ModuleNotFoundError:
+        return functools.partial(sample.generate, model, p, cfg, compile=compiled)
+    step = steps.build_decode_step(model, p, cfg, "compiled" if compiled else "eager")
+    return functools.partial(sample.generate, model, p, cfg, step=step)
+
+
 def decode_contenders(pkgs: dict[str, ModuleType], shapes: list[str], new_tokens: int):
     out = {}
     prompt = torch.randint(65, (1, 16), generator=torch.Generator().manual_seed(1))
     for shape in shapes:
         layers, heads, embd = (int(v) for v in shape.split("/"))
         for tag, pkg in pkgs.items():
-            sample = importlib.import_module(f"{pkg.__name__}.generate.sample")
             cfg = pkg.ModelConfig(vocab_size=65, n_layer=layers, n_head=heads, n_embd=embd,
                                   block_size=16 + new_tokens)  # fmt: skip
             model = pkg.models.get("gpt-fast")
             p = model.init(cfg, 0)
-            out[f"{tag} decode {shape}"] = lambda i, s=sample, m=model, p=p, c=cfg: s.generate(
-                m, p, c, prompt, max_new_tokens=new_tokens, temperature=0, compile=True
-            )
+            for mode, compiled in (("eager", False), ("compiled", True)):
+                gen = decoder(pkg, model, p, cfg, compiled)
+                out[f"{tag} {mode} decode {shape}"] = lambda i, g=gen: g(
+                    prompt, max_new_tokens=new_tokens, temperature=0
+                )
     return out
 
 
@@ -172,8 +189,8 @@ def main() -> None:
                          args.rounds)  # fmt: skip
         rows = table(s, {k.removeprefix("this "): args.new_tokens for k in s}, "tokens/s")
         records += [{"part": "decode"} | r for r in rows]
-        text += "\n" + markdown(f"Compiled decode, gpt-fast, batch 1, {args.new_tokens} new "
-                                "tokens after a 16-token prompt", rows)  # fmt: skip
+        text += "\n" + markdown(f"Eager and compiled decode, gpt-fast, batch 1, {args.new_tokens}"
+                                " new tokens after a 16-token prompt", rows)  # fmt: skip
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

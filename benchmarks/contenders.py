@@ -19,7 +19,8 @@ from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
 from yocto_fn.device import autocast
 from yocto_fn.generate.quantize import quantize
-from yocto_fn.generate.sample import decode_step, generate
+from yocto_fn.generate.sample import generate
+from yocto_fn.generate.steps import build_decode_step
 
 VARIANTS = (*models.NAMES, "reference")
 
@@ -145,20 +146,22 @@ def decode_runners(
     model = models.get(variant)
     p = params.to(model.init(cfg, 0), device)
     fwd = lambda seq: model.forward(p, seq, cfg)[0]  # noqa: E731
-    gen = lambda compile: generate(  # noqa: E731
-        model, p, cfg, prompt, max_new_tokens=n, temperature=0, compile=compile
+    compiled = "cuda-graph" if device.type == "cuda" else "compiled"
+    gen = lambda step=None: generate(  # noqa: E731
+        model, p, cfg, prompt, max_new_tokens=n, temperature=0, step=step
     )
     cache = model.init_cache(cfg, 1, device=device)
-    prefill = torch.no_grad()(lambda: decode_step(model, False)(p, long_prompt, cfg, cache))
-    out = {"no cache": lambda: no_cache_decode(fwd, prompt, n), "cache": lambda: gen(False)}
+    prefill = torch.no_grad()(lambda: build_decode_step(model, p, cfg)(p, long_prompt, cfg, cache))
+    out = {"no cache": lambda: no_cache_decode(fwd, prompt, n), "cache": lambda: gen()}
     if "compiled cache" in modes:
-        out["compiled cache"] = lambda: gen(True)
+        out["compiled cache"] = lambda: gen(build_decode_step(model, p, cfg, compiled))
     for mode in ("int8", "bf16"):
         if f"compiled cache {mode}" in modes:
             q = quantize(p, mode)
             out[f"compiled cache {mode}"] = functools.partial(
-                generate, model, q, cfg, prompt, max_new_tokens=n, temperature=0, compile=True
-            )
+                generate, model, q, cfg, prompt, max_new_tokens=n, temperature=0,
+                step=build_decode_step(model, q, cfg, compiled),
+            )  # fmt: skip
     return out | {"prefill": prefill}
 
 

@@ -82,7 +82,8 @@ from benchmarks.reference_module import ReferenceGPT  # noqa: E402
 from yocto_fn import fileio, models, optim, params  # noqa: E402
 from yocto_fn.core.config import ModelConfig  # noqa: E402
 from yocto_fn.core.muon import muon  # noqa: E402
-from yocto_fn.generate.sample import decode_step, generate  # noqa: E402
+from yocto_fn.generate.sample import generate  # noqa: E402
+from yocto_fn.generate.steps import build_decode_step  # noqa: E402
 
 SECTIONS = ("env", "train-eager", "adamw", "decode", "train-compiled", "gpt2-adamw",
             "gpt2-muon", "cli", "aot", "bench")  # fmt: skip
@@ -307,9 +308,11 @@ def section_decode(s: Suite) -> None:
     }
     eager = gen()
     if s.compile:
-        fns["gpt-fast compiled cache"] = lambda: gen(step=decode_step(model, True))
+        fns["gpt-fast compiled cache"] = lambda: gen(
+            step=build_decode_step(model, p, cfg, "compiled")
+        )
         fns["gpt-fast compiled cache, CUDA graphs"] = lambda: gen(
-            step=decode_step(model, True, True)
+            step=build_decode_step(model, p, cfg, "cuda-graph")
         )
         with cudagraph_skips() as skips:
             for name in ("gpt-fast compiled cache", "gpt-fast compiled cache, CUDA graphs"):
@@ -369,8 +372,10 @@ def cudagraph_skips():
 def section_cli(s: Suite) -> None:
     import cli
     from yocto_fn.config import InferenceOptions
-    from yocto_fn.generate.batcher import Batcher, Job, Sampling, compiled_steps
-    from yocto_fn.generate.sample import encode_prompt, load_model
+    from yocto_fn.generate.batcher import Batcher
+    from yocto_fn.generate.jobs import Job, Sampling
+    from yocto_fn.generate.loading import encode_prompt, load_model
+    from yocto_fn.generate.steps import compile_backend
 
     root = Path(tempfile.mkdtemp(prefix="gpu-suite-"))
     dev = ["--device", s.device.type]
@@ -409,8 +414,8 @@ def section_cli(s: Suite) -> None:
     try:
         loaded = load_model(InferenceOptions(ckpt=ckpt, device=s.device.type))
         m, p, cfg = loaded.model, loaded.params, loaded.cfg
-        steps = compiled_steps(m, p, cfg, 4, root / "compiled")
-        b = Batcher(m, p, cfg, loaded.tok, max_batch=4, steps=steps)
+        b = Batcher(m, p, cfg, loaded.tok, max_batch=4, backend=compile_backend(s.device),
+                    cache_dir=root / "compiled")  # fmt: skip
         b.warm_up()
         prompts = ["The ", "A list", "Truth is", "x"]
         events: list[list[Any]] = [[] for _ in prompts]
@@ -438,18 +443,18 @@ from pathlib import Path
 import torch
 sys.path.insert(0, sys.argv[2])
 from yocto_fn import models, params
-from yocto_fn.generate import aot
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.generate.sample import generate
+from yocto_fn.generate.steps import build_decode_step
 device = torch.device(sys.argv[1])
 cfg = ModelConfig(vocab_size=96, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
 model = models.get("gpt-fast")
 p = params.to(model.init(cfg, 0), device)
 where, quiet = Path(tempfile.mkdtemp()), lambda msg: None
 t0 = time.perf_counter()
-aot.decode_step(model, p, cfg, 1, cfg.block_size, where, log=quiet)
+build_decode_step(model, p, cfg, "packaged", cache_dir=where, log=quiet)
 t1 = time.perf_counter()
-step = aot.decode_step(model, p, cfg, 1, cfg.block_size, where, log=quiet)
+step = build_decode_step(model, p, cfg, "packaged", cache_dir=where, log=quiet)
 t2 = time.perf_counter()
 run = lambda **kw: generate(model, p, cfg, [1, 2, 3], max_new_tokens=32, temperature=0, **kw)
 same = torch.equal(run(), run(step=step))

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config
 
 from yocto_fn import models, params
-from yocto_fn.generate import aot
+from yocto_fn.generate import aot, steps
 from yocto_fn.generate.sample import generate
 
 
@@ -23,7 +23,7 @@ class FakePackages:
         monkeypatch.setattr(aot, "_build", self.build)
         monkeypatch.setattr(aot, "_load", self.load)
 
-    def build(self, dest, model, p, cfg, batch, max_len, rows=None) -> None:
+    def build(self, dest, model, p, cfg, batch, rows=None) -> None:
         self.builds += 1
         dest.write_bytes(b"package")
 
@@ -36,10 +36,10 @@ class FakePackages:
         return object()
 
 
-def _step(p, tmp_path, **kw):
+def _step(p, cache_dir, **kw):
     cfg = tiny_config()
-    return aot.decode_step(models.get("gpt-fast"), p, cfg, 1, cfg.block_size, tmp_path,
-                           log=lambda msg: None, **kw)  # fmt: skip
+    return steps.build_decode_step(models.get("gpt-fast"), p, cfg, "packaged",
+                                   cache_dir=cache_dir, log=lambda msg: None, **kw)  # fmt: skip
 
 
 def test_a_package_is_built_once_then_loaded(tmp_path, monkeypatch):
@@ -57,15 +57,14 @@ def test_a_package_is_built_once_then_loaded(tmp_path, monkeypatch):
 
 def test_other_weights_dtype_or_shape_get_their_own_package(tmp_path, monkeypatch):
     fake = FakePackages(monkeypatch)
-    model, cfg = models.get("gpt-fast"), tiny_config()
-    p = model.init(cfg, 0)
+    p = models.get("gpt-fast").init(tiny_config(), 0)
     changed = params.clone(p)
     changed["blocks"][1]["mlp"]["fc_w"][3, 4] += 1e-3
     _step(p, tmp_path)
     _step(changed, tmp_path)
     _step(params.to(p, dtype=torch.bfloat16), tmp_path)
-    aot.decode_step(model, p, cfg, 2, cfg.block_size, tmp_path, log=lambda m: None)
-    aot.decode_step(model, p, cfg, 2, cfg.block_size, tmp_path, log=lambda m: None, rows=4)
+    _step(p, tmp_path, batch=2)
+    _step(p, tmp_path, batch=2, rows=4)
     assert fake.builds == 5 and len(list(tmp_path.glob("decode-*.json"))) == 5
     keys = [orjson.loads(f.read_bytes()) for f in tmp_path.glob("decode-*.json")]
     assert sorted(k.get("rows", 0) for k in keys) == [0, 0, 0, 0, 4]  # older keys unchanged
@@ -107,20 +106,23 @@ def test_a_real_package_decodes_as_eager_and_loads_without_the_compiler(tmp_path
     cfg = tiny_config(vocab_size=40, n_layer=1, n_embd=16)
     model = models.get("gpt-plus")
     p = model.init(cfg, 0)
-    step = aot.decode_step(model, p, cfg, 1, cfg.block_size, tmp_path, log=lambda m: None)
+    step = steps.build_decode_step(
+        model, p, cfg, "packaged", cache_dir=tmp_path, log=lambda m: None
+    )
     kw = dict(max_new_tokens=40, temperature=0)  # 40 tokens: the window slides twice
     eager = generate(model, p, cfg, [1, 2, 3], **kw)
     torch.testing.assert_close(generate(model, p, cfg, [1, 2, 3], step=step, **kw), eager)
     torch.save(p, tmp_path / "p.pt")
     code = f"""
 import sys, torch
-from yocto_fn import ModelConfig, aot, models
+from pathlib import Path
+from yocto_fn import ModelConfig, models
 from yocto_fn.generate.sample import generate
+from yocto_fn.generate.steps import build_decode_step
 cfg = ModelConfig(**{cfg.to_dict()!r})
 model = models.get("gpt-plus")
 p = torch.load(r"{tmp_path / "p.pt"}", weights_only=True)
-step = aot.decode_step(model, p, cfg, 1, cfg.block_size, __import__("pathlib").Path(r"{tmp_path}"),
-                       log=lambda m: print(m))
+step = build_decode_step(model, p, cfg, "packaged", cache_dir=Path(r"{tmp_path}"), log=print)
 out = generate(model, p, cfg, [1, 2, 3], max_new_tokens=40, temperature=0, step=step)
 print(out.tolist(), "torch._inductor" in sys.modules)
 """

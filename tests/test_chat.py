@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from yocto_fn import models
 from yocto_fn.config import ChatConfig
 from yocto_fn.formats.tokenizer import CharTokenizer, train_bpe
-from yocto_fn.generate import chat, sample
-from yocto_fn.generate.sample import Loaded, generate
+from yocto_fn.generate import chat
+from yocto_fn.generate.loading import Loaded, load_model
+from yocto_fn.generate.sample import generate
 
 CHARS = sorted(set(string.ascii_letters + string.digits + string.punctuation + " \n"))
 
@@ -209,5 +210,5 @@ def test_a_demo_model_answers_two_questions_and_keeps_both(demo_ckpt, temperatur
     shown = ["".join(writes[a + 1 : b - 1]) for a, b in zip(starts, ends, strict=True)]
     assert all(reply.strip() for reply in shown), shown
     assert convos[0].turns == list(zip(questions, shown, strict=True))
-    second = sample.load_model(opts).tok.decode(prompts[1])
+    second = load_model(opts).tok.decode(prompts[1])
     assert second == f"{chat.turn_text(questions[0], shown[0])}User: {questions[1]}\nAssistant:"

@@ -3,6 +3,7 @@ older flag spellings, and one short line for an unknown subcommand or flag."""
 
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,10 +79,15 @@ def test_the_installed_command_trains_the_demo_outside_the_checkout(tmp_path):
     installed into its own folder and run from another, it prepares the embedded corpus and
     trains from it, with the package (and its data files) imported from the install."""
     root = Path(cli.__file__).resolve().parents[1]
-    site, away = tmp_path / "site", tmp_path / "away"
+    src, site, away = tmp_path / "src", tmp_path / "site", tmp_path / "away"
     away.mkdir()
+    # from a copy of what the package is built from: the build writes into its source tree
+    shutil.copytree(root / "yocto_fn", src / "yocto_fn",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*pip, "--target", str(site), str(root)], check=True, timeout=300)
+    subprocess.run([*pip, "--target", str(site), str(src)], check=True, timeout=300)
     env = {**os.environ, "PYTHONPATH": str(site)}
     yocto = str(site / "bin" / "yocto")
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import VARIANTS, tiny_config
 
 from yocto_fn import models, params
-from yocto_fn.generate import products
+from yocto_fn.generate import products, steps
 from yocto_fn.generate import quantize as quantize_module
 from yocto_fn.generate.quantize import int8_rows, quantize
 from yocto_fn.generate.sample import generate
@@ -85,4 +85,5 @@ def test_quantised_compiled_decode_equals_its_eager_decode(mode):
     q = quantize(model.init(cfg, 0), mode)
     kw = dict(max_new_tokens=20, temperature=0)
     eager = generate(model, q, cfg, [1, 2, 3], **kw)
-    torch.testing.assert_close(generate(model, q, cfg, [1, 2, 3], compile=True, **kw), eager)
+    step = steps.build_decode_step(model, q, cfg, "compiled")
+    torch.testing.assert_close(generate(model, q, cfg, [1, 2, 3], step=step, **kw), eager)

@@ -13,9 +13,12 @@ from torch._dynamo.utils import counters
 
 from yocto_fn import cli, models
 from yocto_fn.config import ChatConfig
+from yocto_fn.core.params import to as params_to
 from yocto_fn.core.params import tree_leaves as params_leaves
+from yocto_fn.generate import steps
 from yocto_fn.generate.chat import Conversation
-from yocto_fn.generate.sample import decode_step, filter_logits, generate, load_model
+from yocto_fn.generate.loading import load_model
+from yocto_fn.generate.sample import filter_logits, generate
 
 
 def reference_greedy(model, params, cfg, prompt: list[int], n: int) -> list[int]:
@@ -108,73 +111,80 @@ def test_streamed_tokens_equal_returned_tokens():
     assert out[0].tolist() == seen
 
 
-def test_compiled_decode_equals_eager_without_recompiling():
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@pytest.mark.parametrize(
+    ("backend", "device"), [("compiled", "cpu"), pytest.param("cuda-graph", "cuda", marks=CUDA)]
+)
+def test_the_in_process_backends_decode_as_eager_without_recompiling(backend, device):
+    """Greedy tokens of the compiled and CUDA-graph steps are eager's, through two slides of
+    the window, and a second `generate` reuses the first one's graphs. (The packaged step
+    is checked against eager in tests/test_aot.py, where a real package is built.)"""
     torch._dynamo.reset()
-    decode_step.cache_clear()
     counters.clear()
     cfg = tiny_config(block_size=12)
     model = models.get("gpt-fast")
-    params = model.init(cfg, 0)
-    eager = generate(model, params, cfg, [1, 2, 3], max_new_tokens=30, temperature=0)
-    warm = generate(model, params, cfg, [1, 2, 3], max_new_tokens=3, temperature=0, compile=True)
+    params = params_to(model.init(cfg, 0), device)
+    step = steps.build_decode_step(model, params, cfg, backend)
+    assert steps.build_decode_step(model, params, cfg, backend) is step  # one per process
+    kw = dict(max_new_tokens=30, temperature=0)  # 30 tokens: slides past block_size twice
+    eager = generate(model, params, cfg, [1, 2, 3], **kw)
+    warm = generate(model, params, cfg, [1, 2, 3], max_new_tokens=3, temperature=0, step=step)
     frames = counters["stats"]["unique_graphs"]
-    torch._dynamo.config.error_on_recompile = True
-    try:
-        compiled = generate(model, params, cfg, [1, 2, 3], max_new_tokens=30, temperature=0,
-                            compile=True)  # fmt: skip
-    finally:
-        torch._dynamo.config.error_on_recompile = False
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = generate(model, params, cfg, [1, 2, 3], step=step, **kw)
     assert frames >= 1 and torch.equal(eager[:, :3], warm)
-    assert torch.equal(eager, compiled)  # 30 tokens: slides past block_size twice
+    assert torch.equal(eager, compiled)
     assert counters["stats"]["unique_graphs"] == frames
 
 
-def test_graphed_step_copies_what_the_graph_overwrites_and_marks_the_buffers_static():
-    """A CUDA graph's outputs live in memory its next replay overwrites. `graphed` must hand
-    back copies (here a stand-in step returns one shared buffer, as a replayed graph does),
-    advance the caller's own position, and mark weights and k/v static (read in place)."""
-    from yocto_fn.generate.sample import graphed
+def test_the_cuda_graph_step_copies_what_the_graph_overwrites_and_marks_the_buffers_static(
+    monkeypatch,
+):
+    """A CUDA graph's outputs live in memory its next replay overwrites. The cuda-graph step
+    compiles in reduce-overhead mode and must hand back copies (here a stand-in for the
+    compiled step returns one shared buffer, as a replayed graph does), advance the caller's
+    own position, and mark weights and k/v static (read in place)."""
+    from yocto_fn import jit
 
     cfg = tiny_config(block_size=12)
     model = models.get("gpt")
     params = model.init(cfg, 0)
+    eager = steps.build_decode_step(model, params, cfg)
     shared = {"logits": torch.zeros(1, cfg.vocab_size), "pos": torch.zeros((), dtype=torch.long)}
+    modes = []
 
     def replay(p, tokens, cfg, cache):
-        logits, cache = decode_step(model, False)(p, tokens, cfg, cache)
+        logits, cache = eager(p, tokens, cfg, cache)
         shared["logits"].copy_(logits)
         shared["pos"].copy_(cache.pos)
         return shared["logits"], cache._replace(pos=shared["pos"])
 
-    step = graphed(replay)
+    monkeypatch.setattr(jit, "compile", lambda fn, mode=None: modes.append(mode) or replay)
+    stand_in = model._replace(name=f"stand-in {id(replay)}")  # not a variant built before
+    step = steps.build_decode_step(stand_in, params, cfg, "cuda-graph")
+    assert modes == ["reduce-overhead"]
     cache = model.init_cache(cfg, 1, device="cpu")
     first, cache = step(params, torch.tensor([[1]]), cfg, cache)
     kept_pos = cache.pos
     second, cache = step(params, torch.tensor([[2]]), cfg, cache)
     ref_cache = model.init_cache(cfg, 1, device="cpu")
-    ref_first, ref_cache = decode_step(model, False)(params, torch.tensor([[1]]), cfg, ref_cache)
+    ref_first, ref_cache = eager(params, torch.tensor([[1]]), cfg, ref_cache)
     assert torch.equal(first, ref_first) and not torch.equal(first, second)
     assert int(kept_pos) == 1 and int(cache.pos) == 2
     static = [*params_leaves(params), cache.k, cache.v]
     assert all(getattr(t, "_dynamo_static_input_type", None) for t in static)
 
 
-def test_cuda_graph_decode_equals_eager():
-    """`generate(compile=True)` on CUDA takes the graphed reduce-overhead step; on the CPU
-    the same step compiles as the default mode does, and must give the eager tokens."""
-    from yocto_fn.generate.sample import compiled_decode_step
-
-    torch._dynamo.reset()
-    decode_step.cache_clear()
-    cfg = tiny_config(block_size=12)
-    model = models.get("gpt-plus")
-    params = model.init(cfg, 0)
-    assert compiled_decode_step(model, torch.device("cuda")) is decode_step(model, True, True)
-    assert compiled_decode_step(model, torch.device("cpu")) is decode_step(model, True)
-    eager = generate(model, params, cfg, [1, 2, 3], max_new_tokens=20, temperature=0)
-    graphed = generate(model, params, cfg, [1, 2, 3], max_new_tokens=20, temperature=0,
-                       step=decode_step(model, True, True))  # fmt: skip
-    assert torch.equal(eager, graphed)
+def test_compile_picks_the_package_on_cpu_and_cuda_graphs_on_cuda():
+    """What --compile means per device; a packaged step needs a folder to keep it in."""
+    pick = lambda kind: steps.compile_backend(torch.device(kind))  # noqa: E731
+    assert (pick("cpu"), pick("cuda"), pick("meta")) == ("packaged", "cuda-graph", "compiled")
+    cfg = tiny_config()
+    model = models.get("gpt")
+    with pytest.raises(ValueError, match="cache_dir"):
+        steps.build_decode_step(model, model.init(cfg, 0), cfg, "packaged")
 
 
 # ----------------------------------------------------------------------------- CLIs
@@ -256,7 +266,7 @@ def test_text_stream_holds_back_a_character_split_across_tokens():
 
 def test_the_dropped_characters_warning_names_the_first_ten(capsys):
     from yocto_fn.formats.tokenizer import CharTokenizer
-    from yocto_fn.generate.sample import drop_unknown_chars
+    from yocto_fn.generate.loading import drop_unknown_chars
 
     greek = [chr(0x3B1 + i) for i in range(11)]
     assert drop_unknown_chars(CharTokenizer(list("ab ")), "a " + "".join(greek) + "b") == "a b"
@@ -399,7 +409,7 @@ def test_sampling_flags_reach_generate(checkpoints):
     """--top-k/--top-p 0 mean off (None); other values, the temperature and the seed pass
     through as given; the step is eager unless --compile."""
     from yocto_fn.config import SampleConfig
-    from yocto_fn.generate.sample import sampling_kwargs
+    from yocto_fn.generate.loading import sampling_kwargs
 
     loaded = load_model(SampleConfig(ckpt=checkpoints["char"]))
     on = sampling_kwargs(SampleConfig(ckpt=checkpoints["char"], top_k=5, top_p=0.9,
@@ -454,7 +464,7 @@ def test_a_terminal_sees_the_header_and_each_evaluation(checkpoints, tmp_path, m
 
 def test_unescape_turns_typed_escapes_into_characters():
     r"""`\n` and `\t` become a newline and a tab, `\\` one backslash; others stay."""
-    from yocto_fn.generate.sample import unescape
+    from yocto_fn.generate.loading import unescape
 
     assert unescape(r"a\nb\tc\\n\x") == "a\nb\tc\\n\\x"
 
@@ -465,7 +475,7 @@ def test_an_empty_prompt_starts_from_a_newline_or_bos():
     from types import SimpleNamespace
 
     from yocto_fn.formats.tokenizer import CharTokenizer
-    from yocto_fn.generate.sample import encode_prompt
+    from yocto_fn.generate.loading import encode_prompt
 
     def prompt(tok, text=""):
         return encode_prompt(SimpleNamespace(tok=tok), text, drop_unknown=False)
@@ -486,44 +496,50 @@ def test_an_empty_prompt_starts_from_a_newline_or_bos():
     assert prompt(Words(bos_id=0), "") == [0]
 
 
-def test_sample_packaged_step_gets_the_batch_and_directory(checkpoints, tmp_path, monkeypatch):
-    """On CPU `--compile` loads (or builds) the packaged step beside the checkpoint, for the
-    batch asked (1 by default); elsewhere it compiles in the process. The package build is
-    replaced by a recorder here: the compiled tests build the real one."""
+def test_compile_builds_the_devices_backend_beside_the_checkpoint(
+    checkpoints, tmp_path, monkeypatch
+):
+    """--compile asks for `compile_backend`'s step for the weights' device, packaged ones
+    kept in `compiled/` beside the checkpoint (inside it when it is a directory, as export
+    writes); without the flag the step is None, `generate`'s eager one. The builder is a
+    recorder here: the compiled tests build real steps."""
     from yocto_fn.config import InferenceOptions
-    from yocto_fn.core.params import to as params_to
-    from yocto_fn.generate import aot, sample
-    from yocto_fn.generate.sample import compiled_step, sampling_kwargs
+    from yocto_fn.generate import loading
+    from yocto_fn.generate.loading import compiled_step
 
     calls = []
-    monkeypatch.setattr(aot, "decode_step", lambda *a: calls.append(a) or "packaged")
+    monkeypatch.setattr(
+        loading, "build_decode_step", lambda *a, **k: calls.append((a, k)) or "step"
+    )
     ckpt = checkpoints["char"]
     loaded = load_model(InferenceOptions(ckpt=ckpt, device="cpu"))
-    assert sampling_kwargs(InferenceOptions(ckpt=ckpt), loaded)["step"] is None
-    opts = InferenceOptions(ckpt=ckpt, compile=True)
-    assert sampling_kwargs(opts, loaded)["step"] == "packaged"
-    assert sampling_kwargs(opts, loaded, batch=3)["step"] == "packaged"
+    assert compiled_step(loaded, InferenceOptions(ckpt=ckpt)) is None and calls == []
     model, params, cfg = loaded.model, loaded.params, loaded.cfg
-    want = [(model, params, cfg, b, cfg.block_size, ckpt.parent / "compiled") for b in (1, 3)]
-    assert calls == want
-    on_meta = loaded._replace(params=params_to(loaded.params, "meta"))
-    monkeypatch.setattr(sample, "decode_step", lambda *a, **k: ("in process", *a, k))
-    in_process = ("in process", model, True, {})  # no CUDA graphs: they are for CUDA
-    assert compiled_step(on_meta, opts, 1) == in_process and len(calls) == 2
-    exported = InferenceOptions(ckpt=tmp_path, compile=True)  # a directory, as export writes
-    assert compiled_step(loaded, exported, 1) == "packaged"
-    assert calls[-1][-1] == tmp_path / "compiled"
+    assert compiled_step(loaded, InferenceOptions(ckpt=ckpt, compile=True)) == "step"
+    assert calls.pop() == (
+        (model, params, cfg, "packaged"),
+        {"cache_dir": ckpt.parent / "compiled"},
+    )
+    on_meta = loaded._replace(params=params_to(params, "meta"))
+    compiled_step(on_meta, InferenceOptions(ckpt=tmp_path, compile=True))
+    assert calls.pop() == (
+        (model, on_meta.params, cfg, "compiled"),
+        {"cache_dir": tmp_path / "compiled"},
+    )
 
 
 def test_sampling_flags_accept_their_bounds_and_refuse_past_them():
     from yocto_fn.config import InferenceOptions
     from yocto_fn.errors import UserError
-    from yocto_fn.generate.sample import check_sampling_flags
 
-    check_sampling_flags(InferenceOptions(ckpt=Path("x"), max_new_tokens=1, top_p=1.0))
-    with pytest.raises(UserError) as err:
-        check_sampling_flags(InferenceOptions(ckpt=Path("x"), max_new_tokens=0))
-    assert str(err.value) == "--max-new-tokens must be at least 1"
+    opts = InferenceOptions(ckpt=Path("x"), max_new_tokens=1, temperature=0, top_k=0, top_p=1)
+    assert (opts.max_new_tokens, opts.top_p) == (1, 1)
+    InferenceOptions(ckpt=Path("x"), top_p=0)
+    refused = {"max_new_tokens": 0, "temperature": -0.5, "top_k": -1, "top_p": 1.01}
+    for name, value in refused.items():
+        with pytest.raises(UserError) as err:
+            InferenceOptions(ckpt=Path("x"), **{name: value})
+        assert str(err.value).startswith(f"--{name.replace('_', '-')} must be ")
 
 
 def test_overrides_and_mode_are_checked_against_the_model(checkpoints, tmp_path):
@@ -575,7 +591,9 @@ def test_sample_run_reports_build_time_and_passes_eos(checkpoints, monkeypatch, 
     from yocto_fn.errors import UserError
     from yocto_fn.generate import aot, sample
 
-    monkeypatch.setattr(aot, "decode_step", lambda model, *a: decode_step(model, False))
+    monkeypatch.setattr(
+        aot, "load_or_build", lambda m, p, cfg, *a: steps.build_decode_step(m, p, cfg)
+    )
     clock = iter(range(1000))
     monkeypatch.setattr(sample.time, "perf_counter", lambda: next(clock) * 0.25)
     seen = []
@@ -596,5 +614,5 @@ def test_sample_run_reports_build_time_and_passes_eos(checkpoints, monkeypatch, 
     sample.run(dataclasses.replace(opts, compile=False, num_samples=1))
     assert capsys.readouterr().err.startswith("load 0.25 s, prompt tokens ")
     with pytest.raises(UserError) as err:
-        sample.run(SampleConfig(ckpt=checkpoints["token"], num_samples=0))
-    assert str(err.value) == "--num-samples must be at least 1"
+        SampleConfig(ckpt=checkpoints["token"], num_samples=0)
+    assert str(err.value) == "--num-samples must be at least 1 (got 0)"

@@ -26,19 +26,13 @@ import torch
 from conftest import VARIANTS, tiny_config
 
 from yocto_fn import cache as kv
-from yocto_fn import cli, jit, models
+from yocto_fn import cli, models
 from yocto_fn.config import SampleConfig
 from yocto_fn.formats.tokenizer import CharTokenizer
-from yocto_fn.generate.batcher import (
-    Batcher,
-    Event,
-    Job,
-    QueueFull,
-    Sampling,
-    batch_sizes,
-    compiled_steps,
-)
-from yocto_fn.generate.sample import decode_step, encode_prompt, generate, load_model
+from yocto_fn.generate.batcher import Batcher, QueueFull
+from yocto_fn.generate.jobs import Event, Job, Sampling
+from yocto_fn.generate.loading import encode_prompt, load_model
+from yocto_fn.generate.sample import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key"
@@ -209,7 +203,7 @@ def test_the_mailbox_delivers_every_event_in_order_with_one_wake_up_per_burst():
     """Events posted while the loop is busy (a decode step's, one per row) reach their
     queues in order, and the loop is woken once for the burst, not once per event."""
     pytest.importorskip("fastapi")
-    from yocto_fn.generate.serve import Mailbox
+    from yocto_fn.generate.serve_bridge import Mailbox
 
     async def main() -> tuple[list, list, int]:
         box, queues, wakes = Mailbox(), [asyncio.Queue(), asyncio.Queue()], []
@@ -242,8 +236,8 @@ def test_the_compiled_steps_equal_eager_at_every_batch_size_without_recompiling(
     specs = [([1, 2, 3], 40, Sampling(1.0, seed=1)), ([4] * 9, 30, Sampling(0.0)),
              ([5, 6], 50, Sampling(0.7, 5, None, 2))]  # fmt: skip
 
-    def run(steps) -> list[str]:
-        b = Batcher(model, params, cfg, tok, max_batch=2, steps=steps)
+    def run(backend) -> list[str]:
+        b = Batcher(model, params, cfg, tok, max_batch=2, backend=backend, cache_dir=tmp_path)
         b.warm_up()
         events = [[] for _ in specs]
         b.submit([Job(ids, n, s, events[i].append) for i, (ids, n, s) in enumerate(specs)])
@@ -252,13 +246,12 @@ def test_the_compiled_steps_equal_eager_at_every_batch_size_without_recompiling(
                 b.iterate()
         return [text_of(e) for e in events]
 
-    eager = run(None)
-    compiled = jit.compile(decode_step.__wrapped__(model, False))
-    assert run(dict.fromkeys(batch_sizes(2), compiled)) == eager
-    assert run(compiled_steps(model, params, cfg, 2, tmp_path)) == eager
+    eager = run("eager")
+    assert run("compiled") == eager
+    assert run("packaged") == eager
+    assert len(list(tmp_path.glob("decode-*.pt2"))) == 2  # one package per batch size
 
 
-# ------------------------------------------------------------------ a server on localhost
 # ------------------------------------------------------------------ a server on localhost
 
 

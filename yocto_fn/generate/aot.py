@@ -1,24 +1,24 @@
-"""A compiled one-token decode step that outlives the process.
+"""The packaged backend of `steps.build_decode_step`: a compiled one-token decode step that
+outlives the process.
 
 `torch.compile` pays tracing, code generation and the compiler's own imports in every
 process (about 3 s + 1.6 s on a 2-core CPU), which a sample of a few hundred tokens never
-wins back. `sample/chat --compile` instead exports the step once (`torch.export`, then
-AOTInductor) into a package beside the checkpoint; a later run loads it in milliseconds,
-without importing the compiler at all.
+wins back. The packaged step is exported once (`torch.export`, then AOTInductor) into a
+package beside the checkpoint; a later run loads it in milliseconds, without importing the
+compiler at all.
 
 The package bakes in the weights and is specialised to one shape, dtype and device, so its
 key covers everything it depends on: the weights' bytes, the source of the forward pass,
-the variant and model config, the batch, the cache length, the dtype, the device (and GPU
-model) and the torch version. The key is written beside the package; a package whose key
-file is missing, unreadable or different, or that fails to load, is never trusted: it is
-rebuilt.
+the variant and model config, the batch (and the rows of a per-row cache), the cache length
+(the context, `block_size`), the dtype, the device (and GPU model) and the torch version.
+The key is written beside the package; a package whose key file is missing, unreadable or
+different, or that fails to load, is never trusted: it is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -64,7 +64,6 @@ def package_key(
     params: Params,
     cfg: ModelConfig,
     batch: int,
-    max_len: int,
     device: torch.device,
     rows: int | None = None,
 ) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def package_key(
         where += f":{torch.cuda.get_device_name(device)}:{torch.cuda.get_device_capability(device)}"
     key = {
         "format": FORMAT, "torch": torch.__version__, "variant": model.name,
-        "model_config": cfg.to_dict(), "batch": batch, "max_len": max_len,
+        "model_config": cfg.to_dict(), "batch": batch, "max_len": cfg.block_size,
         "dtype": str(dtype).removeprefix("torch."), "device": where,
         "weights_sha256": weights_digest(params), "code_sha256": code_digest(),
     }  # fmt: skip
@@ -102,9 +101,9 @@ class _Step(torch.nn.Module):
 
 class PackagedStep:
     """`step(params, tokens[B, 1], cfg, cache) -> (last logits [B, V], cache)`, the signature
-    of `sample.decode_step`, running a loaded package. The cache's k/v buffers are updated
-    in place (the cache contract); the weights are the package's own, so `params` must be
-    the tree it was built from."""
+    of every decode step (`steps.DecodeStep`), running a loaded package. The cache's k/v
+    buffers are updated in place (the cache contract); the weights are the package's own,
+    so `params` must be the tree it was built from."""
 
     def __init__(self, runner: Any, params: Params) -> None:
         self.runner, self.params = runner, params
@@ -132,14 +131,14 @@ def _load(path: Path, device: torch.device) -> Any:
 
 
 def example_cache(
-    model: Model, params: Params, cfg: ModelConfig, batch: int, max_len: int, rows: int | None
+    model: Model, params: Params, cfg: ModelConfig, batch: int, rows: int | None
 ) -> KVCache:
     """The cache a package is built for: one position for the batch, or with `rows`, a
     per-row cache of `rows` rows that the batch's first `batch` rows step over (a server's)."""
     device, dtype = params["wte"].device, params["wte"].dtype
     if rows is None:
-        return model.init_cache(cfg, batch, max_len, dtype, device)
-    full = init_cache(cfg, rows, max_len, dtype, device, per_row=True)
+        return model.init_cache(cfg, batch, cfg.block_size, dtype, device)
+    full = init_cache(cfg, rows, cfg.block_size, dtype, device, per_row=True)
     return full._replace(pos=full.pos[:batch].clone())
 
 
@@ -149,12 +148,11 @@ def _build(
     params: Params,
     cfg: ModelConfig,
     batch: int,
-    max_len: int,
     rows: int | None = None,
 ) -> None:
     """Export and compile the step into `dest`, atomically (a temporary file, then rename)."""
     device = params["wte"].device
-    cache = example_cache(model, params, cfg, batch, max_len, rows)
+    cache = example_cache(model, params, cfg, batch, rows)
     tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -174,21 +172,20 @@ def _build(
             fileio.atomic_write_bytes(dest, built.read_bytes())
 
 
-def decode_step(
+def load_or_build(
     model: Model,
     params: Params,
     cfg: ModelConfig,
     batch: int,
-    max_len: int,
     cache_dir: Path,
-    log: Callable[[str], object] = lambda msg: print(msg, file=sys.stderr),
+    log: Callable[[str], object],
     rows: int | None = None,
 ) -> PackagedStep:
     """The packaged step for these weights and shapes: loaded from `cache_dir` when a
     package with the same key is there, else built (once, tens of seconds) and saved.
     With `rows`, the step runs `batch` rows of a per-row cache of `rows` rows."""
     device = params["wte"].device
-    key = package_key(model, params, cfg, batch, max_len, device, rows)
+    key = package_key(model, params, cfg, batch, device, rows)
     key = orjson.loads(fileio.json_bytes(key))
     name = hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
     cache_dir = _writable(cache_dir, log)
@@ -206,7 +203,7 @@ def decode_step(
     t0 = time.perf_counter()
     key_path.unlink(missing_ok=True)
     try:
-        _build(path, model, params, cfg, batch, max_len, rows)
+        _build(path, model, params, cfg, batch, rows)
     except Exception as e:  # noqa: BLE001 - the compiler's failures have many types
         reason = (str(e).splitlines() or [""])[0][:120]
         raise UserError(

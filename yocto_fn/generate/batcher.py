@@ -1,123 +1,47 @@
 """Continuous batching: many generations share one KV cache and one decode step.
 
 A `Batcher` owns a cache of `max_batch` rows, each with its own position (`cache.row`), and
-one worker thread that is the only code touching the model. Between decode steps it admits
-waiting jobs into free rows, prefills one chunk of one prompt (so a long prompt delays the
-live rows by one chunk at most), then runs the decode step over every row at once: the
-weights are read once for all of them. A row that finishes, hits a stop, or whose client
-has gone is freed at once and the next job can take it.
+a worker loop (`run`) that is the only code touching the model. Between decode steps it
+admits waiting jobs into free rows, prefills one chunk of one prompt (so a long prompt
+delays the live rows by one chunk at most), then runs the decode step over every row at
+once: the weights are read once for all of them. A row that finishes, hits a stop, or whose
+client has gone is freed at once and the next job can take it.
 
-Each job keeps its own sampling settings and `torch.Generator` and picks from its own
-logits row, so a seeded job draws the same tokens alone or in company; with temperature 0 it
-gives the tokens of `sample.generate` (up to the last bits of the batched matmuls). The
-context slides as `generate` slides it: when a row is full, its last `block_size // 2`
-tokens are prefilled again from position 0.
+Each job samples from its own logits row (`jobs.Row`); with temperature 0 it gives the
+tokens of `sample.generate` (up to the last bits of the batched matmuls). The context
+slides as `generate` slides it: when a row is full, its last `block_size // 2` tokens are
+prefilled again from position 0.
 
 The decode step runs over the first `b` rows only, `b` the smallest of 1, 2, 4, ... (and
-`max_batch`) that holds every decoding row (`batch_sizes`): one compiled step per size,
-built at start-up, so a lone stream costs what batch-1 decoding costs. Jobs take the lowest
-free row, and when a row frees, the highest busy row moves down into it (a copy of one row's
-cache), so the batch stays dense. Rows inside `b` that are free or still prefilling ride
-along; their garbage key/value lands at a position their next real write overwrites before
-anything reads it.
+`max_batch`) that holds every decoding row (`batch_sizes`): one step per size on the
+batcher's backend, compiled or loaded before the first job (`warm_up`), so a lone stream
+costs what batch-1 decoding costs. Jobs take the lowest free row, and when a row frees, the
+highest busy row moves down into it (a copy of one row's cache), so the batch stays dense.
+Rows inside `b` that are free or still prefilling ride along; their garbage key/value lands
+at a position their next real write overwrites before anything reads it.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
 from ..core import cache as kv
 from ..core.models import Model
 from ..core.params import Params
-from ..formats.tokenizer import CharTokenizer, TextTokenizer
+from ..formats.tokenizer import TextTokenizer
 from . import products
-from .chat import Masks, banned, reply_end, reply_text
-from .sample import DecodeStep, compiled_decode_step, decode_step, sample_next
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """One job's sampling settings (`sample_next`'s): temperature 0 is greedy."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 0
-
-
-class Event(NamedTuple):
-    """What a job reports, from the worker thread: `text` is new visible text; a final
-    event has `finish` ("stop", "length", or "error" with the message in `text`)."""
-
-    text: str
-    finish: str | None = None
-    tokens: int = 0  # tokens generated so far
-
-
-@dataclass(eq=False)
-class Job:
-    """One generation. `emit` is called on the worker thread with each `Event` (hand it to
-    an event loop with `call_soon_threadsafe`). `ends` are the strings that end it (stop
-    sequences; a chat reply's turn markers), cut from the text and never shown; `strip`
-    strips the text (a chat reply); `masks` turns on chat's rule that no reply is blank."""
-
-    prompt: Sequence[int]
-    max_tokens: int
-    sampling: Sampling
-    emit: Callable[[Event], None]
-    ends: tuple[str, ...] = ()
-    strip: bool = False
-    masks: Masks | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        """Free the job's row at the next step (a client that has gone)."""
-        self.cancelled.set()
-
-
-@dataclass(eq=False)
-class _Row:
-    """A job in a cache row: the tokens it has (context + generated) and what is cached."""
-
-    job: Job
-    generator: torch.Generator
-    context: list[int]  # the prompt's last block_size tokens
-    new: list[int] = field(default_factory=list)
-    text: str = ""  # the text of `new`
-    filled: int = 0  # positions of this row the cache holds
-    shown: str = ""
-    pending: int | None = None  # a picked token the next decode step feeds
+from .jobs import Event, Job, Row
+from .steps import Backend, build_decode_step
 
 
 def batch_sizes(max_batch: int) -> list[int]:
     """The batch sizes decode steps run at: powers of two below `max_batch`, and itself."""
     return sorted({1 << i for i in range(max_batch.bit_length())} | {max_batch})
-
-
-def compiled_steps(
-    model: Model, params: Params, cfg, max_batch: int, cache_dir: Path
-) -> dict[int, DecodeStep]:
-    """`--compile`'s steps, one per batch size. On CPU each is a packaged step (`aot.py`),
-    built once per checkpoint into `cache_dir` and loaded in milliseconds by later starts;
-    it also skips torch.compile's Python wrappers, about 0.4 ms of a 1.3 ms token at 4/4/128.
-    Elsewhere torch.compile, one graph per size (compiled at `Batcher.warm_up`), replayed as
-    CUDA graphs on CUDA."""
-    sizes = batch_sizes(max_batch)
-    if params["wte"].device.type != "cpu":
-        return dict.fromkeys(sizes, compiled_decode_step(model, params["wte"].device))
-    from . import aot
-
-    return {
-        n: aot.decode_step(model, params, cfg, n, cfg.block_size, cache_dir, rows=max_batch)
-        for n in sizes
-    }
 
 
 class QueueFull(Exception):
@@ -137,23 +61,22 @@ class Batcher:
         max_batch: int = 16,
         max_queue: int = 64,
         prefill_chunk: int = 64,
-        steps: Mapping[int, DecodeStep] | None = None,
+        backend: Backend = "eager",
+        cache_dir: Path | None = None,
     ) -> None:
-        """`steps` maps each of `batch_sizes(max_batch)` to its decode step (compiled ones);
-        by default every size runs the eager step."""
+        """Decode steps run on `backend`, one per size of `batch_sizes(max_batch)`; packaged
+        ones are kept in `cache_dir` (`steps.build_decode_step`). Prefills run eagerly."""
         self.model, self.params, self.cfg, self.tok = model, params, cfg, tok
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
         self.device = params["wte"].device
         self.cache = kv.init_cache(
             cfg, max_batch, cfg.block_size, params["wte"].dtype, self.device, per_row=True
         )
-        self.eager = decode_step(model, False)
-        self.concatenates = isinstance(tok, CharTokenizer)
+        self.eager = build_decode_step(model, params, cfg)
         self.sizes = batch_sizes(max_batch)
-        self.steps = dict(steps or dict.fromkeys(self.sizes, self.eager))
-        if sorted(self.steps) != self.sizes:
-            raise ValueError(f"steps for batch sizes {self.sizes} expected, got {sorted(steps)}")
-        self.rows: list[_Row | None] = [None] * max_batch
+        self.steps = {n: build_decode_step(model, params, cfg, backend, batch=n, rows=max_batch,
+                                           cache_dir=cache_dir) for n in self.sizes}  # fmt: skip
+        self.rows: list[Row | None] = [None] * max_batch
         self.waiting: queue.Queue[Job] = queue.Queue(max_queue)
         self.lock = threading.Lock()
         self.running, self.done = threading.Event(), threading.Event()
@@ -173,8 +96,9 @@ class Batcher:
     def run(self, alive: Callable[[], bool] = lambda: True) -> None:
         """The worker loop, on the calling thread, until `stop` (or until `alive()` turns
         false). Call it on the thread that built and warmed the steps, the process's main
-        thread: a compiled CPU step called from a newer thread ran 1.6x slower here (0.93
-        against 0.56 ms at 4/4/128), its OpenMP threads spinning against the first ones."""
+        thread: a compiled CPU step called from a newer thread runs 1.6x slower (0.93
+        against 0.56 ms at 4/4/128 on 2 cores), its OpenMP threads spinning against the
+        first ones."""
         try:
             while self.running.is_set() and alive():
                 try:
@@ -245,8 +169,7 @@ class Batcher:
             block = 0.0
             if job.cancelled.is_set():
                 continue
-            gen = torch.Generator(self.device).manual_seed(job.sampling.seed)
-            self.rows[i] = _Row(job, gen, list(job.prompt)[-self.cfg.block_size :])
+            self.rows[i] = Row.start(job, self.cfg.block_size, self.device)
 
     def _prefill(self) -> None:
         """One prefill forward of at most `prefill_chunk` token rows: new short prompts
@@ -336,24 +259,15 @@ class Batcher:
         row = self.rows[i]
         try:
             while True:
-                job, s = row.job, row.job.sampling
-                text = row.text
-                if job.masks is not None:
-                    ban = banned(text, job.masks)
-                    if ban is not None:
-                        logits = logits.masked_fill(ban, float("-inf"))
-                token = int(sample_next(logits, s.temperature, s.top_k, s.top_p, row.generator)[0])
+                token = row.pick(logits)
                 if token == self.tok.eos_id:
                     return self._finish(i, "stop")
-                row.new.append(token)
-                text = row.text = self._text(row, token)
-                shown = reply_text(text, job.ends, job.strip)
-                if len(shown) > len(row.shown):
-                    job.emit(Event(shown[len(row.shown) :], tokens=len(row.new)))
-                    row.shown = shown
-                if job.ends and reply_end(text, job.ends) is not None:
+                piece = row.add(token, self.tok)
+                if piece:
+                    row.job.emit(Event(piece, tokens=len(row.new)))
+                if row.ended():
                     return self._finish(i, "stop")
-                if len(row.new) >= job.max_tokens:
+                if len(row.new) >= row.job.max_tokens:
                     return self._finish(i, "length")
                 if row.filled < self.cfg.block_size:
                     row.pending = token
@@ -366,28 +280,9 @@ class Batcher:
             self._finish(i, "error", f"generation failed: {exc}")
         return None
 
-    def _text(self, row: _Row, token: int) -> str:
-        """The text of `row.new` after its new last `token`: a char model's text grows by
-        one character (decoding the whole reply per token cost 0.16 ms a token at 400
-        tokens); other tokenizers decode it all, as a token can complete a character."""
-        if self.concatenates:
-            return row.text + self.tok.decode([token])
-        return self.tok.decode(row.new)
-
     def _finish(self, i: int, reason: str, message: str = "") -> None:
+        """Free row i and send its job's final event (`message` is an error's text)."""
         row, self.rows[i] = self.rows[i], None
-        if row is None:
-            return
-        if reason == "error":
-            return row.job.emit(Event(message, reason, len(row.new)))
-        rest = ""
-        if not row.job.strip:  # a held-back tail that no end followed is text after all
-            text = row.text
-            final = (
-                text
-                if reply_end(text, row.job.ends) is None
-                else reply_text(text, row.job.ends, False)
-            )
-            rest = final[len(row.shown) :]
-        row.job.emit(Event(rest, reason, len(row.new)))
-        return None
+        if row is not None:
+            text = message if reason == "error" else row.rest()
+            row.job.emit(Event(text, reason, len(row.new)))

@@ -24,7 +24,8 @@ import torch
 
 from ..config import ChatConfig
 from ..formats import tokenizer as tokenizers
-from .sample import drop_unknown_chars, generate, load_model, sampling_kwargs, unescape
+from .loading import drop_unknown_chars, load_model, sampling_kwargs, unescape
+from .sample import generate
 
 ROLES = ("System", "User", "Assistant")
 REPLY_ENDS = ("\n\n", *(f"\n{role}:" for role in ROLES))

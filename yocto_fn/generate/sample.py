@@ -1,4 +1,5 @@
-"""Text generation: one prefill over the prompt, then one token per call through the KV cache.
+"""Text generation (`generate`): one prefill over the prompt, then one token per call through
+the KV cache; the sampling filters it draws with; and `cli.py sample` on top.
 
 The cache holds `block_size` positions, the context the model was trained on. When it is full
 the window slides: the last `block_size // 2` tokens are prefilled into the emptied cache and
@@ -9,31 +10,21 @@ forward over the same window at every step (see the tests).
 
 from __future__ import annotations
 
-import functools
-import re
 import sys
 import time
 from collections.abc import Callable, Collection
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from .. import jit
-from ..config import InferenceOptions, SampleConfig
-from ..core import models
-from ..core.cache import KVCache
+from ..config import SampleConfig
 from ..core.config import ModelConfig
 from ..core.models import Model
-from ..core.params import Params, to, tree_leaves
-from ..device import resolve
-from ..errors import UserError
-from ..formats import checkpoint
-from ..formats import tokenizer as tokenizers
-from . import products
-from .quantize import quantize
+from ..core.params import Params
+from .loading import encode_prompt, load_model, sampling_kwargs, unescape
+from .steps import DecodeStep, build_decode_step
 
 Stream = Callable[[torch.Tensor], None]
-DecodeStep = Callable[..., tuple[torch.Tensor, KVCache]]
 Ban = Callable[[torch.Tensor], torch.Tensor | None]
 
 
@@ -71,59 +62,6 @@ def sample_next(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-@functools.cache
-def decode_step(model: Model, compiled: bool, cuda_graphs: bool = False) -> DecodeStep:
-    """`step(params, tokens[B, T], cfg, cache) -> (last logits [B, V], cache)`.
-
-    The compiled version is only ever called with one token and the same preallocated
-    cache, and the position is a tensor inside the cache: one graph serves every position,
-    so it compiles once (memoised here per variant) and never per token.
-
-    `cuda_graphs` (with `compiled`): the compiled step is replayed as a CUDA graph
-    (`graphed`), so a token costs one graph launch instead of a launch per kernel.
-    """
-
-    def step(params: Params, tokens: torch.Tensor, cfg: ModelConfig, cache: KVCache):
-        ops = products.decode_ops(params, compiled)
-        logits, cache = model.forward(params, tokens, cfg, cache=cache, ops=ops)
-        return logits[:, -1].float(), cache
-
-    if not compiled:
-        return step
-    if cuda_graphs:
-        return graphed(jit.compile(step, mode="reduce-overhead"))
-    return jit.compile(step)
-
-
-def compiled_decode_step(model: Model, device: torch.device) -> DecodeStep:
-    """The compiled one-token step for `device`: replayed as a CUDA graph on CUDA, where a
-    batch-1 step at these sizes is bound by kernel launches; plain compiled elsewhere."""
-    # Spelled as every other caller spells it: functools.cache keys on the arguments as given.
-    return decode_step(model, True, True) if device.type == "cuda" else decode_step(model, True)
-
-
-def graphed(compiled: DecodeStep) -> DecodeStep:
-    """A `mode="reduce-overhead"` step made safe to replay as a CUDA graph.
-
-    - The weights and the cache's k/v buffers are marked static: the graph reads them where
-      they lie, instead of copying every weight into its own buffers before each token.
-      They are marked without a guard, so a new cache (the next `generate` call) or new
-      weights re-record the graph rather than recompile the step.
-    - Each call starts a new graph step, and the logits and the new position are copied out
-      of the graph's memory, which its next replay overwrites: what the caller keeps stays
-      valid. The k/v writes stay in place, in the caller's buffers.
-    """
-
-    def step(params: Params, tokens: torch.Tensor, cfg: ModelConfig, cache: KVCache):
-        for t in (*tree_leaves(params), cache.k, cache.v):
-            torch._dynamo.mark_static_address(t)
-        torch.compiler.cudagraph_mark_step_begin()
-        logits, cache = compiled(params, tokens, cfg, cache)
-        return logits.clone(), cache._replace(pos=cache.pos.clone())
-
-    return step
-
-
 def _stop_tensor(stop_ids: int | Collection[int] | None, device: torch.device) -> torch.Tensor:
     ids = [] if stop_ids is None else [stop_ids] if isinstance(stop_ids, int) else list(stop_ids)
     return torch.tensor(ids, dtype=torch.long, device=device)
@@ -143,7 +81,6 @@ def generate(
     generator: torch.Generator | None = None,
     eos_id: int | Collection[int] | None = None,
     stream: Stream | None = None,
-    compile: bool = False,
     step: DecodeStep | None = None,
     ban: Ban | None = None,
     finished: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -155,9 +92,9 @@ def generate(
     rows that stopped earlier are padded with their last token. `stream(tokens[B])` is
     called with each new token as it is chosen. `ban(new[B, n])` returns the tokens the next
     pick may not be (bool [B, V], or None): a pure function of the tokens so far, so the
-    draws stay those of `generator`. `compile=True` compiles the one-token step with
-    torch.compile (prefills stay eager); `step` replaces it with a ready one (e.g. the
-    packaged step of `aot.decode_step`).
+    draws stay those of `generator`. `step` computes each token after the first
+    (`steps.build_decode_step`; eager by default); prefills, of the prompt and of each slid
+    window, always run the eager step, as they come at many lengths.
     """
     device = params["wte"].device
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
@@ -166,12 +103,11 @@ def generate(
         raise ValueError("generate needs at least one prompt token (e.g. <bos> or a newline)")
     B, window, keep = prompt.shape[0], cfg.block_size, max(1, cfg.block_size // 2)
     stops = _stop_tensor(eos_id, device)
-    one_token = step or (
-        compiled_decode_step(model, device) if compile else decode_step(model, False)
-    )
+    prefill = build_decode_step(model, params, cfg)
+    one_token = step or prefill
     cache = model.init_cache(cfg, B, window, params["wte"].dtype, device)
     context = prompt[:, -window:]
-    logits, cache = decode_step(model, False)(params, context, cfg, cache)
+    logits, cache = prefill(params, context, cfg, cache)
     filled, out = context.shape[1], []
     done = torch.zeros(B, dtype=torch.bool, device=device)
     last = prompt[:, -1]
@@ -194,7 +130,7 @@ def generate(
         if filled == window:
             recent = torch.cat([context, *(t[:, None] for t in out)], dim=1)[:, -keep:]
             cache = cache._replace(pos=torch.zeros_like(cache.pos))
-            logits, cache = decode_step(model, False)(params, recent, cfg, cache)
+            logits, cache = prefill(params, recent, cfg, cache)
             filled = recent.shape[1]
         else:
             logits, cache = one_token(params, token[:, None], cfg, cache)
@@ -229,114 +165,11 @@ class TextStream:
         self.shown = len(text)
 
 
-# ----------------------------------------------------------------------------- the CLI side
-
-
-class Loaded(NamedTuple):
-    """A checkpoint ready to generate: variant, weights, shape and tokenizer."""
-
-    model: Model
-    params: Params
-    cfg: ModelConfig
-    tok: tokenizers.TextTokenizer
-
-
-def load_model(opts: InferenceOptions) -> Loaded:
-    """Everything comes from the checkpoint; --mode, --vocab-path and --tokenizer-path may
-    override or confirm it but must agree with the model."""
-    check_sampling_flags(opts)
-    device = resolve(opts.device)
-    ckpt = checkpoint.load(opts.ckpt)
-    mode = ckpt.get("mode") or ("char" if ckpt["tokenizer"].get("kind") == "char" else "token")
-    if opts.mode is not None and opts.mode != mode:
-        raise UserError(f"--mode {opts.mode} but {opts.ckpt} is a {mode}-level model")
-    override = opts.vocab_path if mode == "char" else opts.tokenizer_path
-    tok = tokenizers.load(override) if override else tokenizers.from_dict(ckpt["tokenizer"])
-    cfg = ModelConfig.from_dict(ckpt["model_config"])
-    if tok.vocab_size != cfg.vocab_size:
-        raise UserError(
-            f"{override} has {tok.vocab_size} tokens but the model has {cfg.vocab_size}; "
-            "use the vocabulary it was trained with (or leave the override out)"
-        )
-    weights = ckpt["params"]
-    if opts.ema:
-        if ckpt.get("ema") is None:
-            raise UserError(f"{opts.ckpt} has no EMA weights (train with --ema-decay); drop --ema")
-        weights = ckpt["ema"]
-    weights = quantize(to(weights, device), opts.quantize)
-    return Loaded(models.get(ckpt["arch"]), weights, cfg, tok)
-
-
-def check_sampling_flags(opts: InferenceOptions) -> None:
-    if opts.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    if opts.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (got {opts.temperature})")
-    if opts.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (got {opts.top_k})")
-    if not 0.0 <= opts.top_p <= 1.0:
-        raise UserError(f"--top-p must be in [0, 1] (got {opts.top_p})")
-
-
-def sampling_kwargs(opts: InferenceOptions, loaded: Loaded, batch: int = 1) -> dict[str, Any]:
-    device = loaded.params["wte"].device
-    return {
-        "temperature": opts.temperature,
-        "top_k": opts.top_k or None,
-        "top_p": opts.top_p or None,
-        "generator": torch.Generator(device).manual_seed(opts.seed),
-        "step": compiled_step(loaded, opts, batch),
-    }
-
-
-def compiled_step(loaded: Loaded, opts: InferenceOptions, batch: int) -> DecodeStep | None:
-    """--compile: on CPU the packaged step of `aot.py`, built once per checkpoint and loaded
-    by later runs in milliseconds; elsewhere torch.compile in the process, replayed as CUDA
-    graphs on CUDA (the package is not used there: loading it crashed under the torch build
-    it was tried with)."""
-    if not opts.compile:
-        return None
-    device = loaded.params["wte"].device
-    if device.type != "cpu":
-        return compiled_decode_step(loaded.model, device)
-    from . import aot
-
-    model, params, cfg = loaded.model, loaded.params, loaded.cfg
-    beside = opts.ckpt if opts.ckpt.is_dir() else opts.ckpt.parent  # an exported directory
-    return aot.decode_step(model, params, cfg, batch, cfg.block_size, beside / "compiled")
-
-
-def unescape(text: str) -> str:
-    """`\\n` and `\\t` typed on a command line become a newline and a tab."""
-    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), text)
-
-
-def drop_unknown_chars(tok: tokenizers.CharTokenizer, text: str) -> str:
-    """`text` without the characters the vocabulary lacks, with a warning naming them."""
-    missing = tok.unknown(text)
-    if missing:
-        shown = " ".join(repr(c) for c in missing[:10])
-        print(f"warning: dropped characters not in the vocabulary: {shown}", file=sys.stderr)
-    return tok.known_only(text)
-
-
-def encode_prompt(loaded: Loaded, text: str, drop_unknown: bool) -> list[int]:
-    """Token ids of the prompt: <bos>-primed where the tokenizer has one; in char mode an
-    empty prompt starts from a newline (or the first character of the vocabulary)."""
-    tok = loaded.tok
-    if isinstance(tok, tokenizers.CharTokenizer):
-        if drop_unknown:
-            text = drop_unknown_chars(tok, text)
-        ids = tok.encode(text)
-        return ids or tok.encode("\n" if "\n" in tok.chars else tok.chars[0])
-    ids = tok.encode(text)
-    return ([tok.bos_id] if tok.bos_id is not None else []) + ids
+# ----------------------------------------------------------------------------- the command
 
 
 def run(opts: SampleConfig) -> None:
     """`cli.py sample`: print the prompt, then stream each sample's continuation."""
-    if opts.num_samples < 1:
-        raise UserError("--num-samples must be at least 1")
     t0 = time.perf_counter()
     loaded = load_model(opts)
     t1 = time.perf_counter()
