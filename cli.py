@@ -35,8 +35,8 @@ from typing import Any
 
 import tyro
 
-from benchmarks.presets import BenchConfig
 from yocto_fn import data
+from yocto_fn.bench.presets import BenchConfig
 from yocto_fn.config import (
     AnalyzeConfig,
     ChatConfig,
@@ -158,7 +158,7 @@ def _smoke_train(cfg: SmokeTrainConfig) -> int:
 
 
 def _bench(cfg: BenchConfig) -> None:
-    from benchmarks import run
+    from yocto_fn.bench import run
 
     run.run(cfg)
 

@@ -1,6 +1,6 @@
 """The benchmark suite's shapes and options, shared by `run.py`, `report.py` and the
-stand-alone scripts. Light on purpose: `cli.py` reads `BenchConfig` from here without
-loading the suite."""
+benchmarks under `python -m benchmarks`. Light on purpose: `cli.py` reads `BenchConfig` from
+here without loading the suite."""
 
 from __future__ import annotations
 
@@ -30,6 +30,19 @@ class Preset:
             vocab_size=VOCAB, block_size=block_size or self.block_size, n_layer=self.n_layer,
             n_head=self.n_head, n_embd=self.n_embd, dropout=0.0,
         )  # fmt: skip
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """(n_layer, n_head, n_embd) of a shape written as the benchmarks' flags take it: "4/4/128"."""
+    n_layer, n_head, n_embd = (int(v) for v in text.split("/"))
+    return n_layer, n_head, n_embd
+
+
+def shape_config(shape: str, block_size: int, vocab_size: int = VOCAB, **extra) -> ModelConfig:
+    """The ModelConfig of an "L/H/C" shape (no dropout: the default)."""
+    n_layer, n_head, n_embd = parse_shape(shape)
+    return ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                       n_head=n_head, n_embd=n_embd, **extra)  # fmt: skip
 
 
 PRESETS = {"tiny": Preset(4, 4, 128, 128, 32), "small": Preset(6, 6, 384, 256, 16)}
