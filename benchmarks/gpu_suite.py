@@ -72,7 +72,7 @@ from yocto_fn.bench.measure import (
     sync,
     train_flops_per_token,
 )
-from yocto_fn.bench.presets import PROMPT, BenchConfig
+from yocto_fn.bench.presets import PROMPT, BenchConfig, model_config
 from yocto_fn.bench.proc import ROOT
 from yocto_fn.bench.report import jsonl, markdown, save, table
 from yocto_fn.core import models, params
@@ -111,9 +111,8 @@ class Shape:
     vocab_size: int = 96
 
     def config(self) -> ModelConfig:
-        return ModelConfig(vocab_size=self.vocab_size, block_size=self.block_size,
-                           n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
-                           dropout=0.0)  # fmt: skip
+        return model_config(self.n_layer, self.n_head, self.n_embd, self.block_size,
+                            self.vocab_size)  # fmt: skip
 
     @property
     def label(self) -> str:

@@ -24,6 +24,7 @@ import torch
 
 from yocto_fn.bench.contenders import VARIANTS, train_runner
 from yocto_fn.bench.measure import rates
+from yocto_fn.bench.presets import model_config
 from yocto_fn.bench.report import print_jsonl, table
 from yocto_fn.core import models
 from yocto_fn.core.config import ModelConfig
@@ -67,10 +68,7 @@ def repeated(fn: Callable[[], object], steps: int) -> Callable[[], None]:
 
 
 def run(cfg: Config) -> None:
-    mcfg = ModelConfig(
-        vocab_size=cfg.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0,
-    )  # fmt: skip
+    mcfg = model_config(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size)
     cpu = torch.device("cpu")
     modes = ["eager", *([] if cfg.skip_compile else ["compiled"])]
     keys = [(v, m) for m in modes for v in VARIANTS]

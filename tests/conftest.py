@@ -2,6 +2,7 @@
 prepared char-level data directory, and the scripts under scripts/ as modules."""
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -40,12 +41,14 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 def script(name: str) -> ModuleType:
-    """scripts/<name>.py as a module: the scripts are files to run, not a package."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """scripts/<name>.py as the module `name` (registered, as dataclasses need): the scripts
+    are files to run, not a package."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def real_text() -> str:

@@ -15,6 +15,13 @@ PROMPT = 16  # decode prompt tokens
 LR, WEIGHT_DECAY, CLIP, VOCAB = 3e-4, 0.1, 1.0, 96
 
 
+def model_config(n_layer: int, n_head: int, n_embd: int, block_size: int,
+                 vocab_size: int = VOCAB, **extra) -> ModelConfig:  # fmt: skip
+    """The ModelConfig the benchmarks time: vocab VOCAB and no dropout unless told."""
+    return ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                       n_head=n_head, n_embd=n_embd, **extra)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Preset:
     n_layer: int
@@ -26,10 +33,7 @@ class Preset:
     prompt_tokens: int = 512
 
     def model_config(self, block_size: int | None = None) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=VOCAB, block_size=block_size or self.block_size, n_layer=self.n_layer,
-            n_head=self.n_head, n_embd=self.n_embd, dropout=0.0,
-        )  # fmt: skip
+        return model_config(self.n_layer, self.n_head, self.n_embd, block_size or self.block_size)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -39,10 +43,8 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def shape_config(shape: str, block_size: int, vocab_size: int = VOCAB, **extra) -> ModelConfig:
-    """The ModelConfig of an "L/H/C" shape (no dropout: the default)."""
-    n_layer, n_head, n_embd = parse_shape(shape)
-    return ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
-                       n_head=n_head, n_embd=n_embd, **extra)  # fmt: skip
+    """`model_config` of an "L/H/C" shape."""
+    return model_config(*parse_shape(shape), block_size, vocab_size, **extra)
 
 
 PRESETS = {"tiny": Preset(4, 4, 128, 128, 32), "small": Preset(6, 6, 384, 256, 16)}
@@ -61,10 +63,7 @@ class EnsembleCase:
     members: int
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=VOCAB, block_size=self.block_size, n_layer=self.n_layer,
-            n_head=self.n_head, n_embd=self.n_embd, dropout=0.0,
-        )  # fmt: skip
+        return model_config(self.n_layer, self.n_head, self.n_embd, self.block_size)
 
     @property
     def label(self) -> str:

@@ -160,8 +160,7 @@ def bench_ensemble(device, modes, ctx, cases) -> list[dict[str, Any]]:
     """Ensemble step against the loop, per case and mode; each case is timed on its own
     (interleaved within the case) so that a compiled graph of one shape never waits on
     another's."""
-    name, _, repeats, log = ctx
-    out = []
+    log, out = ctx[3], []
     for case in cases:
         tokens = case.members * case.batch_size * case.block_size
         runners = {}
@@ -172,29 +171,28 @@ def bench_ensemble(device, modes, ctx, cases) -> list[dict[str, Any]]:
                 ).items():
                     _first_call(fn, log, f"{device.type} ensemble {case.label} {variant} {label}")
                     runners[(variant, label)] = fn
-        for (variant, label), per_s in rates(runners, device, repeats, tokens).items():
-            out.append(record(
-                "ensemble", variant, device, label, name, "throughput", per_s, "tokens/s",
-                tokens=tokens, config=vars(case) | {"case": case.label},
-            ))  # fmt: skip
+        out += _case_records("ensemble", runners, device, ctx, case, tokens)
     return out
 
 
 def bench_per_example(device, ctx, case) -> list[dict[str, Any]]:
-    name, _, repeats, log = ctx
-    tokens = case.batch_size * case.block_size
+    log, tokens = ctx[3], case.batch_size * case.block_size
     runners = {}
     for variant in models.NAMES:
         for label, fn in per_example_runners(variant, case, device).items():
             _first_call(fn, log, f"{device.type} per-example {variant} {label}")
             runners[(variant, label)] = fn
-    out = []
-    for (variant, label), per_s in rates(runners, device, repeats, tokens).items():
-        out.append(record(
-            "per-example", variant, device, label, name, "throughput", per_s, "tokens/s",
-            tokens=tokens, config=vars(case) | {"case": case.label},
-        ))  # fmt: skip
-    return out
+    return _case_records("per-example", runners, device, ctx, case, tokens)
+
+
+def _case_records(benchmark, runners, device, ctx, case, tokens) -> list[dict[str, Any]]:
+    """Tokens/s records of the (variant, label) runners at an `EnsembleCase`, interleaved."""
+    name, _, repeats, _ = ctx
+    return [
+        record(benchmark, variant, device, label, name, "throughput", per_s, "tokens/s",
+               tokens=tokens, config=vars(case) | {"case": case.label})
+        for (variant, label), per_s in rates(runners, device, repeats, tokens).items()
+    ]  # fmt: skip
 
 
 def available_devices() -> list[str]:
