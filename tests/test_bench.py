@@ -192,3 +192,22 @@ def test_a_recorded_command_gives_back_its_config():
     for name, (cls, _) in BENCHMARKS.items():
         if all(f.default is not MISSING for f in fields(cls)):  # no required flag
             assert parse([name, *flags(cls())]) == cls()
+
+
+def test_val_loss_scores_plain_and_quantised_weights_on_the_same_batches(char_dir):
+    """The quality checks score fp32, int8 and bf16 weights alike: the same fixed batches,
+    the same loss as training computes, each tree through the forward its dtype needs."""
+    from yocto_fn.core.train import loss_fn
+    from yocto_fn.data import Dataset
+    from yocto_fn.generate.quantize import quantize
+
+    ds = Dataset(char_dir)
+    model, cfg = models.get("gpt-fast"), tiny_config(vocab_size=ds.meta["vocab_size"])
+    p = model.init(cfg, 0)
+    gen = torch.Generator().manual_seed(0)
+    want = [loss_fn(p, ds.get_batch("val", 4, 16, gen), None, model=model, cfg=cfg,
+                    train=False).item() for _ in range(3)]  # fmt: skip
+    assert measure.val_loss(model, p, cfg, ds, 3, 4, 16) == pytest.approx(sum(want) / 3)
+    for mode in ("int8", "bf16"):
+        got = measure.val_loss(model, quantize(p, mode), cfg, ds, 3, 4, 16)
+        assert got == pytest.approx(sum(want) / 3, rel=0.02)

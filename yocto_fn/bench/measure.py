@@ -24,9 +24,10 @@ import torch
 
 from yocto_fn.core import params
 from yocto_fn.core.config import ModelConfig
+from yocto_fn.core.layers import cross_entropy
 from yocto_fn.core.models import Model
-from yocto_fn.core.train import loss_fn
 from yocto_fn.data import Dataset
+from yocto_fn.generate.products import decode_ops
 from yocto_fn.plan import probe
 
 # Dense datasheet peaks (FLOP/s) by device-name fragment: (bf16 tensor core, fp32).
@@ -115,10 +116,13 @@ def rates(
 def val_loss(model: Model, p: params.Params, cfg: ModelConfig, ds: Dataset, batches: int,
              rows: int, block_size: int) -> float:  # fmt: skip
     """Mean validation loss over `batches` fixed batches (seed 0) of rows x block_size tokens:
-    the same tokens for every checkpoint it scores."""
-    gen = torch.Generator().manual_seed(0)
-    total = sum(loss_fn(p, ds.get_batch("val", rows, block_size, gen), None, model=model,
-                        cfg=cfg, train=False).item() for _ in range(batches))  # fmt: skip
+    the same tokens for every checkpoint it scores, quantised ones included (their forward
+    runs with the primitives a decode over them takes)."""
+    gen, ops = torch.Generator().manual_seed(0), decode_ops(p, compiled=False)
+    total = 0.0
+    for _ in range(batches):
+        x, y = ds.get_batch("val", rows, block_size, gen)
+        total += cross_entropy(model.forward(p, x, cfg, ops=ops)[0], y).item()
     return total / batches
 
 
