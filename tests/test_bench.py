@@ -2,6 +2,7 @@
 files, `cli.py bench`, and `python -m benchmarks` (the list, a run, every benchmark's flags)."""
 
 import ast
+import importlib
 import subprocess
 import sys
 from dataclasses import MISSING, fields, replace
@@ -171,6 +172,13 @@ def test_a_benchmark_runs_end_to_end_through_the_entry_point():
 
 @pytest.mark.parametrize("name", list(BENCHMARKS))
 def test_every_benchmark_shows_its_flags(name, capsys):
+    """Each name runs its module's `Config` and `run` (the suite: BenchConfig and the
+    package's run), and `--help` lists every flag of that config."""
+    if name == "suite":
+        assert BENCHMARKS[name][0] is presets.BenchConfig
+    else:
+        module = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
+        assert BENCHMARKS[name] == (module.Config, module.run)
     with pytest.raises(SystemExit) as exit_:
         main([name, "--help"])
     assert exit_.value.code == 0
