@@ -115,9 +115,14 @@ class Shape:
                             self.vocab_size)  # fmt: skip
 
     @property
+    def dims(self) -> str:
+        """The shape as the benchmarks' flags take it: "L/H/C"."""
+        return f"{self.n_layer}/{self.n_head}/{self.n_embd}"
+
+    @property
     def label(self) -> str:
-        return (f"{self.n_layer}/{self.n_head}/{self.n_embd}, block {self.block_size}, "
-                f"batch {self.batch_size}, vocab {self.vocab_size}")  # fmt: skip
+        return (f"{self.dims}, block {self.block_size}, batch {self.batch_size}, "
+                f"vocab {self.vocab_size}")  # fmt: skip
 
 
 # (full size, --tiny) for each shape the suite uses.
@@ -290,7 +295,7 @@ def section_decode(s: Suite) -> None:
     """decode-throughput's contenders (gpt-fast and the reference), and the compiled step
     plain and as CUDA graphs, checked against eager decoding's tokens."""
     shape, new = s.shape(SMALL), 32 if s.tiny else 256
-    preset = decode_throughput.preset(f"{shape.n_layer}/{shape.n_head}/{shape.n_embd}", new)
+    preset = decode_throughput.preset(shape.dims, new)
     cfg, prompt = preset.model_config(), random_tokens((1, PROMPT), s.device, 1)
     pairs = decode_throughput.contenders(("gpt-fast", "reference"), preset, s.device,
                                          ("no cache", "cache"))  # fmt: skip

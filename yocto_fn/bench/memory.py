@@ -1,9 +1,9 @@
 """Peak memory of one train step, each contender measured alone in a fresh process.
 
 Measured in one shared process, contenders share an allocator: what one frees the next
-reuses, so the figure a contender gets depends on who ran before it (the suite once gave
-`gpt`, which keeps its T x T attention probabilities, 60 MB and `gpt-fast` 267 MB at the
-same shape). Here every contender gets its own process. It builds its step, runs it once
+reuses, so the figure a contender gets depends on who ran before it (a shared process can
+give `gpt`, which keeps its T x T attention probabilities, 60 MB and `gpt-fast` 267 MB at
+the same shape). Here every contender gets its own process. It builds its step, runs it once
 (warm-up; compilation for the compiled modes), then reports how far one more step raises
 the memory above what the process held just before it: activations, gradients and
 temporaries, not the parameters and optimizer state that live across steps.
