@@ -6,38 +6,50 @@ An eager step on a GPU at small sizes is bound by kernel launches, so each updat
 counted: the kernels it launches on CUDA, the aten ops it dispatches elsewhere (a proxy for
 the same cost). Contenders run in interleaved rounds; medians are reported.
 
-    python benchmarks/adamw_update.py                        # 6/6/384 on the CPU
-    python benchmarks/adamw_update.py --device cuda --out benchmarks/results/<date>-cuda-adamw
-    python benchmarks/adamw_update.py --shape 2/2/64 --block-size 32 --batch 4 --rounds 3
+    python -m benchmarks adamw-update                        # 6/6/384 on the CPU
+    python -m benchmarks adamw-update --device cuda --out benchmarks/results/<date>-cuda-adamw
+    python -m benchmarks adamw-update --shape 2/2/64 --block-size 32 --batch 4 --rounds 3
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import statistics
-import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import command
+from yocto_fn.bench.contenders import adamw, functional_steps, random_batch, reference_steps
+from yocto_fn.bench.measure import device_name, interleaved, sync
+from yocto_fn.bench.presets import LR, shape_config
+from yocto_fn.bench.presets import WEIGHT_DECAY as WD
+from yocto_fn.bench.report import save
+from yocto_fn.core import models, optim, params
+from yocto_fn.core.config import ModelConfig
 
-from benchmarks.contenders import (  # noqa: E402
-    adamw,
-    functional_steps,
-    random_batch,
-    reference_steps,  # noqa: E402
-)
-from benchmarks.measure import device_name, interleaved, sync  # noqa: E402
-from benchmarks.presets import LR  # noqa: E402
-from benchmarks.presets import WEIGHT_DECAY as WD  # noqa: E402
-from yocto_fn import fileio, models, optim, params  # noqa: E402
-from yocto_fn.core.config import ModelConfig  # noqa: E402
+
+@dataclass(frozen=True)
+class Config:
+    """The AdamW update alone and the eager step around it, against torch.optim, with the
+    kernels (or aten ops) each launches."""
+
+    device: str = "cpu"
+    variant: Literal[models.NAMES] = "gpt-fast"
+    shape: str = "6/6/384"
+    """n_layer/n_head/n_embd."""
+    block_size: int = 256
+    batch: int = 16
+    vocab: int = 96
+    rounds: int = 15
+    steps: bool = True
+    """Time the eager train steps too (--no-steps: the updates only)."""
+    out: Path | None = None
+    """A folder to write adamw_update.json into."""
 
 
 def update_contenders(variant: str, cfg: ModelConfig, device: torch.device):
@@ -110,49 +122,39 @@ def _under_aten(event: Any) -> bool:
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--variant", default="gpt-fast", choices=models.NAMES)
-    ap.add_argument("--shape", default="6/6/384", help="layers/heads/dim")
-    ap.add_argument("--block-size", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--vocab", type=int, default=96)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--no-steps", action="store_true", help="time the updates only")
-    ap.add_argument("--out", type=Path, default=None, help="write results.json here")
-    args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    n_layer, n_head, n_embd = map(int, args.shape.split("/"))
-    cfg = ModelConfig(vocab_size=args.vocab, block_size=args.block_size, n_layer=n_layer,
-                      n_head=n_head, n_embd=n_embd, dropout=0.0)  # fmt: skip
-    fns = update_contenders(args.variant, cfg, device)
-    if not args.no_steps:
-        fns |= step_contenders(args.variant, cfg, device, args.batch)
+def contenders(variant: str, cfg: ModelConfig, device: torch.device, batch: int,
+               steps: bool = True) -> dict[str, Callable[[], Any]]:  # fmt: skip
+    """The updates, and with `steps` the eager train steps around them."""
+    fns = update_contenders(variant, cfg, device)
+    return fns | (step_contenders(variant, cfg, device, batch) if steps else {})
+
+
+def measure(fns: dict[str, Callable[[], Any]], device: torch.device, rounds: int) -> list[dict]:
+    """A row per contender: ms per call over interleaved rounds (median, min, max) and the
+    launches one call makes ("kernels" on CUDA, else "aten_ops")."""
+    unit = "kernels" if device.type == "cuda" else "aten_ops"
     counts = {name: launches(fn, device) for name, fn in fns.items()}
-    times = interleaved(fns, device, args.rounds)
-    rows = []
-    print(f"{args.variant} {args.shape}, block {args.block_size}, batch {args.batch}, "
-          f"{device_name(device)}, torch {torch.__version__}, median of {args.rounds}")  # fmt: skip
+    return [
+        {"contender": name, "ms": statistics.median(seconds) * 1e3, "min_ms": min(seconds) * 1e3,
+         "max_ms": max(seconds) * 1e3, unit: counts[name]}
+        for name, seconds in interleaved(fns, device, rounds).items()
+    ]  # fmt: skip
+
+
+def run(cfg: Config) -> None:
+    device = torch.device(cfg.device)
+    mcfg = shape_config(cfg.shape, cfg.block_size, cfg.vocab)
+    rows = measure(contenders(cfg.variant, mcfg, device, cfg.batch, cfg.steps), device,
+                   cfg.rounds)  # fmt: skip
+    print(f"{cfg.variant} {cfg.shape}, block {cfg.block_size}, batch {cfg.batch}, "
+          f"{device_name(device)}, torch {torch.__version__}, median of {cfg.rounds}")  # fmt: skip
     unit = "kernels" if device.type == "cuda" else "aten ops"
-    for name, seconds in times.items():
-        ms = statistics.median(seconds) * 1e3
-        spread = {"min_ms": min(seconds) * 1e3, "max_ms": max(seconds) * 1e3}
-        rows.append({"contender": name, "ms": ms, **spread, unit.replace(" ", "_"): counts[name]})
-        print(f"  {name:24s} {ms:9.3f} ms   {counts[name]:5d} {unit}")
-    if args.out is not None:
-        command = " ".join(["python benchmarks/adamw_update.py", *(argv or sys.argv[1:])])
+    for r in rows:
+        print(f"  {r['contender']:24s} {r['ms']:9.3f} ms   {r[unit.replace(' ', '_')]:5d} {unit}")
+    if cfg.out is not None:
         meta = {"date": dt.date.today().isoformat(), "device": device_name(device),
-                "torch": torch.__version__, "variant": args.variant, "shape": args.shape,
-                "block_size": args.block_size, "batch": args.batch, "rounds": args.rounds,
-                "command": command}  # fmt: skip
-        args.out.mkdir(parents=True, exist_ok=True)
-        fileio.atomic_write_bytes(
-            args.out / "adamw_update.json",
-            orjson.dumps(meta | {"rows": rows}, option=orjson.OPT_INDENT_2),
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                "torch": torch.__version__, "variant": cfg.variant, "shape": cfg.shape,
+                "block_size": cfg.block_size, "batch": cfg.batch, "rounds": cfg.rounds,
+                "command": command("adamw-update", cfg)}  # fmt: skip
+        json = orjson.dumps(meta | {"rows": rows}, option=orjson.OPT_INDENT_2)
+        save(cfg.out, {"adamw_update.json": json})

@@ -13,47 +13,67 @@ the decode step), so the same script times an API change.
 - decode: greedy decode at batch 1 through the KV cache, eager and compiled (gpt-fast,
   --decode-shapes), new tokens/s.
 
-    python benchmarks/against.py --baseline-tree ../before --out benchmarks/results/<dir>
-    python benchmarks/against.py --baseline-tree ../before --parts decode --rounds 3
+    python -m benchmarks against --baseline-tree ../before --out benchmarks/results/<dir>
+    python -m benchmarks against --baseline-tree ../before --parts decode --rounds 3
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
+import importlib.util
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
-import orjson
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yocto_fn
+from yocto_fn.bench.report import jsonl, markdown, save, table
+from yocto_fn.plan import probe
 
-import yocto_fn  # noqa: E402
-from yocto_fn import fileio  # noqa: E402
-from yocto_fn.plan import probe  # noqa: E402
-
+Part = Literal["step", "ensemble", "decode"]
 CPU = torch.device("cpu")
 STEPS = {"adamw": ("adamw", "fp32"), "muon": ("muon", "fp32")}  # name: (optimizer, NS dtype)
 DEMO = ("gpt-fast", 4, 4, 128, 128, 32)  # model, L, H, C, block, batch
 ENSEMBLE = ("gpt", 2, 2, 64, 64, 8, 8)  # model, L, H, C, block, batch, members
 
 
+@dataclass(frozen=True)
+class Config:
+    """This checkout against another, in one process: train, ensemble and decode steps."""
+
+    baseline_tree: Path
+    """The other checkout."""
+    parts: tuple[Part, ...] = ("step", "ensemble", "decode")
+    rounds: int = 15
+    eager: bool = False
+    """Step: the eager steps too."""
+    decode_shapes: tuple[str, ...] = ("4/4/128", "6/6/384")
+    new_tokens: int = 128
+    out: Path | None = None
+    """A folder for results.jsonl and table.md."""
+
+
 def load_baseline(tree: Path) -> ModuleType:
-    """The package of checkout `tree`, imported as `yocto_baseline`."""
-    root = Path(tempfile.mkdtemp(prefix="baseline-"))
-    shutil.copytree(tree / "yocto_fn", root / "yocto_baseline")
-    sys.path.insert(0, str(root))
-    return importlib.import_module("yocto_baseline")
+    """The package of checkout `tree`, copied and imported as `yocto_baseline` (its modules
+    import each other relatively, so they load from the copy)."""
+    root = Path(tempfile.mkdtemp(prefix="baseline-")) / "yocto_baseline"
+    shutil.copytree(tree / "yocto_fn", root)
+    spec = importlib.util.spec_from_file_location(
+        "yocto_baseline", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["yocto_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def stepper(pkg: ModuleType, shape: tuple, **spec: Any) -> Callable[[int], float]:
@@ -128,77 +148,66 @@ def timed_rounds(fns: dict[str, Callable[[int], Any]], rounds: int) -> dict[str,
     return out
 
 
-def table(seconds: dict[str, list[float]], work: dict[str, int], unit: str) -> list[dict]:
-    """A row per contender: this checkout's rate, the baseline's, and time over baseline."""
+def compared(seconds: dict[str, list[float]], work: dict[str, int]) -> list[dict]:
+    """A row per contender: this checkout's tokens/s, the baseline's, and time over baseline."""
     rows = []
     for key in seconds:
         if not key.startswith("this "):
             continue
         name = key.removeprefix("this ")
         mine, base = (statistics.median(seconds[f"{t} {name}"]) for t in ("this", "baseline"))
-        rows.append({"contender": name, unit: round(work[name] / mine, 1),
-                     f"baseline {unit}": round(work[name] / base, 1),
+        rows.append({"contender": name, "tokens/s": round(work[name] / mine, 1),
+                     "baseline tokens/s": round(work[name] / base, 1),
                      "time_over_baseline": round(mine / base, 3)})  # fmt: skip
     return rows
 
 
-def markdown(title: str, rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{v:,}" if isinstance(v, float) else str(v)
-                                       for v in r.values()) + " |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+def rows_table(rows: list[dict]) -> str:
+    return table(list(rows[0]), [[f"{v:,}" if isinstance(v, float) else v for v in r.values()]
+                                 for r in rows], "l" + "r" * (len(rows[0]) - 1))  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline-tree", type=Path, required=True, help="the other checkout")
-    ap.add_argument("--parts", nargs="+", default=["step", "ensemble", "decode"],
-                    choices=["step", "ensemble", "decode"])  # fmt: skip
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--eager", action="store_true", help="step: the eager steps too")
-    ap.add_argument("--decode-shapes", nargs="+", default=["4/4/128", "6/6/384"])
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--out", type=Path, help="a folder for results.jsonl and table.md")
-    args = ap.parse_args()
-    pkgs = {"this": yocto_fn, "baseline": load_baseline(args.baseline_tree)}
+def step_part(pkgs: dict[str, ModuleType], cfg: Config) -> list[dict]:
+    s = timed_rounds(step_contenders(pkgs, cfg.eager), cfg.rounds)
+    return compared(s, {k.removeprefix("this "): DEMO[4] * DEMO[5] for k in s})
+
+
+def ensemble_part(pkgs: dict[str, ModuleType], cfg: Config) -> list[dict]:
+    s = timed_rounds(ensemble_contenders(pkgs), cfg.rounds)
+    tokens = ENSEMBLE[4] * ENSEMBLE[5] * ENSEMBLE[6]
+    rows = compared(s, dict.fromkeys(("ensemble", "loop"), tokens))
+    for tag in ("this", "baseline"):
+        speedup = statistics.median(s[f"{tag} loop"]) / statistics.median(s[f"{tag} ensemble"])
+        rows.append({"contender": f"{tag}: ensemble speed-up over the loop",
+                     "tokens/s": round(speedup, 3), "baseline tokens/s": "",
+                     "time_over_baseline": ""})  # fmt: skip
+    return rows
+
+
+def decode_part(pkgs: dict[str, ModuleType], cfg: Config) -> list[dict]:
+    s = timed_rounds(decode_contenders(pkgs, cfg.decode_shapes, cfg.new_tokens), cfg.rounds)
+    return compared(s, {k.removeprefix("this "): cfg.new_tokens for k in s})
+
+
+def run(cfg: Config) -> None:
+    pkgs = {"this": yocto_fn, "baseline": load_baseline(cfg.baseline_tree)}
     header = (f"{probe.device_name(CPU)}, {torch.get_num_threads()} threads, torch "
-              f"{torch.__version__}; medians of {args.rounds} interleaved rounds")  # fmt: skip
-    text, records = f"{header}\n\n", []
-    if "step" in args.parts:
-        s = timed_rounds(step_contenders(pkgs, args.eager), args.rounds)
-        work = {k.removeprefix("this "): DEMO[4] * DEMO[5] for k in s}
-        rows = table(s, work, "tokens/s")
-        records += [{"part": "step"} | r for r in rows]
-        text += markdown("Train steps, demo shape (gpt-fast 4/4/128, block 128, batch 32)", rows)
-    if "ensemble" in args.parts:
-        s = timed_rounds(ensemble_contenders(pkgs), args.rounds)
-        tokens = ENSEMBLE[4] * ENSEMBLE[5] * ENSEMBLE[6]
-        rows = table(s, dict.fromkeys(("ensemble", "loop"), tokens), "tokens/s")
-        for tag in ("this", "baseline"):
-            speedup = statistics.median(s[f"{tag} loop"]) / statistics.median(s[f"{tag} ensemble"])
-            rows.append({"contender": f"{tag}: ensemble speed-up over the loop",
-                         "tokens/s": round(speedup, 3), "baseline tokens/s": "",
-                         "time_over_baseline": ""})  # fmt: skip
-        records += [{"part": "ensemble"} | r for r in rows]
-        text += "\n" + markdown("Ensemble step, E=8 at 2/2/64, eager, against 8 single steps",
-                                rows)  # fmt: skip
-    if "decode" in args.parts:
-        s = timed_rounds(decode_contenders(pkgs, args.decode_shapes, args.new_tokens),
-                         args.rounds)  # fmt: skip
-        rows = table(s, {k.removeprefix("this "): args.new_tokens for k in s}, "tokens/s")
-        records += [{"part": "decode"} | r for r in rows]
-        text += "\n" + markdown(f"Eager and compiled decode, gpt-fast, batch 1, {args.new_tokens}"
-                                " new tokens after a 16-token prompt", rows)  # fmt: skip
+              f"{torch.__version__}; medians of {cfg.rounds} interleaved rounds")  # fmt: skip
+    parts = {
+        "step": ("Train steps, demo shape (gpt-fast 4/4/128, block 128, batch 32)", step_part),
+        "ensemble": ("Ensemble step, E=8 at 2/2/64, eager, against 8 single steps",
+                     ensemble_part),
+        "decode": (f"Eager and compiled decode, gpt-fast, batch 1, {cfg.new_tokens} new tokens "
+                   "after a 16-token prompt", decode_part),
+    }  # fmt: skip
+    records, sections = [], {}
+    for part in cfg.parts:
+        title, measure = parts[part]
+        rows = measure(pkgs, cfg)
+        records += [{"part": part} | r for r in rows]
+        sections[title] = rows_table(rows)
+    text = markdown(f"This checkout against {cfg.baseline_tree}", header, sections)
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        meta = {"header": header, "baseline_tree": str(args.baseline_tree)}
-        lines = b"".join(orjson.dumps(meta | r) + b"\n" for r in records)
-        fileio.atomic_write_bytes(args.out / "results.jsonl", lines)
-        fileio.atomic_write_bytes(args.out / "table.md", text.encode())
-
-
-if __name__ == "__main__":
-    main()
+    if cfg.out:
+        meta = {"header": header, "baseline_tree": str(cfg.baseline_tree)}
+        save(cfg.out, {"results.jsonl": jsonl(meta | r for r in records), "table.md": text})

@@ -6,33 +6,49 @@ the one-time cost). Then three steps are built and timed interleaved, round by r
 fp32, bf16 autocast, and auto (a step built anew in the dtype auto chose). auto's ratio is
 its median tokens/s over the faster of the other two medians: the goal is at least 0.97.
 
-    python benchmarks/amp_auto.py                       # every preset, variant and mode
-    python benchmarks/amp_auto.py --presets tiny --modes eager --rounds 3
+    python -m benchmarks amp-auto                       # every preset, variant and mode
+    python -m benchmarks amp-auto --presets tiny --modes eager --rounds 3
 
 Writes results.jsonl and table.md to --out-dir (default benchmarks/results/<date>-cpu-amp).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import statistics
-import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-import orjson
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from yocto_fn import jit
+from yocto_fn.bench.presets import PRESETS
+from yocto_fn.bench.report import jsonl, print_jsonl, save, table
+from yocto_fn.core import models
+from yocto_fn.device import bf16_is_native
+from yocto_fn.errors import UserError
+from yocto_fn.plan import probe
 
-from benchmarks.presets import PRESETS  # noqa: E402
-from yocto_fn import fileio, jit, models  # noqa: E402
-from yocto_fn.device import bf16_is_native  # noqa: E402
-from yocto_fn.plan import probe  # noqa: E402
+Variant = Literal[models.NAMES]
+Mode = Literal["eager", "compiled"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Does --amp auto pick the faster dtype? fp32, bf16 and auto's pick, timed in one run."""
+
+    presets: tuple[Literal["tiny", "small"], ...] = tuple(PRESETS)
+    variants: tuple[Variant, ...] = models.NAMES
+    modes: tuple[Mode, ...] = ("eager", "compiled")
+    rounds: int = 5
+    """Interleaved rounds (the median is over them)."""
+    steps: int = 3
+    """Steps per contender per round."""
+    out_dir: Path = Path(f"benchmarks/results/{dt.date.today().isoformat()}-cpu-amp")
 
 
 def measure(preset: str, variant: str, compiled: bool, rounds: int, steps: int) -> dict:
@@ -65,51 +81,28 @@ def measure(preset: str, variant: str, compiled: bool, rounds: int, steps: int) 
     }  # fmt: skip
 
 
-def table(rows: list[dict]) -> str:
-    head = (
-        "| preset | variant | mode | fp32 tok/s | bf16 tok/s | auto picks | auto tok/s "
-        "| auto / best | first-run decision |\n"
-        "|---|---|---|---:|---:|---|---:|---:|---:|\n"
-    )
-    body = "".join(
-        f"| {r['preset']} | {r['variant']} | {r['mode']} | {r['tokens_per_s']['fp32']:,.0f} "
-        f"| {r['tokens_per_s']['bf16']:,.0f} | {r['choice']} | {r['tokens_per_s']['auto']:,.0f} "
-        f"| {r['auto_vs_best']:.2f} | {r['decide_s']:.0f} s |\n"
+def amp_table(rows: list[dict]) -> str:
+    head = ("preset", "variant", "mode", "fp32 tok/s", "bf16 tok/s", "auto picks", "auto tok/s",
+            "auto / best", "first-run decision")  # fmt: skip
+    return table(head, [
+        (r["preset"], r["variant"], r["mode"], f"{r['tokens_per_s']['fp32']:,.0f}",
+         f"{r['tokens_per_s']['bf16']:,.0f}", r["choice"], f"{r['tokens_per_s']['auto']:,.0f}",
+         f"{r['auto_vs_best']:.2f}", f"{r['decide_s']:.0f} s")
         for r in rows
-    )
-    return head + body
+    ], "lllrrlrrr") + "\n"  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    ap.add_argument("--variants", nargs="+", default=list(models.NAMES), choices=models.NAMES)
-    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"],
-                    choices=["eager", "compiled"])  # fmt: skip
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over)")
-    ap.add_argument("--steps", type=int, default=3, help="steps per contender per round")
-    ap.add_argument(
-        "--out-dir",
-        type=Path,
-        default=Path(f"benchmarks/results/{dt.date.today().isoformat()}-cpu-amp"),
-    )
-    args = ap.parse_args()
+def run(cfg: Config) -> None:
     if not bf16_is_native(torch.device("cpu")):
-        sys.exit("this CPU has no native bf16: auto is fp32 by rule, nothing to measure")
+        raise UserError("this CPU has no native bf16: auto is fp32 by rule, nothing to measure")
     jit.use_safe_cxx()  # in the real cache, before `measure` points XDG_CACHE_HOME elsewhere
     rows = []
-    for preset in args.presets:
-        for mode in args.modes:
-            for variant in args.variants:
-                row = measure(preset, variant, mode == "compiled", args.rounds, args.steps)
-                print(orjson.dumps(row).decode(), flush=True)
+    for preset in cfg.presets:
+        for mode in cfg.modes:
+            for variant in cfg.variants:
+                row = measure(preset, variant, mode == "compiled", cfg.rounds, cfg.steps)
+                print_jsonl([row])
                 rows.append(row)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    lines = b"".join(orjson.dumps(r) + b"\n" for r in rows)
-    fileio.atomic_write_bytes(args.out_dir / "results.jsonl", lines)
-    fileio.atomic_write_bytes(args.out_dir / "table.md", table(rows).encode())
-    print(table(rows))
-
-
-if __name__ == "__main__":
-    main()
+    text = amp_table(rows)
+    save(cfg.out_dir, {"results.jsonl": jsonl(rows), "table.md": text})
+    print(text)

@@ -5,83 +5,76 @@ eager or compiled: tokens/s over interleaved rounds (median) and the peak memory
 (`memory.peak_mb`, each contender alone in a fresh process). Prints a table, then one JSON
 line per contender.
 
-    python benchmarks/checkpointing.py                       # 6/6/384, block 256, batch 32
-    python benchmarks/checkpointing.py --shape 2/2/64 --block-size 64 --batch-size 8 --eager
+    python -m benchmarks checkpointing                       # 6/6/384, block 256, batch 32
+    python -m benchmarks checkpointing --shape 2/2/64 --block-size 64 --batch-size 8 --eager
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Literal
 
-import orjson
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from yocto_fn.bench.contenders import train_runner
+from yocto_fn.bench.measure import rates
+from yocto_fn.bench.memory import peak_mb
+from yocto_fn.bench.presets import shape_config
+from yocto_fn.bench.report import print_jsonl, table
+from yocto_fn.core import models
 
-from benchmarks.contenders import train_runner  # noqa: E402
-from benchmarks.measure import interleaved  # noqa: E402
-from benchmarks.memory import peak_mb  # noqa: E402
-from benchmarks.presets import VOCAB  # noqa: E402
-from yocto_fn import models  # noqa: E402
-from yocto_fn.core.config import ModelConfig  # noqa: E402
+Variant = Literal[models.NAMES]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="6/6/384", help="n_layer/n_head/n_embd")
-    ap.add_argument("--block-size", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over)")
-    ap.add_argument("--eager", action="store_true", help="eager steps instead of compiled")
-    ap.add_argument("--variants", nargs="+", default=list(models.NAMES))
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Config:
+    """Activation checkpointing: peak memory of a train step against its tokens/s."""
 
-    n_layer, n_head, n_embd = (int(v) for v in args.shape.split("/"))
-    cfg = ModelConfig(vocab_size=VOCAB, block_size=args.block_size, n_layer=n_layer,
-                      n_head=n_head, n_embd=n_embd, dropout=0.0)  # fmt: skip
-    device, base = torch.device(args.device), "eager" if args.eager else "compiled"
+    shape: str = "6/6/384"
+    """n_layer/n_head/n_embd."""
+    block_size: int = 256
+    batch_size: int = 32
+    rounds: int = 5
+    """Interleaved rounds (the median is over them)."""
+    eager: bool = False
+    """Eager steps instead of compiled."""
+    variants: tuple[Variant, ...] = models.NAMES
+    device: str = "cpu"
+
+
+def run(cfg: Config) -> None:
+    mcfg = shape_config(cfg.shape, cfg.block_size)
+    device, base = torch.device(cfg.device), "eager" if cfg.eager else "compiled"
     modes = [base, f"{base} checkpointed"]
     runners, memory = {}, {}
-    for variant in args.variants:
+    for variant in cfg.variants:
         for mode in modes:
-            fn, _ = train_runner(variant, cfg, device, args.batch_size, mode)
+            fn, _ = train_runner(variant, mcfg, device, cfg.batch_size, mode)
             fn()
             runners[(variant, mode)] = fn
-            memory[(variant, mode)] = peak_mb(variant, cfg.to_dict(), args.batch_size, mode,
-                                              args.device)  # fmt: skip
+            memory[(variant, mode)] = peak_mb(variant, mcfg.to_dict(), cfg.batch_size, mode,
+                                              cfg.device)  # fmt: skip
             print(f"{variant} {mode}: {memory[(variant, mode)]:.0f} MB", file=sys.stderr)
-    tokens = args.batch_size * args.block_size
-    rates = {
-        k: [tokens / s for s in v] for k, v in interleaved(runners, device, args.rounds).items()
-    }
+    per_s = rates(runners, device, cfg.rounds, cfg.batch_size * cfg.block_size)
 
-    print(
-        f"\n{'variant':<9} {'mode':<22} {'tokens/s':>9} {'peak MB':>8} {'speed':>6} {'memory':>7}"
-    )
     rows = []
-    for variant in args.variants:
+    for variant in cfg.variants:
         plain = (variant, base)
         for mode in modes:
             key = (variant, mode)
-            speed = statistics.median(rates[key]) / statistics.median(rates[plain])
+            speed = statistics.median(per_s[key]) / statistics.median(per_s[plain])
             mem = memory[key] / memory[plain] if memory[plain] else float("nan")
-            print(f"{variant:<9} {mode:<22} {statistics.median(rates[key]):9.0f} "
-                  f"{memory[key]:8.0f} {speed:5.2f}x {mem:6.2f}x")  # fmt: skip
-            rows.append({"variant": variant, "mode": mode, "shape": args.shape,
-                         "block_size": args.block_size, "batch_size": args.batch_size,
-                         "tokens_per_s": round(statistics.median(rates[key]), 1),
+            rows.append({"variant": variant, "mode": mode, "shape": cfg.shape,
+                         "block_size": cfg.block_size, "batch_size": cfg.batch_size,
+                         "tokens_per_s": round(statistics.median(per_s[key]), 1),
                          "peak_mb": round(memory[key], 1), "speed_vs_plain": round(speed, 3),
-                         "memory_vs_plain": round(mem, 3), "rounds": args.rounds,
-                         "device": args.device, "torch": torch.__version__})  # fmt: skip
-    print()
-    for row in rows:
-        print(orjson.dumps(row).decode())
-
-
-if __name__ == "__main__":
-    main()
+                         "memory_vs_plain": round(mem, 3), "rounds": cfg.rounds,
+                         "device": cfg.device, "torch": torch.__version__})  # fmt: skip
+    head = ("variant", "mode", "tokens/s", "peak MB", "speed", "memory")
+    body = [(r["variant"], r["mode"], f"{r['tokens_per_s']:.0f}", f"{r['peak_mb']:.0f}",
+             f"{r['speed_vs_plain']:.2f}x", f"{r['memory_vs_plain']:.2f}x")
+            for r in rows]  # fmt: skip
+    print(table(head, body, "llrrrr") + "\n")
+    print_jsonl(rows)

@@ -6,73 +6,61 @@ before timing, so the compiled rows are the second-and-later runs. Runs are inte
 round by round; the median is reported, and the break-even point is interpolated where the
 compiled run becomes no slower than eager.
 
-    python benchmarks/compile_breakeven.py                        # 4/4/128, block 512, cpu
-    python benchmarks/compile_breakeven.py --tokens 100 500 --rounds 1 --shape 1/2/32
+    python -m benchmarks compile-breakeven                        # 4/4/128, block 512, cpu
+    python -m benchmarks compile-breakeven --tokens 100 500 --rounds 1 --shape 1/2/32
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.proc import cli  # noqa: E402
+from benchmarks import checkpoint, cli
+from yocto_fn.bench.report import print_jsonl, table
 
 
-def checkpoint(tmp: Path, shape: str, block: int, device: str) -> Path:
-    """A one-step checkpoint of gpt-fast at `shape` (weights barely matter for timing)."""
-    n_layer, n_head, n_embd = shape.split("/")
-    cli("prepare-char", "--out-dir", str(tmp / "data"))
-    cli("train", "--data-dir", str(tmp / "data"), "--ckpt-dir", str(tmp / "run"),
-        "--model", "gpt-fast", "--n-layer", n_layer, "--n-head", n_head, "--n-embd", n_embd,
-        "--block-size", str(block), "--batch-size", "1", "--max-iters", "1",
-        "--eval-interval", "1", "--eval-iters", "1", "--device", device)  # fmt: skip
-    return tmp / "run" / "latest.pt"
+@dataclass(frozen=True)
+class Config:
+    """Wall time of `cli.py sample` with and without --compile, fresh processes."""
+
+    shape: str = "4/4/128"
+    """n_layer/n_head/n_embd."""
+    block_size: int = 512
+    tokens: tuple[int, ...] = (250, 500, 1000, 1500, 3000)
+    """New tokens per run, one row each."""
+    rounds: int = 3
+    """Interleaved rounds (the median is over them)."""
+    device: str = "cpu"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="4/4/128", help="n_layer/n_head/n_embd")
-    ap.add_argument("--block-size", type=int, default=512)
-    ap.add_argument("--tokens", type=int, nargs="+", default=[250, 500, 1000, 1500, 3000])
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over)")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-
+def run(cfg: Config) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = checkpoint(Path(tmp), args.shape, args.block_size, args.device)
-        base = ["sample", "--ckpt", str(ckpt), "--temperature", "0", "--device", args.device]
+        ckpt = checkpoint(Path(tmp), cfg.shape, cfg.block_size, device=cfg.device)
+        base = ["sample", "--ckpt", str(ckpt), "--temperature", "0", "--device", cfg.device]
         build_s = cli(*base, "--compile", "--max-new-tokens", "1").seconds
         print(f"first --compile run (builds the package): {build_s:.1f} s", file=sys.stderr)
         seconds: dict[tuple[int, str], list[float]] = {}
-        for _ in range(args.rounds):
-            for n in args.tokens:
+        for _ in range(cfg.rounds):
+            for n in cfg.tokens:
                 for mode, extra in (("eager", []), ("compiled", ["--compile"])):
                     wall = cli(*base, *extra, "--max-new-tokens", str(n)).seconds
                     seconds.setdefault((n, mode), []).append(wall)
 
     rows = []
-    print(f"\n{'new tokens':>10} {'eager s':>8} {'compiled s':>10} {'compiled / eager':>16}")
-    for n in args.tokens:
+    for n in cfg.tokens:
         eager = statistics.median(seconds[(n, "eager")])
         compiled = statistics.median(seconds[(n, "compiled")])
-        print(f"{n:>10} {eager:8.2f} {compiled:10.2f} {compiled / eager:15.2f}x")
         rows.append({"new_tokens": n, "eager_s": round(eager, 3), "compiled_s": round(compiled, 3),
-                     "shape": args.shape, "block_size": args.block_size, "device": args.device,
-                     "rounds": args.rounds, "build_s": round(build_s, 1)})  # fmt: skip
+                     "shape": cfg.shape, "block_size": cfg.block_size, "device": cfg.device,
+                     "rounds": cfg.rounds, "build_s": round(build_s, 1)})  # fmt: skip
+    head = ("new tokens", "eager s", "compiled s", "compiled / eager")
+    body = [(r["new_tokens"], f"{r['eager_s']:.2f}", f"{r['compiled_s']:.2f}",
+             f"{r['compiled_s'] / r['eager_s']:.2f}x") for r in rows]  # fmt: skip
+    print(table(head, body, "rrrr"))
     even = next((r["new_tokens"] for r in rows if r["compiled_s"] <= r["eager_s"]), None)
     print(f"\ncompiled is no slower than eager from {even} new tokens" if even else
           "\ncompiled stays slower than eager at every length measured")  # fmt: skip
-    for row in rows:
-        print(orjson.dumps(row).decode())
-
-
-if __name__ == "__main__":
-    main()
+    print_jsonl(rows)

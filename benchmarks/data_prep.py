@@ -5,22 +5,20 @@ Builds a corpus of --mb megabytes by repeating the embedded default corpus, then
 text and the peak resident memory added by the preparation (VmHWM minus the RSS after
 imports) as a multiple of the corpus size.
 
-    python benchmarks/data_prep.py --mb 100
+    python -m benchmarks data-prep --mb 100
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.proc import python  # noqa: E402
+from yocto_fn.bench.proc import python
+from yocto_fn.bench.report import print_jsonl
+from yocto_fn.data import default_corpus_text
 
 CHILD = r"""
 import sys, time, orjson
@@ -44,16 +42,19 @@ print(orjson.dumps({"seconds": seconds, "peak_extra": rss("VmHWM:") - base}).dec
 """
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=float, default=100.0, help="corpus size in MB")
-    args = ap.parse_args()
-    from yocto_fn.data import default_corpus_text
+@dataclass(frozen=True)
+class Config:
+    """MB/s and peak memory of prepare-char and prepare-tokenizer on a large corpus."""
 
+    mb: float = 100.0
+    """Corpus size in MB."""
+
+
+def run(cfg: Config) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = default_corpus_text().encode("utf-8")
         corpus = Path(tmp) / "big.txt"
-        reps = max(1, int(args.mb * 1e6 / len(base)))
+        reps = max(1, int(cfg.mb * 1e6 / len(base)))
         corpus.write_bytes(base * reps)
         size = corpus.stat().st_size
         print(f"corpus: {size / 1e6:.1f} MB ({reps} copies of the default corpus)")
@@ -67,8 +68,4 @@ def main() -> None:
                 "peak_extra_mb": round(res["peak_extra"] / 1e6, 1),
                 "peak_vs_corpus": round(res["peak_extra"] / size, 2),
             }  # fmt: skip
-            print(orjson.dumps(row).decode())
-
-
-if __name__ == "__main__":
-    main()
+            print_jsonl([row])

@@ -1,33 +1,37 @@
 """The one prepared GPU run: every check and figure the CUDA work needs, in one process, in
 order of priority, inside a time budget.
 
-A GPU is lent for minutes at a time, so everything that needs one runs here, and runs
-first on the CPU (`--device cpu --tiny`: the same code paths at tiny sizes) so that the GPU
-run is never the first run of any of it. Each section is timed, caught and recorded: a
-failure is a result (its error line is kept), not the end of the run, and sections that no
-longer fit the budget are recorded as skipped, to rerun with `--sections`.
+It runs first on the CPU (`--device cpu --tiny`: the same code paths at tiny sizes), so that
+the GPU run is never the first run of any of it. Each section is timed, caught and recorded:
+a failure is a result (its error line is kept), not the end of the run, and sections that no
+longer fit the budget are recorded as skipped, to rerun with `--sections`. The sections are
+the other benchmarks' contenders, recorded here: train-throughput's, adamw-update's,
+decode-throughput's, optimizers' compiled steps and the suite itself.
 
 Sections, in the order they run:
     env            torch, CUDA, device; measured fp32 and bf16 matmul peaks
-    train-eager    eager fp32 train steps at 6/6/384: every variant (fused AdamW), gpt-fast
-                   with the `_foreach_*` AdamW, the nn.Module reference (foreach and fused)
-    adamw          the update alone and the whole eager step: time and kernels launched
-                   (ours against the reference: where the eager gap comes from)
-    decode         batch-1 greedy decode at 6/6/384: no cache, cache, compiled, compiled as
-                   CUDA graphs, and the reference without cache; tokens checked equal
+    train-eager    eager fp32 train steps at 6/6/384 (train-throughput): every variant and
+                   the nn.Module reference
+    adamw          the update alone and the whole eager step (adamw-update): time, kernels
+                   launched and host syncs, fused and `_foreach_*` AdamW against the
+                   reference's (where the eager gap comes from)
+    decode         batch-1 greedy decode at 6/6/384 (decode-throughput): no cache, cache and
+                   the reference without cache; compiled, and compiled as CUDA graphs, with
+                   the tokens checked equal
     train-compiled compiled fp32 and bf16 steps of gpt-fast against the reference's
-    gpt2-adamw     GPT-2 small (12/12/768, block 1024, vocab 50304), compiled bf16, AdamW:
-                   tokens/s and MFU against the bf16 datasheet peak
-    gpt2-muon      the same with Muon
+                   (train-throughput)
+    gpt2-adamw     GPT-2 small (12/12/768, block 1024, vocab 50304), optimizers' compiled
+                   AdamW step under bf16: tokens/s and MFU against the bf16 datasheet peak
+    gpt2-muon      the same with Muon (bf16 Newton-Schulz)
     cli            the user's path at a tiny size: train --compile (fp32, bf16), sample
                    --compile, chat --compile and the server's batched compiled step
     aot            the packaged (AOTInductor) decode step built, loaded and run, in a child
-                   process (its load once crashed the process on CUDA)
-    bench          `cli.py bench --quick` on the device
+                   process, so that a crash in the load ends only the child
+    bench          the suite (`cli.py bench --quick`) on the device
 
-    python benchmarks/gpu_suite.py --device cpu --tiny                 # the dry run
-    python benchmarks/gpu_suite.py --device cuda --budget-s 300        # on the GPU
-    python benchmarks/gpu_suite.py --device cuda --sections gpt2-muon cli
+    python -m benchmarks gpu-suite --device cpu --tiny                 # the dry run
+    python -m benchmarks gpu-suite --device cuda --budget-s 300        # on the GPU
+    python -m benchmarks gpu-suite --device cuda --sections gpt2-muon cli
 
 Writes `suite.jsonl` (a header, then one record per figure or check), `suite.md` (tables and
 the goals) into `--out` (default: $OUT where that is set, else
@@ -36,13 +40,13 @@ benchmarks/results/<date>-<device>-suite/).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import io
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,42 +55,51 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import adamw_update  # noqa: E402
-from benchmarks.contenders import (  # noqa: E402
-    adamw,
-    functional_steps,
-    no_cache_decode,
-    random_batch,
-    random_tokens,
-    reference_steps,
-)
-from benchmarks.measure import (  # noqa: E402
+from benchmarks import adamw_update, command, decode_throughput, optimizers, train_throughput
+from yocto_fn.bench import run as bench_suite
+from yocto_fn.bench.contenders import random_tokens
+from yocto_fn.bench.measure import (
     datasheet_peak,
     device_name,
-    interleaved,
+    matmul_params,
     measured_peak,
+    rates,
     sync,
     train_flops_per_token,
 )
-from benchmarks.presets import CLIP  # noqa: E402
-from benchmarks.presets import WEIGHT_DECAY as WD  # noqa: E402
-from benchmarks.reference_module import ReferenceGPT  # noqa: E402
-from yocto_fn import fileio, models, optim, params  # noqa: E402
-from yocto_fn.core.config import ModelConfig  # noqa: E402
-from yocto_fn.core.muon import muon  # noqa: E402
-from yocto_fn.generate.sample import generate  # noqa: E402
-from yocto_fn.generate.steps import build_decode_step  # noqa: E402
+from yocto_fn.bench.presets import PROMPT, BenchConfig, model_config
+from yocto_fn.bench.proc import ROOT
+from yocto_fn.bench.report import jsonl, markdown, save, table
+from yocto_fn.core import models, params
+from yocto_fn.core.config import ModelConfig
+from yocto_fn.generate.sample import generate
+from yocto_fn.generate.steps import build_decode_step
 
 SECTIONS = ("env", "train-eager", "adamw", "decode", "train-compiled", "gpt2-adamw",
             "gpt2-muon", "cli", "aot", "bench")  # fmt: skip
+Section = Literal[SECTIONS]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The one prepared GPU run: every check and figure the CUDA work needs, in one budget."""
+
+    device: str = "cuda"
+    tiny: bool = False
+    """Tiny sizes: the CPU dry run."""
+    sections: tuple[Section, ...] = SECTIONS
+    rounds: int | None = None
+    """Timed rounds (default 7; tiny 2)."""
+    budget_s: float = 300.0
+    """Start no section after this many seconds."""
+    compile: bool = True
+    """Include the compiled contenders (--no-compile skips them)."""
+    out: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -99,14 +112,18 @@ class Shape:
     vocab_size: int = 96
 
     def config(self) -> ModelConfig:
-        return ModelConfig(vocab_size=self.vocab_size, block_size=self.block_size,
-                           n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
-                           dropout=0.0)  # fmt: skip
+        return model_config(self.n_layer, self.n_head, self.n_embd, self.block_size,
+                            self.vocab_size)  # fmt: skip
+
+    @property
+    def dims(self) -> str:
+        """The shape as the benchmarks' flags take it: "L/H/C"."""
+        return f"{self.n_layer}/{self.n_head}/{self.n_embd}"
 
     @property
     def label(self) -> str:
-        return (f"{self.n_layer}/{self.n_head}/{self.n_embd}, block {self.block_size}, "
-                f"batch {self.batch_size}, vocab {self.vocab_size}")  # fmt: skip
+        return (f"{self.dims}, block {self.block_size}, batch {self.batch_size}, "
+                f"vocab {self.vocab_size}")  # fmt: skip
 
 
 # (full size, --tiny) for each shape the suite uses.
@@ -145,22 +162,19 @@ class Suite:
         log(f"  {section}: {name} = {shown} {unit}{note}")
         return rec
 
-    def time_calls(self, section: str, fns: dict[str, Callable[[], Any]], per_call: int,
-                   unit_per_call: float, unit: str, **extra: Any) -> dict[str, float]:  # fmt: skip
+    def time_calls(self, section: str, fns: dict[str, Callable[[], Any]], work: float,
+                   unit: str, **extra: Any) -> dict[str, float]:  # fmt: skip
         """Median `unit`/s of each contender over interleaved rounds after one warm-up call
-        each; `per_call` work units per call (tokens, steps)."""
+        each; `work` units (tokens) per call."""
         for fn in fns.values():
             fn()
         sync(self.device)
-        seconds = interleaved(fns, self.device, self.rounds)
-        rates = {}
-        for name, s in seconds.items():
-            rate = per_call * unit_per_call / statistics.median(s)
-            spread = [per_call * unit_per_call / x for x in s]
-            self.add(section, name, rate, unit, min=min(spread), max=max(spread),
+        out = {}
+        for name, per_s in rates(fns, self.device, self.rounds, work).items():
+            out[name] = statistics.median(per_s)
+            self.add(section, name, out[name], unit, min=min(per_s), max=max(per_s),
                      rounds=self.rounds, **extra)  # fmt: skip
-            rates[name] = rate
-        return rates
+        return out
 
 
 def log(line: str) -> None:
@@ -170,60 +184,67 @@ def log(line: str) -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def batch_of(shape: Shape, device: torch.device):
-    return random_batch(shape.batch_size, shape.block_size, device)
+Contender = tuple[Callable[[], Any], int]  # a call, and N (the weights that multiply activations)
 
 
-def train_figures(s: Suite, section: str, shape: Shape, fns: dict[str, Callable[[], Any]],
-                  steps: int, n: int) -> dict[str, float]:  # fmt: skip
-    """tokens/s of each contender, with MFU against the measured and datasheet peaks of its
-    matmul dtype (bf16 for a contender named bf16, else fp32)."""
-    cfg = shape.config()
-    tokens = shape.batch_size * shape.block_size
-    rates = s.time_calls(section, fns, steps, tokens, "tokens/s", shape=shape.label)
-    flops = train_flops_per_token(n, cfg)
+def train_figures(s: Suite, section: str, shape: Shape, fns: dict[str, Contender],
+                  steps: int) -> dict[str, float]:  # fmt: skip
+    """tokens/s of each contender (a call of `steps` steps, and its N), with MFU against the
+    measured and datasheet peaks of its matmul dtype (bf16 for a contender named bf16, else
+    fp32)."""
+    calls = {name: fn for name, (fn, _) in fns.items()}
+    work = steps * shape.batch_size * shape.block_size
+    figures = s.time_calls(section, calls, work, "tokens/s", shape=shape.label)
     for rec in s.records[-len(fns) :]:
         dtype = torch.bfloat16 if "bf16" in rec["name"] else torch.float32
+        flops = train_flops_per_token(fns[rec["name"]][1], shape.config())
         sheet = datasheet_peak(s.device, dtype)
         rec["mfu"] = flops * rec["value"] / s.peak(dtype)
         rec["mfu_datasheet"] = None if sheet is None else flops * rec["value"] / sheet
-    return rates
+    return figures
+
+
+def train_steps(s: Suite, section: str, keys: list[tuple[str, str]]) -> dict[str, float]:
+    """train-throughput's contenders at the suite's 6/6/384 shape, five steps a call,
+    named "<variant> <mode>" ("fp32" added where the mode runs no bf16)."""
+    shape, steps = s.shape(SMALL), 5
+    built = train_throughput.contenders(keys, shape.config(), s.device, shape.batch_size)
+    fns = {f"{v} {m}{'' if 'bf16' in m else ' fp32'}": (train_throughput.repeated(fn, steps), n)
+           for (v, m), (fn, n) in built.items()}  # fmt: skip
+    return train_figures(s, section, shape, fns, steps)
 
 
 def section_train_eager(s: Suite) -> None:
-    shape = s.shape(SMALL)
-    cfg, xy, steps = shape.config(), batch_of(shape, s.device), 5
-    fns, n = {}, 0
-    for variant in models.NAMES:
-        fns[f"{variant} eager fp32"], n = functional_steps(
-            variant, cfg, s.device, xy, tx=adamw(), amp=None,
-            compile=False, steps=steps)  # fmt: skip
-    fns["gpt-fast eager fp32, foreach AdamW"], n = functional_steps(
-        "gpt-fast", cfg, s.device, xy, tx=adamw(fused=False), amp=None,
-        compile=False, steps=steps)  # fmt: skip
-    for fused in (False, True):
-        name = f"reference eager fp32, {'fused' if fused else 'foreach'} AdamW"
-        fns[name] = reference_steps(cfg, s.device, xy, fused=fused, steps=steps)
-    rates = train_figures(s, "train-eager", shape, fns, steps, n)
-    ref = rates["reference eager fp32, foreach AdamW"]
-    for name in ("gpt-fast eager fp32", "gpt-fast eager fp32, foreach AdamW"):
-        s.add("goals", f"{name} / reference eager fp32 (goal >= 0.95)", rates[name] / ref, "x")
+    figures = train_steps(s, "train-eager", [(v, "eager") for v in (*models.NAMES, "reference")])
+    ratio = figures["gpt-fast eager fp32"] / figures["reference eager fp32"]
+    s.add("goals", "gpt-fast eager fp32 / reference eager fp32 (goal >= 0.95)", ratio, "x")
+
+
+def section_train_compiled(s: Suite) -> None:
+    if not s.compile:
+        return s.add("train-compiled", "compiled steps", None, "", note="skipped: --no-compile")
+    keys = [(v, m) for m in ("compiled", "compiled bf16") for v in ("gpt-fast", "reference")]
+    figures = train_steps(s, "train-compiled", keys)
+    for label in ("fp32", "bf16"):
+        ratio = figures[f"gpt-fast compiled {label}"] / figures[f"reference compiled {label}"]
+        goal = " (goal >= 1.0)" if label == "bf16" else ""
+        s.add("goals", f"gpt-fast compiled {label} / reference compiled {label}{goal}", ratio, "x")
 
 
 def section_adamw(s: Suite) -> None:
     shape = s.shape(SMALL)
-    cfg = shape.config()
-    fns = adamw_update.update_contenders("gpt-fast", cfg, s.device)
-    fns |= adamw_update.step_contenders("gpt-fast", cfg, s.device, shape.batch_size)
-    unit = "kernels" if s.device.type == "cuda" else "aten ops"
-    for name, fn in fns.items():
-        s.add("adamw", f"{name}: launches", adamw_update.launches(fn, s.device), unit)
-    seconds = interleaved(fns, s.device, s.rounds)
-    for name, x in seconds.items():
-        s.add("adamw", f"{name}: time", statistics.median(x) * 1e3, "ms", min=min(x) * 1e3,
-              max=max(x) * 1e3, rounds=s.rounds, shape=shape.label)  # fmt: skip
+    fns = adamw_update.contenders("gpt-fast", shape.config(), s.device, shape.batch_size)
+    unit = "kernels" if s.device.type == "cuda" else "aten_ops"
+    ms = {}
+    for r in adamw_update.measure(fns, s.device, s.rounds):
+        name, ms[r["contender"]] = r["contender"], r["ms"]
+        s.add("adamw", f"{name}: launches", r[unit], unit.replace("_", " "))
+        s.add("adamw", f"{name}: time", r["ms"], "ms", min=r["min_ms"], max=r["max_ms"],
+              rounds=s.rounds, shape=shape.label)  # fmt: skip
     for name in ("step gpt-fast fused", "step reference foreach"):
         s.add("adamw", f"{name}: host syncs", host_syncs(fns[name]), "syncs")
+    ratio = ms["step reference foreach"] / ms["step gpt-fast foreach"]
+    s.add("goals", "gpt-fast eager step, foreach AdamW / reference's (goal >= 0.95)", ratio, "x")
 
 
 def host_syncs(fn: Callable[[], Any]) -> int:
@@ -242,45 +263,25 @@ def host_syncs(fn: Callable[[], Any]) -> int:
     return sum(1 for w in seen if "synchroniz" in str(w.message))
 
 
-def section_train_compiled(s: Suite) -> None:
-    if not s.compile:
-        return s.add("train-compiled", "compiled steps", None, "", note="skipped: --no-compile")
-    shape = s.shape(SMALL)
-    cfg, xy, steps = shape.config(), batch_of(shape, s.device), 5
-    fns, n = {}, 0
-    for amp, label in ((None, "fp32"), (torch.bfloat16, "bf16")):
-        fns[f"gpt-fast compiled {label}"], n = functional_steps(
-            "gpt-fast", cfg, s.device, xy, tx=adamw(), amp=amp,
-            compile=True, steps=steps)  # fmt: skip
-        fns[f"reference compiled {label}"] = reference_steps(
-            cfg, s.device, xy, amp=amp, compile=True, fused=False, steps=steps)  # fmt: skip
-    rates = train_figures(s, "train-compiled", shape, fns, steps, n)
-    for label in ("fp32", "bf16"):
-        ratio = rates[f"gpt-fast compiled {label}"] / rates[f"reference compiled {label}"]
-        goal = " (goal >= 1.0)" if label == "bf16" else ""
-        s.add("goals", f"gpt-fast compiled {label} / reference compiled {label}{goal}", ratio, "x")
-
-
 def section_gpt2(s: Suite, optimizer: str) -> None:
+    """optimizers' compiled step (`adamw`, or Muon with bf16 Newton-Schulz) at GPT-2 small,
+    under bf16 autocast, three steps a call."""
     if not s.compile:
         return s.add(f"gpt2-{optimizer}", "compiled bf16", None, "", note="skipped: --no-compile")
-    shape = s.shape(GPT2)
-    cfg, xy, steps = shape.config(), batch_of(shape, s.device), 3
-    tx = (
-        adamw()
-        if optimizer == "adamw"
-        else optim.chain(
-            optim.clip_by_global_norm(CLIP), muon(weight_decay=WD, ns_dtype=torch.bfloat16)
-        )
-    )
-    fn, n = functional_steps("gpt-fast", cfg, s.device, xy, tx=tx, amp=torch.bfloat16,
-                            compile=True, steps=steps)  # fmt: skip
+    shape, steps = s.shape(GPT2), 3
+    cfg = shape.config()
+    contender = "adamw" if optimizer == "adamw" else "muon-bf16-ns"
+    ones = optimizers.step_contenders("gpt-fast", cfg, shape.batch_size, s.device,
+                                      torch.bfloat16)  # fmt: skip
+    one = ones[contender]
+    fn = lambda: [one(i) for i in range(steps)]  # noqa: E731
+    n = matmul_params(models.get("gpt-fast").init(cfg, 0), cfg)
     t0 = time.perf_counter()
     fn()
     sync(s.device)
     s.add(f"gpt2-{optimizer}", "first call (compile + 3 steps)", time.perf_counter() - t0, "s")
     name = f"gpt-fast GPT-2 small compiled bf16, {optimizer}"
-    train_figures(s, f"gpt2-{optimizer}", shape, {name: fn}, steps, n)
+    train_figures(s, f"gpt2-{optimizer}", shape, {name: (fn, n)}, steps)
     rec = s.records[-1]
     mfu = rec["mfu_datasheet"] if rec["mfu_datasheet"] is not None else rec["mfu"]
     s.add("goals", f"{name}: MFU vs bf16 datasheet peak (goal >= 0.40)", mfu, "")
@@ -292,20 +293,17 @@ def section_gpt2(s: Suite, optimizer: str) -> None:
 
 
 def section_decode(s: Suite) -> None:
-    shape = s.shape(SMALL)
-    cfg, new = shape.config(), 32 if s.tiny else 256
+    """decode-throughput's contenders (gpt-fast and the reference), and the compiled step
+    plain and as CUDA graphs, checked against eager decoding's tokens."""
+    shape, new = s.shape(SMALL), 32 if s.tiny else 256
+    preset = decode_throughput.preset(shape.dims, new)
+    cfg, prompt = preset.model_config(), random_tokens((1, PROMPT), s.device, 1)
+    pairs = decode_throughput.contenders(("gpt-fast", "reference"), preset, s.device,
+                                         ("no cache", "cache"))  # fmt: skip
+    fns = {f"{variant} {mode}": fn for (variant, mode), fn in pairs.items()}
     model = models.get("gpt-fast")
     p = params.to(model.init(cfg, 0), s.device)
-    prompt = random_tokens((1, 16), s.device, 1)
     gen = lambda **kw: generate(model, p, cfg, prompt, max_new_tokens=new, temperature=0, **kw)  # noqa: E731
-    ref = ReferenceGPT(cfg).to(s.device).eval()
-    fns = {
-        "gpt-fast no cache": lambda: no_cache_decode(
-            lambda q: model.forward(p, q, cfg)[0], prompt, new
-        ),  # fmt: skip
-        "gpt-fast cache": lambda: gen(),
-        "reference no cache": lambda: no_cache_decode(ref.logits, prompt, new),
-    }
     eager = gen()
     if s.compile:
         fns["gpt-fast compiled cache"] = lambda: gen(
@@ -324,13 +322,13 @@ def section_decode(s: Suite) -> None:
         note = "; ".join(skips.reasons)[:300] or None
         s.add("checks", "CUDA graph skips (0: every step replayed as a graph)", skips.count, "",
               ok=ok, note=note)  # fmt: skip
-    rates = s.time_calls("decode", fns, new, 1, "tokens/s", shape=shape.label, batch=1)
-    graphs = rates.get("gpt-fast compiled cache, CUDA graphs")
+    figures = s.time_calls("decode", fns, new, "tokens/s", shape=shape.label, batch=1)
+    graphs = figures.get("gpt-fast compiled cache, CUDA graphs")
     if graphs is not None:
         s.add("goals", "compiled decode / eager cache decode (goal >= 3)",
-              graphs / rates["gpt-fast cache"], "x")  # fmt: skip
+              graphs / figures["gpt-fast cache"], "x")  # fmt: skip
         s.add("goals", "compiled decode / reference no-cache decode (goal >= 2)",
-              graphs / rates["reference no cache"], "x")  # fmt: skip
+              graphs / figures["reference no cache"], "x")  # fmt: skip
 
 
 class CudagraphSkips(logging.Handler):
@@ -441,7 +439,6 @@ AOT_CHILD = """
 import json, sys, tempfile, time
 from pathlib import Path
 import torch
-sys.path.insert(0, sys.argv[2])
 from yocto_fn import models, params
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.generate.sample import generate
@@ -463,14 +460,11 @@ print(json.dumps({"build_s": t1 - t0, "load_s": t2 - t1, "same": same}))
 
 
 def section_aot(s: Suite) -> None:
-    """The packaged (AOTInductor) decode step built, loaded and run in a child process: on
-    CUDA the load once crashed the process, so a crash here ends only the child."""
-    import subprocess
-
-    root = str(Path(__file__).resolve().parents[1])
+    """The packaged (AOTInductor) decode step built, loaded and run in a child process, so
+    that a crash in the load ends only the child."""
     t0 = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-c", AOT_CHILD, s.device.type, root],
+        done = subprocess.run([sys.executable, "-c", AOT_CHILD, s.device.type], cwd=ROOT,
                               capture_output=True, text=True, timeout=400)  # fmt: skip
     except subprocess.TimeoutExpired:
         return s.add("aot", "package build + load", time.perf_counter() - t0, "s", ok=False,
@@ -487,13 +481,12 @@ def section_aot(s: Suite) -> None:
 
 
 def section_bench(s: Suite) -> None:
-    import cli
-
+    """The suite, quick, on the device: what `cli.py bench --quick` runs."""
+    cfg = BenchConfig(device=(s.device.type,), quick=True, out_dir=s.out / "bench")
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        rc = cli.main(["bench", "--device", s.device.type, "--quick", "--out-dir",
-                       str(s.out / "bench")])  # fmt: skip
-    s.add("bench", "bench --quick", time.perf_counter() - t0, "s", ok=rc == 0,
+        written = bench_suite.run(cfg, log=lambda msg: None)
+    s.add("bench", "bench --quick", time.perf_counter() - t0, "s", ok=bool(written),
           tail=out.getvalue()[-300:])  # fmt: skip
 
 
@@ -524,75 +517,52 @@ RUNNERS: dict[str, Callable[[Suite], Any]] = {
 
 
 def write(s: Suite, header: dict[str, Any]) -> None:
-    s.out.mkdir(parents=True, exist_ok=True)
-    lines = b"".join(orjson.dumps(r) + b"\n" for r in [header, *s.records])
-    fileio.atomic_write_bytes(s.out / "suite.jsonl", lines)
-    fileio.atomic_write_bytes(s.out / "suite.md", markdown(s, header).encode())
+    save(s.out, {"suite.jsonl": jsonl([header, *s.records]), "suite.md": suite_md(s, header)})
 
 
-def markdown(s: Suite, header: dict[str, Any]) -> str:
-    out = [f"# GPU suite, {header['date']}: {header['device_name']}, torch {header['torch']}",
-           "", f"`{header['command']}`; medians of {s.rounds} interleaved rounds.", ""]  # fmt: skip
+def suite_md(s: Suite, header: dict[str, Any]) -> str:
+    """The goals, the checks, then a table per section that recorded anything."""
+    sections = {}
     for section in ("goals", "checks", *SECTIONS):
         rows = [r for r in s.records if r["section"] == section]
-        if not rows:
-            continue
-        out += [
-            f"## {section}",
-            "",
-            "| what | value | unit | spread / note |",
-            "|---|---:|---|---|",
-        ]
-        for r in rows:
-            value = "–" if r["value"] is None else f"{r['value']:,.4g}"
-            extra = []
-            if "min" in r:
-                extra.append(f"{r['min']:,.4g}–{r['max']:,.4g}")
-            if r.get("mfu") is not None:
-                extra.append(f"MFU {r['mfu']:.1%}")
-            if r.get("mfu_datasheet") is not None:
-                extra.append(f"datasheet MFU {r['mfu_datasheet']:.1%}")
-            for key in ("ok", "error", "note", "shape"):
-                if r.get(key) is not None:
-                    extra.append(f"{key}: {r[key]}")
-            out.append(f"| {r['name']} | {value} | {r['unit']} | {'; '.join(map(str, extra))} |")
-        out.append("")
-    return "\n".join(out)
+        if rows:
+            body = [(r["name"], "–" if r["value"] is None else f"{r['value']:,.4g}", r["unit"],
+                     "; ".join(notes(r))) for r in rows]  # fmt: skip
+            sections[section] = table(("what", "value", "unit", "spread / note"), body, "lrll")
+    title = f"GPU suite, {header['date']}: {header['device_name']}, torch {header['torch']}"
+    return markdown(title, f"`{header['command']}`; medians of {s.rounds} interleaved rounds.",
+                    sections)  # fmt: skip
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--tiny", action="store_true", help="tiny sizes: the CPU dry run")
-    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; tiny 2)")
-    ap.add_argument("--budget-s", type=float, default=300.0,
-                    help="start no section after this many seconds")  # fmt: skip
-    ap.add_argument("--no-compile", action="store_true", help="skip the compiled contenders")
-    ap.add_argument("--out", type=Path, default=None)
-    return ap
+def notes(r: dict[str, Any]) -> list[str]:
+    """A record's spread, MFU and notes, as its table row shows them."""
+    out = [f"{r['min']:,.4g}–{r['max']:,.4g}"] if "min" in r else []
+    if r.get("mfu") is not None:
+        out.append(f"MFU {r['mfu']:.1%}")
+    if r.get("mfu_datasheet") is not None:
+        out.append(f"datasheet MFU {r['mfu_datasheet']:.1%}")
+    return out + [f"{key}: {r[key]}" for key in ("ok", "error", "note", "shape")
+                  if r.get(key) is not None]  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    device = torch.device(args.device)
+def run(cfg: Config) -> int:
+    device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here: run with --device cpu --tiny for the dry run", file=sys.stderr)
         return 2
     today = dt.date.today().isoformat()
-    out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else
-                       Path("benchmarks/results") / f"{today}-{device.type}-suite")  # fmt: skip
+    out = cfg.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else
+                      Path("benchmarks/results") / f"{today}-{device.type}-suite")  # fmt: skip
     start = time.perf_counter()
-    s = Suite(device, args.tiny, args.rounds or (2 if args.tiny else 7), not args.no_compile,
-              start + args.budget_s, out)  # fmt: skip
+    s = Suite(device, cfg.tiny, cfg.rounds or (2 if cfg.tiny else 7), cfg.compile,
+              start + cfg.budget_s, out)  # fmt: skip
     torch._dynamo.config.recompile_limit = 64  # many contenders compile the same functions
-    command = " ".join(["python benchmarks/gpu_suite.py", *(argv or sys.argv[1:])])
     header = {"date": today, "device_name": device_name(device), "torch": torch.__version__,
-              "cuda": torch.version.cuda, "tiny": args.tiny, "rounds": s.rounds,
-              "command": command}  # fmt: skip
-    for name in [n for n in SECTIONS if n in args.sections]:
+              "cuda": torch.version.cuda, "tiny": cfg.tiny, "rounds": s.rounds,
+              "command": command("gpu-suite", cfg)}  # fmt: skip
+    for name in [n for n in SECTIONS if n in cfg.sections]:
         if time.perf_counter() > s.deadline:
-            s.add(name, "section", None, "", note=f"skipped: past --budget-s {args.budget_s:g}")
+            s.add(name, "section", None, "", note=f"skipped: past --budget-s {cfg.budget_s:g}")
             write(s, header)
             continue
         log(f"[{time.perf_counter() - start:6.1f} s] {name}")
@@ -611,7 +581,3 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in s.records if r.get("ok") is False]
     log(f"done in {time.perf_counter() - start:.0f} s: {len(failed)} failed; {out / 'suite.md'}")
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,11 +10,12 @@ loss (its median over seeds), interpolated between evaluations.
 
 step: the compiled train step of AdamW and of Muon at the same shape, timed in
 interleaved rounds (`probe.timed_rounds`); the ratio is Muon's step time over AdamW's
-(`against.py` holds these steps against another checkout's).
+(`against.py` holds these steps against another checkout's, and the GPU suite times them at
+GPT-2 small).
 
-    python benchmarks/optimizers.py --shape demo --max-iters 2000 --seeds 1 2 3 --adamw-lrs 4e-3 \
+    python -m benchmarks optimizers --shape demo --max-iters 2000 --seeds 1 2 3 --adamw-lrs 4e-3 \
         --default-iters 1000 2000
-    python benchmarks/optimizers.py --parts step --shape demo
+    python -m benchmarks optimizers --parts step --shape demo
 
 Writes results.jsonl, table.md and curves.png to --out-dir, and each run's metrics.csv
 under --out-dir/runs/ as soon as it ends.
@@ -22,25 +23,23 @@ under --out-dir/runs/ as soon as it ends.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import io
 import statistics
-import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-import orjson
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.proc import cli  # noqa: E402
-from yocto_fn import fileio  # noqa: E402
-from yocto_fn.core.config import ModelConfig  # noqa: E402
-from yocto_fn.plan import probe  # noqa: E402
+from benchmarks import cli
+from yocto_fn import fileio
+from yocto_fn.bench.report import jsonl, plot, print_jsonl, save
+from yocto_fn.core.config import ModelConfig
+from yocto_fn.plan import probe
 
 SHAPES = {  # name: (model, n_layer, n_head, n_embd, block, batch)
     "demo": ("gpt-fast", 4, 4, 128, 128, 32),
@@ -48,16 +47,38 @@ SHAPES = {  # name: (model, n_layer, n_head, n_embd, block, batch)
 }
 
 
-def recipes(args) -> dict[str, tuple[list[str], int]]:
+@dataclass(frozen=True)
+class Config:
+    """AdamW against the default recipe (Muon): val loss by step and by wall time; step cost."""
+
+    parts: tuple[Literal["curves", "step"], ...] = ("curves", "step")
+    shape: Literal["demo", "wide"] = "demo"
+    text_path: Path | None = None
+    """Corpus (default: the embedded one)."""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    max_iters: int = 2000
+    eval_interval: int = 100
+    eval_iters: int = 10
+    adamw_lrs: tuple[float, ...] = (4e-3,)
+    """AdamW's rates: its best from a sweep, or a few."""
+    default_iters: tuple[int, ...] = ()
+    """The default recipe's lengths (default: --max-iters)."""
+    rounds: int = 15
+    """Step part: interleaved rounds."""
+    out_dir: Path | None = None
+    """Default: benchmarks/results/DATE-cpu-optimizers-SHAPE."""
+
+
+def recipes(cfg: Config) -> dict[str, tuple[list[str], int]]:
     """Name: (flags, steps). AdamW at each rate over --max-iters, with the sweeps' warmup,
     cosine and --min-lr; then the defaults over each of --default-iters (a schedule that
     ends where a small corpus runs out beats a longer one that overfits)."""
     adamw = {f"adamw {lr:g}": (["--optimizer", "adamw", "--lr", str(lr), "--schedule", "cosine",
-                                "--warmup-iters", "100"], args.max_iters)
-             for lr in args.adamw_lrs}  # fmt: skip
-    lengths = args.default_iters or [args.max_iters]
+                                "--warmup-iters", "100"], cfg.max_iters)
+             for lr in cfg.adamw_lrs}  # fmt: skip
+    lengths = cfg.default_iters or [cfg.max_iters]
     return adamw | {
-        "default" if n == args.max_iters else f"default {n} steps": ([], n) for n in lengths
+        "default" if n == cfg.max_iters else f"default {n} steps": ([], n) for n in lengths
     }
 
 
@@ -67,14 +88,14 @@ def shape_flags(shape: str) -> list[str]:
             str(embd), "--block-size", str(block), "--batch-size", str(batch)]  # fmt: skip
 
 
-def train_run(data: Path, shape: str, flags: list[str], steps: int, seed: int, args,
+def train_run(data: Path, flags: list[str], steps: int, seed: int, cfg: Config,
               keep: Path) -> list[dict]:  # fmt: skip
     """One `train` run; its evaluations as {iter, time_sec, val_loss}. Its metrics.csv is
     copied to `keep` at once, so a stopped benchmark loses no finished run."""
     with tempfile.TemporaryDirectory() as tmp:
-        cli("train", "--data-dir", str(data), "--ckpt-dir", tmp, *shape_flags(shape),
-            "--max-iters", str(steps), "--eval-interval", str(args.eval_interval),
-            "--eval-iters", str(args.eval_iters), "--seed", str(seed), "--device", "cpu",
+        cli("train", "--data-dir", str(data), "--ckpt-dir", tmp, *shape_flags(cfg.shape),
+            "--max-iters", str(steps), "--eval-interval", str(cfg.eval_interval),
+            "--eval-iters", str(cfg.eval_iters), "--seed", str(seed), "--device", "cpu",
             "--save-strategy", "none", *flags)  # fmt: skip
         raw = (Path(tmp) / "metrics.csv").read_bytes()
     fileio.atomic_write_bytes(keep, raw)
@@ -97,25 +118,26 @@ def seconds_to(rows: list[dict], target: float) -> float | None:
     return None
 
 
-def curves(args) -> list[dict]:
+def curves(cfg: Config, out_dir: Path) -> list[dict]:
+    """Every seed's run of every recipe, seed-major; each run's metrics.csv kept under
+    `out_dir`/runs as it ends."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         prep = ["prepare-char", "--out-dir", str(data)]
-        if args.text_path:
-            prep += ["--text-path", str(args.text_path)]
+        if cfg.text_path:
+            prep += ["--text-path", str(cfg.text_path)]
         cli(*prep)
-        runs_dir = args.out_dir / "runs"
+        runs_dir = out_dir / "runs"
         runs_dir.mkdir(parents=True, exist_ok=True)
-        for seed in args.seeds:
-            for name, (flags, steps) in recipes(args).items():
+        for seed in cfg.seeds:
+            for name, (flags, steps) in recipes(cfg).items():
                 keep = runs_dir / f"{name.replace(' ', '_')}_seed{seed}.metrics.csv"
-                rows = train_run(data, args.shape, flags, steps, seed, args, keep)
-                row = {"part": "curves", "shape": args.shape, "recipe": name, "steps": steps,
-                       "seed": seed, "corpus": args.text_path.name if args.text_path else "default",
+                rows = train_run(data, flags, steps, seed, cfg, keep)
+                row = {"part": "curves", "shape": cfg.shape, "recipe": name, "steps": steps,
+                       "seed": seed, "corpus": cfg.text_path.name if cfg.text_path else "default",
                        "flags": flags, "evals": rows}  # fmt: skip
-                print(orjson.dumps({k: v for k, v in row.items() if k != "evals"}
-                                   | {"final": rows[-1]}).decode(), flush=True)  # fmt: skip
+                print_jsonl([{k: v for k, v in row.items() if k != "evals"} | {"final": rows[-1]}])
                 out.append(row)
     return out
 
@@ -156,33 +178,27 @@ def curves_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, runs: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, sharey=True)
+def curves_plot(runs: list[dict]) -> bytes:
+    """Val loss against step and against training seconds, a line per run."""
     names = list(dict.fromkeys(r["recipe"] for r in runs))
     palette = ("tab:blue", "tab:green", "tab:purple", "tab:orange")
     colors = {n: "tab:red" if n == "default" else palette[i % 4] for i, n in enumerate(names)}
-    for r in runs:
-        e = r["evals"]
-        label = f"{r['recipe']} (seed {r['seed']})"
-        for ax, x in zip(axes, ("iter", "time_sec"), strict=True):
-            ax.plot([p[x] for p in e], [p["val_loss"] for p in e], color=colors[r["recipe"]],
-                    alpha=0.7, label=label)  # fmt: skip
-    axes[0].set_xlabel("step")
-    axes[1].set_xlabel("training seconds")
-    axes[0].set_ylabel("val loss")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize="small")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    fileio.atomic_write_bytes(path, buf.getvalue())
+
+    def draw(axes) -> None:
+        for r in runs:
+            e = r["evals"]
+            label = f"{r['recipe']} (seed {r['seed']})"
+            for ax, x in zip(axes[0], ("iter", "time_sec"), strict=True):
+                ax.plot([p[x] for p in e], [p["val_loss"] for p in e],
+                        color=colors[r["recipe"]], alpha=0.7, label=label)  # fmt: skip
+        axes[0, 0].set_xlabel("step")
+        axes[0, 1].set_xlabel("training seconds")
+        axes[0, 0].set_ylabel("val loss")
+        for ax in axes[0]:
+            ax.grid(alpha=0.3)
+        axes[0, 1].legend(fontsize="small")
+
+    return plot(draw, 1, 2, (11, 4.5), sharey=True)
 
 
 STEP_CONTENDERS = {
@@ -192,73 +208,55 @@ STEP_CONTENDERS = {
 }  # name: (optimizer, Newton-Schulz dtype)
 
 
-def step_cost(args) -> dict:
-    """Tokens/s of the compiled AdamW and Muon steps at the default settings, interleaved."""
-    model, layers, heads, embd, block, batch = SHAPES[args.shape]
-    cfg = ModelConfig(vocab_size=65, n_layer=layers, n_head=heads, n_embd=embd,
-                      block_size=block, tie_weights=False)  # fmt: skip
-    cpu = torch.device("cpu")
-    ones = {
+def step_contenders(
+    model: str, cfg: ModelConfig, batch: int, device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Callable[[int], float]]:  # fmt: skip
+    """The compiled train step of each of STEP_CONTENDERS at the default settings
+    (`probe.stepper`: `one(i)` runs step i and waits for the device)."""
+    return {
         name: probe.stepper(probe.StepSpec(model, cfg, batch, compile=True, optimizer=opt,
-                                           muon_ns_dtype=ns), cpu, None)
+                                           muon_ns_dtype=ns), device, amp_dtype)
         for name, (opt, ns) in STEP_CONTENDERS.items()
     }  # fmt: skip
-    rates = probe.timed_rounds(ones, batch * block, args.rounds, 3, 0.0)
+
+
+def step_cost(cfg: Config) -> dict:
+    """Tokens/s of the compiled AdamW and Muon steps at the default settings, interleaved."""
+    model, layers, heads, embd, block, batch = SHAPES[cfg.shape]
+    mcfg = ModelConfig(vocab_size=65, n_layer=layers, n_head=heads, n_embd=embd,
+                       block_size=block, tie_weights=False)  # fmt: skip
+    cpu = torch.device("cpu")
+    ones = step_contenders(model, mcfg, batch, cpu)
+    rates = probe.timed_rounds(ones, batch * block, cfg.rounds, 3, 0.0)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    return {"part": "step", "shape": args.shape, "compiled": True, "amp": "fp32",
+    return {"part": "step", "shape": cfg.shape, "compiled": True, "amp": "fp32",
             "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
             "muon_step_over_adamw": round(med["adamw"] / med["muon"], 3),
             "muon_bf16_ns_step_over_adamw": round(med["adamw"] / med["muon-bf16-ns"], 3),
-            "rounds": args.rounds, "torch": torch.__version__,
+            "rounds": cfg.rounds, "torch": torch.__version__,
             "cpu": probe.device_name(cpu), "threads": torch.get_num_threads()}  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", nargs="+", default=["curves", "step"], choices=["curves", "step"])
-    ap.add_argument("--shape", default="demo", choices=list(SHAPES))
-    ap.add_argument("--text-path", type=Path, help="corpus (default: the embedded one)")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    ap.add_argument("--max-iters", type=int, default=2000)
-    ap.add_argument("--eval-interval", type=int, default=100)
-    ap.add_argument("--eval-iters", type=int, default=10)
-    ap.add_argument("--adamw-lrs", nargs="+", type=float, default=[4e-3],
-                    help="AdamW's rates: its best from a sweep, or a few")  # fmt: skip
-    ap.add_argument("--default-iters", nargs="+", type=int,
-                    help="the default recipe's lengths (default: --max-iters)")  # fmt: skip
-    ap.add_argument("--rounds", type=int, default=15, help="step part: interleaved rounds")
-    ap.add_argument(
-        "--out-dir", type=Path, help="default: benchmarks/results/DATE-cpu-optimizers-SHAPE"
-    )
-    args = ap.parse_args()
+def run(cfg: Config) -> None:
     today = dt.date.today().isoformat()
-    args.out_dir = args.out_dir or Path(f"benchmarks/results/{today}-cpu-optimizers-{args.shape}")
-    rows, text = [], ""
-    if "curves" in args.parts:
-        runs = curves(args)
+    out = cfg.out_dir or Path(f"benchmarks/results/{today}-cpu-optimizers-{cfg.shape}")
+    rows, text, files = [], "", {}
+    if "curves" in cfg.parts:
+        runs = curves(cfg, out)
         rows += runs
-        text += (
-            f"## {args.shape}, {runs[0]['corpus']} corpus, AdamW over {args.max_iters} steps\n\n"
-        )
+        text += f"## {cfg.shape}, {runs[0]['corpus']} corpus, AdamW over {cfg.max_iters} steps\n\n"
         text += curves_table(runs) + "\n"
-    if "step" in args.parts:
-        row = step_cost(args)
-        print(orjson.dumps(row).decode(), flush=True)
+        files["curves.png"] = curves_plot(runs)
+    if "step" in cfg.parts:
+        row = step_cost(cfg)
+        print_jsonl([row])
         rows.append(row)
         rates = row["tokens_per_s"]
-        text += (f"Compiled fp32 step at {args.shape}, tokens/s (median of {args.rounds} "
+        text += (f"Compiled fp32 step at {cfg.shape}, tokens/s (median of {cfg.rounds} "
                  f"interleaved rounds): AdamW {rates['adamw']:,.0f}, Muon {rates['muon']:,.0f} "
                  f"({row['muon_step_over_adamw']:.2f}x AdamW's step time), Muon with bf16 "
                  f"Newton-Schulz {rates['muon-bf16-ns']:,.0f} "
                  f"({row['muon_bf16_ns_step_over_adamw']:.2f}x).\n")  # fmt: skip
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    fileio.atomic_write_bytes(args.out_dir / "results.jsonl",
-                              b"".join(orjson.dumps(r) + b"\n" for r in rows))  # fmt: skip
-    fileio.atomic_write_bytes(args.out_dir / "table.md", text.encode())
-    if "curves" in args.parts:
-        plot(args.out_dir / "curves.png", [r for r in rows if r["part"] == "curves"])
+    save(out, {"results.jsonl": jsonl(rows), "table.md": text, **files})
     print(text)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,9 +3,9 @@ CPU recipe (gpt 4/4/128, block 64, batch 12, lr 1e-3 cosine, no dropout, fp32: t
 character-level recipe small-GPT READMEs give for CPUs) run for the same wall time. Both
 final checkpoints are scored on the same 200 validation batches.
 
-    python benchmarks/recommend_goal.py --budget 2m --corpus default
-    python benchmarks/recommend_goal.py --budget 10m --corpus ../shared/data/philosophy.txt
-    python benchmarks/recommend_goal.py --budget 10m --reuse-folk   # only the plan runs
+    python -m benchmarks recommend-goal --budget 2m --corpus default
+    python -m benchmarks recommend-goal --budget 10m --corpus ../shared/data/philosophy.txt
+    python -m benchmarks recommend-goal --budget 10m --reuse-folk   # only the plan runs
 
 Appends one JSON row per run to benchmarks/results/recommend-goal/results.jsonl.
 `--reuse-folk` takes the recipe's figures from the last row for the same corpus, budget,
@@ -15,26 +15,24 @@ the law, so after a refit only the plan needs running.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
-import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.proc import ROOT, cli  # noqa: E402
-from yocto_fn import models  # noqa: E402
-from yocto_fn.core.config import ModelConfig  # noqa: E402
-from yocto_fn.core.train import loss_fn  # noqa: E402
-from yocto_fn.data import Dataset  # noqa: E402
-from yocto_fn.formats import checkpoint  # noqa: E402
-from yocto_fn.plan import probe, recommend  # noqa: E402
+from benchmarks import ROOT, cli
+from yocto_fn.bench.measure import val_loss
+from yocto_fn.bench.report import print_jsonl
+from yocto_fn.core import models
+from yocto_fn.core.config import ModelConfig
+from yocto_fn.data import Dataset
+from yocto_fn.errors import UserError
+from yocto_fn.formats import checkpoint
+from yocto_fn.plan import probe, recommend
 
 RESULTS = ROOT / "benchmarks/results/recommend-goal/results.jsonl"
 FOLK = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "lr": 1e-3}
@@ -43,15 +41,22 @@ FOLK = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size"
 LONGEST = 4 * 3600  # seconds a run of the largest budgets may take
 
 
-@torch.no_grad()
-def score(path: Path, ds: Dataset, batches: int = 200) -> float:
-    """Mean val loss over fixed batches of 16 x 64 tokens."""
+@dataclass(frozen=True)
+class Config:
+    """recommend --time-budget's plan against the folk CPU recipe, for the same wall time."""
+
+    budget: str = "2m"
+    corpus: str = "default"
+    """'default' or a text file."""
+    reuse_folk: bool = False
+    """The recipe's figures from an earlier row instead of a new run."""
+
+
+def score(path: Path, ds: Dataset) -> float:
+    """Mean val loss of a checkpoint over 200 fixed batches of 16 x 64 tokens."""
     ckpt = checkpoint.load(path)
     cfg, model = ModelConfig.from_dict(ckpt["model_config"]), models.get(ckpt["arch"])
-    gen = torch.Generator().manual_seed(0)
-    total = sum(loss_fn(ckpt["params"], ds.get_batch("val", 16, 64, gen), None, model=model,
-                        cfg=cfg, train=False).item() for _ in range(batches))  # fmt: skip
-    return total / batches
+    return val_loss(model, ckpt["params"], cfg, ds, 200, 16, 64)
 
 
 def run_folk(data: Path, ds: Dataset, seconds: float, ckpt_dir: Path) -> dict:
@@ -80,29 +85,21 @@ def earlier_folk(corpus: str, seconds: float) -> dict:
     for row in reversed(rows):
         if (row["corpus"], row["budget_s"], row["cpu"], row["torch"], row["threads"]) == here:
             return {k: row[k] for k in ("folk_steps", "folk_wall_s", "folk_val_loss")}
-    raise SystemExit(f"no recorded folk run for {corpus} at {seconds:g} s here; run without "
-                     "--reuse-folk")  # fmt: skip
+    raise UserError(f"no recorded folk run for {corpus} at {seconds:g} s here; run without "
+                    "--reuse-folk")  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", default="2m")
-    ap.add_argument("--corpus", default="default", help="'default' or a text file")
-    ap.add_argument("--reuse-folk", action="store_true", help="the recipe's figures from an "
-                    "earlier row instead of a new run")  # fmt: skip
-    args = ap.parse_args()
-    seconds = recommend.parse_budget(args.budget)
-    folk = earlier_folk(args.corpus, seconds) if args.reuse_folk else None
+def run(cfg: Config) -> None:
+    seconds = recommend.parse_budget(cfg.budget)
+    folk = earlier_folk(cfg.corpus, seconds) if cfg.reuse_folk else None
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        source = (
-            [] if args.corpus == "default" else ["--text-path", str(Path(args.corpus).resolve())]
-        )
+        source = [] if cfg.corpus == "default" else ["--text-path", str(Path(cfg.corpus).resolve())]
         cli("prepare-char", *source, "--out-dir", str(data))
         ds = Dataset(data)
 
         out = cli("recommend", "--data-dir", str(data), "--device", "cpu", "--time-budget",
-                  args.budget, "--ckpt-dir", str(Path(tmp) / "plan")).stdout  # fmt: skip
+                  cfg.budget, "--ckpt-dir", str(Path(tmp) / "plan")).stdout  # fmt: skip
         lines = out.splitlines()
         command = shlex.split(lines[lines.index("train:") + 1])
         predicted = float(out.split("expected: val loss ")[1].split()[0])
@@ -115,18 +112,14 @@ def main() -> None:
     shown = ("model", "n-layer", "n-head", "n-embd", "max-iters", "dropout", "lr")
     plan_flags = {k: command[command.index(f"--{k}") + 1] for k in shown}
     row = {
-        "corpus": args.corpus, "budget_s": seconds, "plan": plan_flags,
+        "corpus": cfg.corpus, "budget_s": seconds, "plan": plan_flags,
         "plan_wall_s": round(plan_wall, 1), "plan_val_loss": round(plan_loss, 4),
-        "predicted_val_loss": predicted, **folk, "folk_reused": args.reuse_folk,
+        "predicted_val_loss": predicted, **folk, "folk_reused": cfg.reuse_folk,
         "threads": torch.get_num_threads(),
         "cpu": probe.device_name(torch.device("cpu")), "torch": torch.__version__,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }  # fmt: skip
-    print(orjson.dumps(row).decode())
+    print_jsonl([row])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("ab") as f:
         f.write(orjson.dumps(row) + b"\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -11,18 +11,16 @@ time to first token (request sent to first text chunk) and inter-token latency (
 chunks) at p50 and p99, and the single client's steady rate (tokens after the first over
 the time since the first), to set against sample's steady decode rate.
 
-    python benchmarks/serve_load.py
-    python benchmarks/serve_load.py --shapes 4/4/128 --quantize none --clients 1 2 --rounds 1
+    python -m benchmarks serve-load
+    python -m benchmarks serve-load --shapes 4/4/128 --quantize none --clients 1 2 --rounds 1
 
 Writes results.jsonl, table.md and serve_load.png to --out-dir.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import http.client
-import io
 import os
 import re
 import socket
@@ -34,34 +32,35 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import orjson
+import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import ROOT, checkpoint, cli
+from yocto_fn.bench.report import jsonl, plot, save, table
+from yocto_fn.plan import probe
 
-
-from benchmarks.proc import ROOT, cli  # noqa: E402
-from yocto_fn import fileio  # noqa: E402
-from yocto_fn.plan import probe  # noqa: E402
-
-SHAPES = {"4/4/128": (4, 4, 128, 128), "6/6/384": (6, 6, 384, 256)}  # layers/heads/embd, block
+SHAPES = {"4/4/128": 128, "6/6/384": 256}  # shape: block
 PROMPT = "The "
 
 
-def checkpoint(root: Path, shape: str) -> Path:
-    layers, heads, embd, block = SHAPES[shape]
-    data, run = root / "data", root / shape.replace("/", "-")
-    if (run / "best.pt").exists():
-        return run / "best.pt"
-    if not (data / "meta.json").exists():
-        cli("prepare-char", "--out-dir", str(data))
-    cli("train", "--model", "gpt-fast", "--data-dir", str(data), "--ckpt-dir", str(run),
-        "--n-layer", str(layers), "--n-head", str(heads), "--n-embd", str(embd),
-        "--block-size", str(block), "--batch-size", "4", "--max-iters", "5",
-        "--eval-interval", "5", "--eval-iters", "1", "--device", "cpu", "--amp", "off")  # fmt: skip
-    return run / "best.pt"
+@dataclass(frozen=True)
+class Config:
+    """N concurrent streaming clients against `cli.py serve --compile`: tokens/s and latency."""
+
+    shapes: tuple[Literal["4/4/128", "6/6/384"], ...] = tuple(SHAPES)
+    quantize: tuple[Literal["none", "int8"], ...] = ("none", "int8")
+    clients: tuple[int, ...] = (1, 2, 4, 8, 16)
+    requests: int = 2
+    """Completions per client per phase."""
+    max_tokens: int = 128
+    max_batch: int = 16
+    rounds: int = 3
+    out_dir: Path | None = None
+    """Default: benchmarks/results/DATE-cpu-serve."""
 
 
 class Server:
@@ -194,68 +193,68 @@ def pct(values: list[float], q: float) -> float:
 
 def sample_rate(ckpt: Path, quantize: str, max_tokens: int) -> float:
     """`sample --compile --stats`'s steady decode tokens/s."""
-    argv = [sys.executable, "cli.py", "sample", "--ckpt", str(ckpt), "--prompt", PROMPT,
-            "--max-new-tokens", str(max_tokens), "--temperature", "0.8", "--compile", "--stats",
-            "--device", "cpu", "--quantize", quantize]  # fmt: skip
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if done.returncode:
-        raise SystemExit(f"sample failed: {done.stderr[-2000:]}")
+    done = cli("sample", "--ckpt", str(ckpt), "--prompt", PROMPT, "--max-new-tokens",
+               str(max_tokens), "--temperature", "0.8", "--compile", "--stats", "--device", "cpu",
+               "--quantize", quantize, timeout=1800)  # fmt: skip
     return float(re.search(r"decode ([\d,.]+) tokens/s", done.stderr)[1].replace(",", ""))
 
 
-def run_config(args, root: Path, shape: str, quantize: str) -> list[dict]:
-    ckpt = checkpoint(root, shape)
-    sample_rate(ckpt, quantize, args.max_tokens)  # builds the packaged step once
-    server = Server(ckpt, quantize, args.max_batch)
+def run_config(cfg: Config, root: Path, shape: str, quantize: str) -> list[dict]:
+    ckpt = checkpoint(root, shape, SHAPES[shape], batch_size=4, iters=5)
+    sample_rate(ckpt, quantize, cfg.max_tokens)  # builds the packaged step once
+    server = Server(ckpt, quantize, cfg.max_batch)
     rounds: list[dict] = []
     try:
         pid = server.proc.pid
         phase(server.url, 1, 1, 8, pid)  # warm the connection path
-        for r in range(args.rounds):
-            row = {"sample_steady": sample_rate(ckpt, quantize, args.max_tokens)}
-            for n in args.clients:
-                row[n] = phase(server.url, n, args.requests, args.max_tokens, pid)
+        for r in range(cfg.rounds):
+            row = {"sample_steady": sample_rate(ckpt, quantize, cfg.max_tokens)}
+            for n in cfg.clients:
+                row[n] = phase(server.url, n, cfg.requests, cfg.max_tokens, pid)
             rounds.append(row)
             print(f"{shape} {quantize} round {r + 1}: " + ", ".join(
-                f"N={n} {row[n]['tokens_per_s']:.0f} tok/s" for n in args.clients),
+                f"N={n} {row[n]['tokens_per_s']:.0f} tok/s" for n in cfg.clients),
                 flush=True)  # fmt: skip
     finally:
         server.close()
     out = []
-    for n in args.clients:
+    for n in cfg.clients:
         med = {k: statistics.median(r[n][k] for r in rounds) for k in rounds[0][n]
                if k != "cpu_ms_per_token"}  # fmt: skip
         med["cpu_ms_per_token"] = rounds[len(rounds) // 2][n]["cpu_ms_per_token"]
         out.append({"shape": shape, "quantize": quantize, **med,
                     "sample_steady": statistics.median(r["sample_steady"] for r in rounds),
-                    "rounds": args.rounds, "requests_per_client": args.requests,
-                    "max_tokens": args.max_tokens, "max_batch": args.max_batch})  # fmt: skip
+                    "rounds": cfg.rounds, "requests_per_client": cfg.requests,
+                    "max_tokens": cfg.max_tokens, "max_batch": cfg.max_batch})  # fmt: skip
     return out
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| shape | weights | clients | tokens/s | vs 1 client | TTFT p50 / p99 ms "
-             "| ITL p50 / p99 ms | per-client steady tok/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+def load_table(rows: list[dict]) -> str:
+    """A row per shape, weights and client count; then each configuration's single client
+    against `sample --compile`, with the CPU each token cost."""
+    out = []
     for r in rows:
         one = next(x for x in rows if x["shape"] == r["shape"] and x["quantize"] == r["quantize"]
                    and x["clients"] == 1)  # fmt: skip
-        lines.append(
-            f"| {r['shape']} | {'fp32' if r['quantize'] == 'none' else r['quantize']} "
-            f"| {r['clients']} | {r['tokens_per_s']:,.0f} "
-            f"| {r['tokens_per_s'] / one['tokens_per_s']:.2f}x "
-            f"| {r['ttft_p50'] * 1e3:.0f} / {r['ttft_p99'] * 1e3:.0f} "
-            f"| {r['itl_p50'] * 1e3:.1f} / {r['itl_p99'] * 1e3:.1f} "
-            f"| {r['steady_per_client']:,.0f} |"
-        )
-    refs = {(r["shape"], r["quantize"]): r for r in rows if r["clients"] == 1}
-    lines.append("")
-    for (shape, q), r in refs.items():
-        lines.append(f"- {shape} {q}: one client's steady {r['steady_per_client']:,.0f} tok/s "
-                     f"against `sample --compile` {r['sample_steady']:,.0f} tok/s "
+        out.append((r["shape"], weights(r["quantize"]), r["clients"], f"{r['tokens_per_s']:,.0f}",
+                    f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x",
+                    f"{r['ttft_p50'] * 1e3:.0f} / {r['ttft_p99'] * 1e3:.0f}",
+                    f"{r['itl_p50'] * 1e3:.1f} / {r['itl_p99'] * 1e3:.1f}",
+                    f"{r['steady_per_client']:,.0f}"))  # fmt: skip
+    head = ("shape", "weights", "clients", "tokens/s", "vs 1 client", "TTFT p50 / p99 ms",
+            "ITL p50 / p99 ms", "per-client steady tok/s")  # fmt: skip
+    lines = [table(head, out, "llrrrrrr"), ""]
+    for r in (r for r in rows if r["clients"] == 1):
+        lines.append(f"- {r['shape']} {r['quantize']}: one client's steady "
+                     f"{r['steady_per_client']:,.0f} tok/s against `sample --compile` "
+                     f"{r['sample_steady']:,.0f} tok/s "
                      f"({r['steady_per_client'] / r['sample_steady']:.2f}x); CPU ms per token: "
                      f"{cpu_line(r['cpu_ms_per_token'])}")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def weights(quantize: str) -> str:
+    return "fp32" if quantize == "none" else quantize
 
 
 def cpu_line(cpu: dict) -> str:
@@ -264,60 +263,36 @@ def cpu_line(cpu: dict) -> str:
             f"clients {cpu['clients']:.2f}")  # fmt: skip
 
 
-def plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
+def load_plot(rows: list[dict]) -> bytes:
+    """Aggregate tokens/s and p99 time to first token against the number of clients."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(axes) -> None:
+        for key in dict.fromkeys((r["shape"], r["quantize"]) for r in rows):
+            rs = [r for r in rows if (r["shape"], r["quantize"]) == key]
+            label = f"{key[0]} {weights(key[1])}"
+            n = [r["clients"] for r in rs]
+            axes[0, 0].plot(n, [r["tokens_per_s"] for r in rs], marker="o", label=label)
+            axes[0, 1].plot(n, [r["ttft_p99"] * 1e3 for r in rs], marker="o", label=label)
+        names = ("aggregate tokens/s", "time to first token, p99 (ms)")
+        for ax, y in zip(axes[0], names, strict=True):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrent streaming clients")
+            ax.set_ylabel(y)
+            ax.grid(alpha=0.3)
+        axes[0, 0].legend()
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
-    for key in dict.fromkeys((r["shape"], r["quantize"]) for r in rows):
-        rs = [r for r in rows if (r["shape"], r["quantize"]) == key]
-        label = f"{key[0]} {'fp32' if key[1] == 'none' else key[1]}"
-        n = [r["clients"] for r in rs]
-        axes[0].plot(n, [r["tokens_per_s"] for r in rs], marker="o", label=label)
-        axes[1].plot(n, [r["ttft_p99"] * 1e3 for r in rs], marker="o", label=label)
-    for ax, y in zip(axes, ("aggregate tokens/s", "time to first token, p99 (ms)"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent streaming clients")
-        ax.set_ylabel(y)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    fileio.atomic_write_bytes(path, buf.getvalue())
+    return plot(draw, 1, 2, (11, 4.2))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    ap.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
-    ap.add_argument("--clients", nargs="+", type=int, default=[1, 2, 4, 8, 16])
-    ap.add_argument("--requests", type=int, default=2, help="completions per client per phase")
-    ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out-dir", type=Path,
-                    help="default: benchmarks/results/DATE-cpu-serve")  # fmt: skip
-    args = ap.parse_args()
-    args.out_dir = args.out_dir or Path(f"benchmarks/results/{dt.date.today()}-cpu-serve")
+def run(cfg: Config) -> None:
+    out = cfg.out_dir or Path(f"benchmarks/results/{dt.date.today()}-cpu-serve")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in args.shapes:
-            for q in args.quantize:
-                rows += run_config(args, Path(tmp), shape, q)
-    meta = {"cpu": probe.device_name(__import__("torch").device("cpu")),
-            "date": str(dt.date.today())}  # fmt: skip
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    fileio.atomic_write_bytes(args.out_dir / "results.jsonl",
-                              b"".join(orjson.dumps(r | meta) + b"\n" for r in rows))  # fmt: skip
-    text = table(rows)
-    fileio.atomic_write_bytes(args.out_dir / "table.md", text.encode())
-    plot(args.out_dir / "serve_load.png", rows)
+        for shape in cfg.shapes:
+            for q in cfg.quantize:
+                rows += run_config(cfg, Path(tmp), shape, q)
+    meta = {"cpu": probe.device_name(torch.device("cpu")), "date": str(dt.date.today())}
+    text = load_table(rows)
+    save(out, {"results.jsonl": jsonl(r | meta for r in rows), "table.md": text,
+               "serve_load.png": load_plot(rows)})  # fmt: skip
     print(text)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,7 @@
 """Check the CUDA set-up: torch build, device name, and a bf16 matmul TFLOP/s figure.
 
-Exits 1 (with the reason) when CUDA is not usable, so set-up scripts can stop there. A torch
+Run by setup_gpu_ubuntu.sh once it has installed the project. Exits 1 (with the reason) when
+CUDA is not usable, so set-up scripts can stop there. A torch
 outside the tested range (`yocto_fn.device.TORCH_TESTED`) gets a warning line, not a failure.
 """
 
@@ -9,14 +10,10 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from yocto_fn.device import TORCH_TESTED, torch_is_tested  # noqa: E402
+from yocto_fn.device import TORCH_TESTED, torch_is_tested
 
 
 def matmul_tflops(

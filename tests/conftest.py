@@ -1,7 +1,10 @@
-"""Shared helpers: the variant names, a tiny model shape that keeps the suite fast, and a
-prepared char-level data directory."""
+"""Shared helpers: the variant names, a tiny model shape that keeps the suite fast, a
+prepared char-level data directory, and the scripts under scripts/ as modules."""
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -35,6 +38,17 @@ def private_probe_cache(tmp_path_factory):
 def tiny_config(**overrides) -> ModelConfig:
     base = dict(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     return ModelConfig(**(base | overrides))
+
+
+def script(name: str) -> ModuleType:
+    """scripts/<name>.py as the module `name` (registered, as dataclasses need): the scripts
+    are files to run, not a package."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def real_text() -> str:

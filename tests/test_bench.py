@@ -1,16 +1,27 @@
-"""The benchmark suite: FLOP counts by hand, record schema, report files, the quick run."""
+"""The benchmark suite and its entry points: FLOP counts by hand, record schema, report
+files, `cli.py bench`, and `python -m benchmarks` (the list, a run, every benchmark's flags)."""
 
-from dataclasses import replace
+import ast
+import importlib
+import subprocess
+import sys
+from dataclasses import MISSING, fields, replace
+from pathlib import Path
 
 import orjson
 import pytest
 import torch
 from conftest import tiny_config
 
-from benchmarks import contenders, measure, memory, presets
-from benchmarks import run as bench
-from benchmarks.report import write_report
-from yocto_fn import cli, models
+from benchmarks import command, flags
+from benchmarks.__main__ import BENCHMARKS, main, parse
+from yocto_fn import cli
+from yocto_fn.bench import contenders, measure, memory, presets
+from yocto_fn.bench import run as bench
+from yocto_fn.bench.report import write_report
+from yocto_fn.core import models
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_matmul_params_and_flops_match_a_hand_count():
@@ -113,3 +124,98 @@ def test_peak_memory_per_contender_orders_as_the_activations_do():
     fast = memory.peak_mb("gpt-fast", shape, 32, "eager", "cpu")
     small = memory.peak_mb("gpt-fast", shape, 8, "eager", "cpu")
     assert gpt >= fast > small > 0
+
+
+def test_the_cli_bench_runs_the_suite_from_the_package(tmp_path, monkeypatch):
+    """`cli.py bench` reaches the suite in yocto_fn.bench and imports nothing from benchmarks/
+    (the repository's folder, which an installed package does not carry)."""
+    tree = ast.parse((ROOT / "cli.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m.split(".")[0] == "benchmarks"}
+    monkeypatch.setattr(bench, "PER_EXAMPLE_CASE", MICRO_CASE)
+    argv = ["bench", "--quick", "--only", "per-example", "--device", "cpu", "--out-dir",
+            str(tmp_path)]  # fmt: skip
+    assert cli.main(argv) == 0
+    (out,) = tmp_path.iterdir()
+    assert "## Per-example gradients" in (out / "table.md").read_text()
+
+
+def benchmarks(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_the_entry_point_lists_every_benchmark(capsys):
+    done = benchmarks()
+    assert done.returncode == 0, done.stderr
+    assert main(["--help"]) == 0 and capsys.readouterr().out == done.stdout
+    listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(BENCHMARKS)
+
+
+def test_a_benchmark_runs_end_to_end_through_the_entry_point():
+    """train-throughput at a tiny shape, eager, one round: a table, then a JSON line per
+    contender; flags in either spelling."""
+    done = benchmarks("train_throughput", "--n_layer", "1", "--n-head", "2", "--n-embd", "32",
+                      "--block_size", "16", "--batch-size", "2", "--rounds", "1", "--steps",
+                      "1", "--skip-compile")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [orjson.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert {(r["variant"], r["mode"]) for r in rows} == {
+        *((v, "eager") for v in contenders.VARIANTS),
+        ("gpt-fast", "eager torch.func"),
+    }
+    assert all(r["config"]["n_layer"] == 1 and r["tokens_per_s"] > 0 for r in rows)
+    assert "| reference | eager |" in done.stdout
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_every_benchmark_shows_its_flags(name, capsys):
+    """Each name runs its module's `Config` and `run` (the suite: BenchConfig and the
+    package's run), and `--help` lists every flag of that config."""
+    if name == "suite":
+        assert BENCHMARKS[name][0] is presets.BenchConfig
+    else:
+        module = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
+        assert BENCHMARKS[name] == (module.Config, module.run)
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    cls = BENCHMARKS[name][0]
+    assert all(f"--{f.name.replace('_', '-')}" in shown for f in fields(cls))
+
+
+def test_a_recorded_command_gives_back_its_config():
+    """Results record the command that made them (`command`), and a child is started with
+    the flags of its parent's config (`flags`): both parse back to the same config."""
+    gpu = BENCHMARKS["gpu-suite"][0]
+    cfg = gpu(device="cpu", tiny=True, sections=("env", "adamw"), rounds=1, compile=False,
+              out=Path("/tmp/x"))  # fmt: skip
+    line = command("gpu-suite", cfg).split()
+    assert line[:4] == ["python", "-m", "benchmarks", "gpu-suite"]
+    assert parse(line[3:]) == cfg
+    assert flags(gpu()) == []
+    for name, (cls, _) in BENCHMARKS.items():
+        if all(f.default is not MISSING for f in fields(cls)):  # no required flag
+            assert parse([name, *flags(cls())]) == cls()
+
+
+def test_val_loss_scores_plain_and_quantised_weights_on_the_same_batches(char_dir):
+    """The quality checks score fp32, int8 and bf16 weights alike: the same fixed batches,
+    the same loss as training computes, each tree through the forward its dtype needs."""
+    from yocto_fn.core.train import loss_fn
+    from yocto_fn.data import Dataset
+    from yocto_fn.generate.quantize import quantize
+
+    ds = Dataset(char_dir)
+    model, cfg = models.get("gpt-fast"), tiny_config(vocab_size=ds.meta["vocab_size"])
+    p = model.init(cfg, 0)
+    gen = torch.Generator().manual_seed(0)
+    want = [loss_fn(p, ds.get_batch("val", 4, 16, gen), None, model=model, cfg=cfg,
+                    train=False).item() for _ in range(3)]  # fmt: skip
+    assert measure.val_loss(model, p, cfg, ds, 3, 4, 16) == pytest.approx(sum(want) / 3)
+    for mode in ("int8", "bf16"):
+        got = measure.val_loss(model, quantize(p, mode), cfg, ds, 3, 4, 16)
+        assert got == pytest.approx(sum(want) / 3, rel=0.02)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import script
 
 from yocto_fn import cli
 
@@ -80,14 +81,13 @@ def test_the_readme_is_short_and_links_every_task_page():
 
 
 def known_flags() -> set[str]:
-    """Every flag of every subcommand, and of the scripts under benchmarks/ and scripts/."""
-    flags = set()
-    for cls, _ in cli.COMMANDS.values():
-        flags |= cli.flag_names(cls)
-    flags |= set(cli.ALIASES)  # older spellings that keep working (--model-type)
-    for script in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("scripts/*")]:
-        flags |= set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", script.read_text()))
-    return flags
+    """Every flag of every subcommand, of every benchmark, and of the calibration script."""
+    from benchmarks.__main__ import BENCHMARKS
+
+    configs = [cls for cls, _ in [*cli.COMMANDS.values(), *BENCHMARKS.values()]]
+    flags = set().union(*(cli.flag_names(cls) for cls in configs))
+    flags |= cli.flag_names(script("recommend_grid").Config)
+    return flags | set(cli.ALIASES)  # older spellings that keep working (--model-type)
 
 
 # Flags of other programs the docs show (pip, pytest, torchrun, curl, make).

@@ -1,7 +1,7 @@
 """The library's layers: every import of yocto_fn runs downward or within its own layer, the
-CLI (`yocto_fn.cli`) sits on top and no module imports it, and no modules import each other
-in a circle. Read from the source (every import statement, those inside functions too), so
-the rule cannot drift."""
+CLI (`yocto_fn.cli`) sits on top and no module imports it, no module imports the
+repository's benchmarks, and no modules import each other in a circle. Read from the source
+(every import statement, those inside functions too), so the rule cannot drift."""
 
 import ast
 from pathlib import Path
@@ -10,8 +10,10 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "yocto_fn"
 # From the ground up; the ground is the package's own top-level modules, but the CLI.
-ORDER = ["", "core", "formats", "data", "generate", "plan", "run", "cli"]
+ORDER = ["", "core", "formats", "data", "generate", "plan", "run", "bench", "cli"]
 CLI = "yocto_fn.cli"
+# The imports the rule reads, besides the CLI: the package's own and the repository's benchmarks.
+WATCHED = ("yocto_fn", "benchmarks")
 
 
 def module_name(path: Path) -> str:
@@ -49,7 +51,7 @@ def imports(path: Path) -> list[tuple[str, int]]:
                 candidate = f"{source}.{a.name}"
                 found = resolve(candidate)
                 out.append((found or source, node.lineno))
-    return [(m, line) for m, line in out if m == "cli" or m.split(".")[0] == "yocto_fn"]
+    return [(m, line) for m, line in out if m == "cli" or m.split(".")[0] in WATCHED]
 
 
 def resolve(module: str) -> str | None:
@@ -74,6 +76,8 @@ def upward(g: dict[str, list[tuple[str, int]]]) -> list[str]:
         for dep, line in deps:
             if dep in ("cli", CLI):
                 bad.append(f"{module}:{line} imports the CLI")
+            elif dep.split(".")[0] == "benchmarks":
+                bad.append(f"{module}:{line} imports the benchmarks")
             elif dep != "yocto_fn" and ORDER.index(layer_of(dep)) > mine:
                 bad.append(f"{module}:{line} imports {dep}, a layer above it")
             elif dep == "yocto_fn":
@@ -135,6 +139,8 @@ def test_no_modules_import_each_other_in_a_circle():
         ("yocto_fn.data.char", "from ..generate.sample import generate\n", "a layer above"),
         ("yocto_fn.run.trainer", "import cli\n", "the CLI"),
         ("yocto_fn.core.rng", "from .. import models\n", "the package's face"),
+        ("yocto_fn.run.trainer", "from ..bench import run\n", "a layer above"),
+        ("yocto_fn.bench.run", "from benchmarks import gpu_suite\n", "the benchmarks"),
     ],
 )
 def test_the_rule_catches_an_upward_import(module, source, why):

@@ -3,8 +3,9 @@
 The fenced `bash` blocks of the README, then of the docs pages in the order of the site's
 navigation (mkdocs.yml), are executed in order in a scratch directory, with settings that
 keep them fast: a few training steps, a few sampled tokens, no compilation (the compiled
-paths have their own tests). `make` targets and the GPU script are checked for existence
-and syntax; the long benchmarks are parsed (and run by the slow quick-bench test).
+paths have their own tests). `make` targets and the GPU set-up script are checked for
+existence and syntax; the benchmarks' lines are parsed, and the GPU suite's CPU dry run runs
+cut to its quick sections.
 """
 
 import contextlib
@@ -20,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from conftest import real_text
 
 from yocto_fn import cli
@@ -141,14 +141,17 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
         if words[0] == "torchrun":  # multi-GPU launch lines: their train flags must parse
             cli.parse(cli.amp_switches(words[words.index("cli.py") + 1 :]))
             continue
-        if words[:2] == [".venv/bin/python", "benchmarks/gpu_suite.py"]:
-            from benchmarks import gpu_suite
+        if words[:3] == [".venv/bin/python", "-m", "benchmarks"]:
+            from benchmarks import __main__ as benchmarks
 
-            args = gpu_suite.parser().parse_args(words[2:])  # every line's flags parse
-            if args.device == "cpu":  # the dry run, cut to its quick sections
+            if len(words) == 3:  # the list
+                assert benchmarks.main([]) == 0
+                continue
+            cfg = benchmarks.parse(words[3:])  # every line's flags parse
+            if words[3] == "gpu-suite" and cfg.device == "cpu":  # the dry run, cut short
                 quick = ["--no-compile", "--rounds", "1", "--sections", "env", "adamw"]
-                assert gpu_suite.main([*words[2:], *quick, "--out", str(tmp_path / "gpu")]) == 0
-                ran.add("gpu_suite")
+                assert benchmarks.main([*words[3:], *quick, "--out", str(tmp_path / "gpu")]) == 0
+                ran.add("gpu-suite")
             continue
         assert words[:2] == [".venv/bin/python", "cli.py"], f"unexpected command {words}"
         argv = words[2:]
@@ -173,7 +176,7 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
     server.close()
     assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sweep", "sample", "chat", "serve",
                    "recommend", "smoke-cpu", "smoke-train", "export", "import", "compare",
-                   "analyze", "gpu_suite"}  # fmt: skip
+                   "analyze", "gpu-suite"}  # fmt: skip
     snippets = [code for code in blocks("python") if uses_transformers(code)]
     assert snippets
     if importlib.util.find_spec("transformers") is not None:  # the `interop` extra
@@ -196,24 +199,7 @@ def test_readme_python_blocks_run():
     assert namespace["norms"].shape == (4,) and namespace["clipped"]["wte"].shape == (96, 64)
 
 
-SCRIPTS = [
-    "run.py",
-    "train_throughput.py",
-    "decode_throughput.py",
-    "data_prep.py",
-    "compile_breakeven.py",
-    "checkpointing.py",
-    "quality.py",
-    "data_parallel.py",
-    "recommend_grid.py",
-    "recommend_goal.py",
-    "adamw_update.py",
-    "gpu_suite.py",
-]
-
-
-@pytest.mark.parametrize("script", [f"benchmarks/{name}" for name in SCRIPTS])
-def test_benchmark_scripts_show_help(script):
-    out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True,
-                         text=True, cwd=ROOT)  # fmt: skip
-    assert out.returncode == 0, out.stderr
+def test_the_calibration_script_shows_help():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/recommend_grid.py"), "--help"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0 and "--fit" in out.stdout, out.stderr

@@ -2,12 +2,11 @@
 and the calibration behind it."""
 
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import real_text
+from conftest import real_text, script
 
 from yocto_fn import cli, models
 from yocto_fn.config import TrainConfig
@@ -135,9 +134,7 @@ def test_the_probe_times_the_real_step_once_per_device_and_caches_it(tmp_path, m
 
 @pytest.mark.slow  # about 25-45 s on 2 cores
 def test_the_committed_grid_reproduces_the_committed_law():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import recommend_grid
-
+    recommend_grid = script("recommend_grid")
     stats = recommend_grid.corpus_stats([])
     rows = recommend_grid.fit_rows(recommend_grid.load_rows(), stats)
     corpora = {"default", "stdlib-docs", "default-200k", "stdlib-docs-200k"}

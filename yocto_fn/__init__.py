@@ -10,6 +10,7 @@ step = make_ensemble_step(model, cfg, tx)           # E stacked models, one step
 
 The package is in layers, each a folder that imports only the ones below it (a test holds
 the rule, tests/test_layers.py):
+    bench/     the benchmark harness: the suite behind `cli.py bench`, contenders, reports
     run/       one training job's host side: run state, train and sweep loops, metrics
     plan/      what to train for a budget: step cost, loss law, recommend
     generate/  text out of a params tree: sample, chat, packaged step, quantize, serve

@@ -35,9 +35,8 @@ from typing import Any
 import tyro
 import tyro._errors as tyro_errors
 
-from benchmarks.presets import BenchConfig
-
 from . import data
+from .bench.presets import BenchConfig
 from .config import (
     AnalyzeConfig,
     ChatConfig,
@@ -159,7 +158,7 @@ def _smoke_train(cfg: SmokeTrainConfig) -> int:
 
 
 def _bench(cfg: BenchConfig) -> None:
-    from benchmarks import run
+    from .bench import run
 
     run.run(cfg)
 

@@ -18,7 +18,7 @@ instead (D_eff, after Muennighoff et al.) fits the grid worse (largest error 0.1
 0.11), and beside this term its horizon runs off to infinity; a factor in U beside R fits
 an exponent that makes a larger corpus overfit faster, which is noise. Neither is kept.
 The coefficients live in `law.json` beside this file and are refitted by
-`benchmarks/recommend_grid.py --fit`.
+`scripts/recommend_grid.py --fit`.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ def recommend(cfg: RecommendConfig, step_time: StepTime | None = None) -> tuple[
     when = f" in about {_duration(p.expected_seconds)} here" if p.expected_seconds else ""
     print(
         f"expected: val loss {p.expected_loss:.2f}{when} (the law fitted by "
-        "benchmarks/recommend_grid.py)"
+        "scripts/recommend_grid.py)"
     )
     if seconds is not None and p.expected_seconds < 0.8 * seconds:
         print(f"  (shorter than the budget: {cfg.data_dir} is too small for more passes or a "

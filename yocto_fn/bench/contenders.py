@@ -1,6 +1,6 @@
 """The contenders, defined once: zero-argument calls that each do one unit of timed work
 (a train step, a decode, an ensemble step, a per-example gradient) for a variant or the
-nn.Module reference. `run.py` and the stand-alone scripts time these same calls."""
+nn.Module reference. The suite (`run.py`) and the benchmarks time these same calls."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.measure import matmul_params
-from benchmarks.presets import CLIP, LR, PROMPT, VOCAB, WEIGHT_DECAY, EnsembleCase, Preset
-from benchmarks.reference_module import ReferenceGPT, make_optimizer
-from benchmarks.reference_module import train_step as reference_step
-from yocto_fn import ensemble, jit, models, optim, params
+from yocto_fn import jit
+from yocto_fn.bench.measure import matmul_params
+from yocto_fn.bench.presets import CLIP, LR, PROMPT, VOCAB, WEIGHT_DECAY, EnsembleCase, Preset
+from yocto_fn.bench.reference_module import ReferenceGPT, make_optimizer
+from yocto_fn.bench.reference_module import train_step as reference_step
+from yocto_fn.core import ensemble, models, optim, params
 from yocto_fn.core.config import ModelConfig
 from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
 from yocto_fn.device import autocast

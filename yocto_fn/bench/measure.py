@@ -1,5 +1,6 @@
-"""How the suite measures: FLOPs per token, matmul peaks, timing (interleaved rounds), peak
-memory, and the validated record each measurement becomes.
+"""How the suite measures: FLOPs per token, matmul peaks, timing (interleaved rounds), the
+validation loss the quality checks compare, and the validated record each measurement
+becomes.
 
 FLOPs follow the PaLM / nanoGPT convention (biases, norms and softmax are not counted):
     N = weights that multiply activations: every >= 2-D leaf except the `wte`/`wpe` lookup
@@ -12,10 +13,8 @@ FLOPs follow the PaLM / nanoGPT convention (biases, norms and softmax are not co
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -23,8 +22,13 @@ from typing import Any
 
 import torch
 
-from yocto_fn import params
+from yocto_fn.core import params
 from yocto_fn.core.config import ModelConfig
+from yocto_fn.core.layers import cross_entropy
+from yocto_fn.core.models import Model
+from yocto_fn.data import Dataset
+from yocto_fn.generate.products import decode_ops
+from yocto_fn.plan import probe
 
 # Dense datasheet peaks (FLOP/s) by device-name fragment: (bf16 tensor core, fp32).
 DATASHEET = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
@@ -99,6 +103,29 @@ def interleaved(
     return out
 
 
+def rates(
+    fns: dict[Any, Callable[[], Any]], device: torch.device, repeats: int, work: float
+) -> dict[Any, list[float]]:
+    """Work per second of each contender, one figure per `interleaved` round: `work` units
+    (tokens, steps) per call."""
+    return {key: [work / s for s in seconds]
+            for key, seconds in interleaved(fns, device, repeats).items()}  # fmt: skip
+
+
+@torch.no_grad()
+def val_loss(model: Model, p: params.Params, cfg: ModelConfig, ds: Dataset, batches: int,
+             rows: int, block_size: int) -> float:  # fmt: skip
+    """Mean validation loss over `batches` fixed batches (seed 0) of rows x block_size tokens:
+    the same tokens for every checkpoint it scores, quantised ones included (their forward
+    runs with the primitives a decode over them takes)."""
+    gen, ops = torch.Generator().manual_seed(0), decode_ops(p, compiled=False)
+    total = 0.0
+    for _ in range(batches):
+        x, y = ds.get_batch("val", rows, block_size, gen)
+        total += cross_entropy(model.forward(p, x, cfg, ops=ops)[0], y).item()
+    return total / batches
+
+
 REQUIRED: dict[str, type | tuple[type, ...]] = {
     "benchmark": str, "variant": str, "device": str, "device_name": str, "dtype": str,
     "mode": str, "preset": str, "metric": str, "value": float, "unit": str, "min": float,
@@ -130,15 +157,13 @@ def validate(record: dict[str, Any]) -> None:
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    """The device as records name it: the GPU or CPU model, and a CPU's cores and threads."""
     if device.type == "mps":
         return "Apple MPS"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f
-                    if line.startswith("model name")), cpu)  # fmt: skip
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    name = probe.device_name(device)
+    if device.type == "cpu":
+        return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return name
 
 
 def record(

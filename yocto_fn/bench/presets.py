@@ -1,6 +1,6 @@
 """The benchmark suite's shapes and options, shared by `run.py`, `report.py` and the
-stand-alone scripts. Light on purpose: `cli.py` reads `BenchConfig` from here without
-loading the suite."""
+benchmarks under `python -m benchmarks`. Light on purpose: `cli.py` reads `BenchConfig` from
+here without loading the suite."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ PROMPT = 16  # decode prompt tokens
 LR, WEIGHT_DECAY, CLIP, VOCAB = 3e-4, 0.1, 1.0, 96
 
 
+def model_config(n_layer: int, n_head: int, n_embd: int, block_size: int,
+                 vocab_size: int = VOCAB, **extra) -> ModelConfig:  # fmt: skip
+    """The ModelConfig the benchmarks time: vocab VOCAB and no dropout unless told."""
+    return ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                       n_head=n_head, n_embd=n_embd, **extra)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Preset:
     n_layer: int
@@ -26,10 +33,18 @@ class Preset:
     prompt_tokens: int = 512
 
     def model_config(self, block_size: int | None = None) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=VOCAB, block_size=block_size or self.block_size, n_layer=self.n_layer,
-            n_head=self.n_head, n_embd=self.n_embd, dropout=0.0,
-        )  # fmt: skip
+        return model_config(self.n_layer, self.n_head, self.n_embd, block_size or self.block_size)
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """(n_layer, n_head, n_embd) of a shape written as the benchmarks' flags take it: "4/4/128"."""
+    n_layer, n_head, n_embd = (int(v) for v in text.split("/"))
+    return n_layer, n_head, n_embd
+
+
+def shape_config(shape: str, block_size: int, vocab_size: int = VOCAB, **extra) -> ModelConfig:
+    """`model_config` of an "L/H/C" shape."""
+    return model_config(*parse_shape(shape), block_size, vocab_size, **extra)
 
 
 PRESETS = {"tiny": Preset(4, 4, 128, 128, 32), "small": Preset(6, 6, 384, 256, 16)}
@@ -48,10 +63,7 @@ class EnsembleCase:
     members: int
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=VOCAB, block_size=self.block_size, n_layer=self.n_layer,
-            n_head=self.n_head, n_embd=self.n_embd, dropout=0.0,
-        )  # fmt: skip
+        return model_config(self.n_layer, self.n_head, self.n_embd, self.block_size)
 
     @property
     def label(self) -> str:

@@ -1,9 +1,9 @@
 """Peak memory of one train step, each contender measured alone in a fresh process.
 
 Measured in one shared process, contenders share an allocator: what one frees the next
-reuses, so the figure a contender gets depends on who ran before it (the suite once gave
-`gpt`, which keeps its T x T attention probabilities, 60 MB and `gpt-fast` 267 MB at the
-same shape). Here every contender gets its own process. It builds its step, runs it once
+reuses, so the figure a contender gets depends on who ran before it (a shared process can
+give `gpt`, which keeps its T x T attention probabilities, 60 MB and `gpt-fast` 267 MB at
+the same shape). Here every contender gets its own process. It builds its step, runs it once
 (warm-up; compilation for the compiled modes), then reports how far one more step raises
 the memory above what the process held just before it: activations, gradients and
 temporaries, not the parameters and optimizer state that live across steps.
@@ -14,7 +14,7 @@ On CPU the figure is the rise of the peak resident set (VmHWM, reset through
 the step cannot hide in memory the warm-up left behind. On CUDA it is the allocator's peak
 over its allocation before the step.
 
-    python -m benchmarks.memory gpt eager 32 '{"vocab_size": 96, "block_size": 128, ...}'
+    python -m yocto_fn.bench.memory gpt eager 32 '{"vocab_size": 96, "block_size": 128, ...}'
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import sys
 
 import orjson
 
-from benchmarks.proc import python
+from yocto_fn.bench.proc import python
 
 
 def peak_mb(variant: str, cfg: dict, batch_size: int, mode: str, device: str) -> float | None:
     """The peak of one train step of a contender (MB), from a fresh process; None where the
     platform has no way to read it (no /proc on macOS)."""
     args = [variant, mode, str(batch_size), orjson.dumps(cfg).decode(), device]
-    done = python(["-m", "benchmarks.memory", *args], timeout=900)
+    done = python(["-m", "yocto_fn.bench.memory", *args], timeout=900)
     return orjson.loads(done.last_line)["peak_mb"]
 
 
@@ -44,7 +44,7 @@ def _status_kb(field: str) -> int:
 def _probe(variant: str, mode: str, batch_size: int, cfg: dict, device: str) -> float | None:
     import torch
 
-    from benchmarks.contenders import train_runner
+    from yocto_fn.bench.contenders import train_runner
     from yocto_fn.core.config import ModelConfig
 
     dev = torch.device(device)

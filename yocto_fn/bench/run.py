@@ -11,8 +11,8 @@ in interleaved rounds so that machine noise hits them alike.
 Writes `benchmarks/results/<date>-<device>/`: `results.jsonl` (one record per measurement),
 `table.md` and `chart.png`.
 
-    python benchmarks/run.py --quick              # < 2 minutes on 2 CPU cores, no compile
-    python benchmarks/run.py --preset small       # or: python cli.py bench --preset small
+    python cli.py bench --quick                   # < 2 minutes on 2 CPU cores, no compile
+    python cli.py bench --preset small            # or: python -m benchmarks suite --preset small
     python cli.py bench --only ensemble per-example
 
 One harness: shapes and options in `presets.py`, the timed calls in `contenders.py`, timing,
@@ -33,25 +33,23 @@ from typing import Any
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.contenders import (  # noqa: E402
+from yocto_fn.bench.contenders import (
     VARIANTS,
     decode_runners,
     ensemble_runners,
     per_example_runners,
     train_runner,
 )
-from benchmarks.measure import (  # noqa: E402
+from yocto_fn.bench.measure import (
     datasheet_peak,
     interleaved,
     measured_peak,
+    rates,
     record,
     train_flops_per_token,
 )
-from benchmarks.memory import peak_mb  # noqa: E402
-from benchmarks.presets import (  # noqa: E402
+from yocto_fn.bench.memory import peak_mb
+from yocto_fn.bench.presets import (
     ENSEMBLE_CASES,
     PARTS,
     PER_EXAMPLE_CASE,
@@ -59,8 +57,9 @@ from benchmarks.presets import (  # noqa: E402
     PROMPT,
     BenchConfig,
 )
-from benchmarks.report import write_report  # noqa: E402
-from yocto_fn import models  # noqa: E402
+from yocto_fn.bench.report import write_report
+from yocto_fn.core import models
+from yocto_fn.device import resolve
 
 
 def bench_device(cfg: BenchConfig, device: torch.device, log: Callable[[str], None]):
@@ -119,13 +118,12 @@ def bench_train(device, modes, peaks, ctx, memory_probe: bool = True) -> list[di
                 if memory_probe
                 else None
             )
-    for (variant, mode), seconds in interleaved(runners, device, repeats).items():
-        rates = [tokens / s for s in seconds]
+    for (variant, mode), per_s in rates(runners, device, repeats, tokens).items():
         dtype = torch.bfloat16 if mode.endswith("bf16") else torch.float32
         fpt = train_flops_per_token(sizes[(variant, mode)], mcfg)
-        sheet, achieved = datasheet_peak(device, dtype), fpt * statistics.median(rates)
+        sheet, achieved = datasheet_peak(device, dtype), fpt * statistics.median(per_s)
         out.append(record(
-            "train", variant, device, mode, name, "throughput", rates, "tokens/s",
+            "train", variant, device, mode, name, "throughput", per_s, "tokens/s",
             dtype=str(dtype).removeprefix("torch."), mfu=achieved / peaks[dtype],
             mfu_datasheet=achieved / sheet if sheet else None,
             peak_mem_mb=memory[(variant, mode)], flops_per_token=fpt, peak_flops=peaks[dtype],
@@ -151,9 +149,9 @@ def bench_decode(device, modes, ctx) -> list[dict[str, Any]]:
             out.append(record("prefill", variant, device, mode, name, "latency", ms, "ms",
                               tokens=preset.prompt_tokens))  # fmt: skip
         else:
-            rates = [preset.new_tokens / s for s in seconds]
+            per_s = [preset.new_tokens / s for s in seconds]
             dtype = {"int8": "int8", "bf16": "bfloat16"}.get(mode.rsplit(" ", 1)[-1], "float32")
-            out.append(record("decode", variant, device, mode, name, "throughput", rates,
+            out.append(record("decode", variant, device, mode, name, "throughput", per_s,
                               "tokens/s", dtype=dtype, tokens=preset.new_tokens))  # fmt: skip
     return out
 
@@ -162,8 +160,7 @@ def bench_ensemble(device, modes, ctx, cases) -> list[dict[str, Any]]:
     """Ensemble step against the loop, per case and mode; each case is timed on its own
     (interleaved within the case) so that a compiled graph of one shape never waits on
     another's."""
-    name, _, repeats, log = ctx
-    out = []
+    log, out = ctx[3], []
     for case in cases:
         tokens = case.members * case.batch_size * case.block_size
         runners = {}
@@ -174,38 +171,28 @@ def bench_ensemble(device, modes, ctx, cases) -> list[dict[str, Any]]:
                 ).items():
                     _first_call(fn, log, f"{device.type} ensemble {case.label} {variant} {label}")
                     runners[(variant, label)] = fn
-        for (variant, label), seconds in interleaved(runners, device, repeats).items():
-            out.append(record(
-                "ensemble", variant, device, label, name, "throughput",
-                [tokens / s for s in seconds], "tokens/s", tokens=tokens,
-                config=vars(case) | {"case": case.label},
-            ))  # fmt: skip
+        out += _case_records("ensemble", runners, device, ctx, case, tokens)
     return out
 
 
 def bench_per_example(device, ctx, case) -> list[dict[str, Any]]:
-    name, _, repeats, log = ctx
-    tokens = case.batch_size * case.block_size
+    log, tokens = ctx[3], case.batch_size * case.block_size
     runners = {}
     for variant in models.NAMES:
         for label, fn in per_example_runners(variant, case, device).items():
             _first_call(fn, log, f"{device.type} per-example {variant} {label}")
             runners[(variant, label)] = fn
+    return _case_records("per-example", runners, device, ctx, case, tokens)
+
+
+def _case_records(benchmark, runners, device, ctx, case, tokens) -> list[dict[str, Any]]:
+    """Tokens/s records of the (variant, label) runners at an `EnsembleCase`, interleaved."""
+    name, _, repeats, _ = ctx
     return [
-        record(
-            "per-example",
-            variant,
-            device,
-            label,
-            name,
-            "throughput",
-            [tokens / s for s in seconds],
-            "tokens/s",
-            tokens=tokens,
-            config=vars(case) | {"case": case.label},
-        )  # fmt: skip
-        for (variant, label), seconds in interleaved(runners, device, repeats).items()
-    ]
+        record(benchmark, variant, device, label, name, "throughput", per_s, "tokens/s",
+               tokens=tokens, config=vars(case) | {"case": case.label})
+        for (variant, label), per_s in rates(runners, device, repeats, tokens).items()
+    ]  # fmt: skip
 
 
 def available_devices() -> list[str]:
@@ -219,8 +206,6 @@ def available_devices() -> list[str]:
 
 def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> list[Path]:
     """Run the suite; returns the result directories written."""
-    from yocto_fn.device import resolve
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     written = []
     for name in cfg.device or available_devices():
@@ -231,13 +216,3 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> list[Path
         print((out / "table.md").read_text())
         written.append(out)
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    import tyro
-
-    run(tyro.cli(BenchConfig, args=argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -9,36 +9,38 @@ per unique token, which is where repetition turns into overfitting. Every run is
 char level, block 64, batch 16, AdamW with a cosine schedule to the run's end, evaluated
 once at the end on 50 validation batches.
 
-    python benchmarks/recommend_grid.py          # run what the results file lacks (~2 h, 2 cores)
-    python benchmarks/recommend_grid.py --fit    # fit the law, write its coefficients and PNG
+    python scripts/recommend_grid.py          # run what the results file lacks (~2 h, 2 cores)
+    python scripts/recommend_grid.py --fit    # fit the law, write its coefficients and PNG
+
+A calibration tool rather than a benchmark: `--fit` writes package data,
+yocto_fn/plan/law.json, which `recommend` plans with.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import io
 import os
 import platform
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import orjson
 import torch
+import tyro
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from yocto_fn import data, fileio  # noqa: E402
-from yocto_fn.config import TrainConfig  # noqa: E402
-from yocto_fn.data import Dataset  # noqa: E402
-from yocto_fn.data.text import default_corpus_text  # noqa: E402
-from yocto_fn.plan import law  # noqa: E402
-from yocto_fn.plan.recommend import DROPOUT, MIN_STEPS, estimate_params, lr_for  # noqa: E402
-from yocto_fn.run.trainer import train  # noqa: E402
+from yocto_fn import data, fileio
+from yocto_fn.bench.report import plot
+from yocto_fn.config import TrainConfig
+from yocto_fn.data import Dataset
+from yocto_fn.data.text import default_corpus_text
+from yocto_fn.plan import law
+from yocto_fn.plan.recommend import DROPOUT, MIN_STEPS, estimate_params, lr_for
+from yocto_fn.run.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/recommend-grid/grid.jsonl"
@@ -59,6 +61,7 @@ SHAPES = {"2/2/64": (2, 2, 64), "4/4/128": (4, 4, 128), "4/4/192": (4, 4, 192),
           "6/4/256": (6, 4, 256)}  # fmt: skip
 FULL, SMALL = ("default", "stdlib-docs"), ("default-200k", "stdlib-docs-200k")
 SMALL_CHARS = 200_000
+Corpus = Literal["default", "stdlib-docs", "default-200k", "stdlib-docs-200k"]
 GRID = [
     *((s, t, 0.0, 2e-3) for s in ("2/2/64", "4/4/128") for t in (300_000, 1_000_000)),
     ("4/4/192", 300_000, 0.0, 2e-3), ("6/4/256", 300_000, 0.0, 1e-3),
@@ -211,58 +214,57 @@ def pairs(rows: list[dict], field: str) -> list[str]:
     return lines
 
 
-def plot(rows: list[dict], fitted: law.Law, path: Path) -> None:
+def law_plot(rows: list[dict], fitted: law.Law) -> bytes:
     """Measured final val loss against tokens seen, one colour per shape, with the law's
     curves; one panel per corpus, two panels a row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     corpora = sorted({r["corpus"] for r in rows})
     cols = min(2, len(corpora))
-    fig, axes = plt.subplots(-(-len(corpora) // cols), cols, figsize=(6 * cols, 8), dpi=100,
-                             squeeze=False)  # fmt: skip
-    for ax, corpus in zip(axes.flat, corpora, strict=False):
-        mine = [r for r in rows if r["corpus"] == corpus]
-        xs = np.geomspace(MIN_STEPS * BLOCK * BATCH, 1.5 * max(r["tokens"] for r in mine), 60)
-        for i, shape in enumerate(SHAPES):
-            pts = sorted((r["tokens"], r["val_loss"]) for r in mine if r["shape"] == shape)
-            if not pts:
-                continue
-            color = f"C{i}"
-            ax.scatter(*zip(*pts, strict=True), color=color, label=shape)
-            r0 = next(r for r in mine if r["shape"] == shape)
-            ax.plot(xs, [fitted.predict(r0["params"], x, r0["unique"], r0["hardness"])
-                         for x in xs], color=color, alpha=0.6)  # fmt: skip
-        losses = [r["val_loss"] for r in mine]
-        ax.set_ylim(min(losses) - 0.15, max(losses) + 0.3)
-        ax.set_xscale("log")
-        ax.set_title(f"{corpus}: {mine[0]['unique']:,} train tokens, hardness "
-                     f"{mine[0]['hardness']:.2f}")  # fmt: skip
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("final val loss (nats/char)")
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend(title="gpt-fast")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+
+    def draw(axes) -> None:
+        for ax, corpus in zip(axes.flat, corpora, strict=False):
+            mine = [r for r in rows if r["corpus"] == corpus]
+            xs = np.geomspace(MIN_STEPS * BLOCK * BATCH, 1.5 * max(r["tokens"] for r in mine), 60)
+            for i, shape in enumerate(SHAPES):
+                pts = sorted((r["tokens"], r["val_loss"]) for r in mine if r["shape"] == shape)
+                if not pts:
+                    continue
+                color = f"C{i}"
+                ax.scatter(*zip(*pts, strict=True), color=color, label=shape)
+                r0 = next(r for r in mine if r["shape"] == shape)
+                ax.plot(xs, [fitted.predict(r0["params"], x, r0["unique"], r0["hardness"])
+                             for x in xs], color=color, alpha=0.6)  # fmt: skip
+            losses = [r["val_loss"] for r in mine]
+            ax.set_ylim(min(losses) - 0.15, max(losses) + 0.3)
+            ax.set_xscale("log")
+            ax.set_title(f"{corpus}: {mine[0]['unique']:,} train tokens, hardness "
+                         f"{mine[0]['hardness']:.2f}")  # fmt: skip
+            ax.set_xlabel("tokens seen")
+            ax.set_ylabel("final val loss (nats/char)")
+            ax.grid(alpha=0.3)
+        axes.flat[0].legend(title="gpt-fast")
+
+    return plot(draw, -(-len(corpora) // cols), cols, (6 * cols, 8))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fit", action="store_true", help="fit the law to the recorded runs")
-    ap.add_argument("--corpora", nargs="+", default=[*FULL, *SMALL], choices=[*FULL, *SMALL])
-    args = ap.parse_args()
-    if not args.fit:
-        run_grid(args.corpora)
+@dataclass(frozen=True)
+class Config:
+    """Calibrate `recommend`: run the grid of training runs, or fit the loss law to them."""
+
+    fit: bool = False
+    """Fit the law to the recorded runs (writes yocto_fn/plan/law.json and law.png)."""
+    corpora: tuple[Corpus, ...] = (*FULL, *SMALL)
+
+
+def main(cfg: Config) -> None:
+    if not cfg.fit:
+        run_grid(list(cfg.corpora))
         return
     for field in ("dropout", "lr"):
         print("\n".join(pairs(load_rows(), field)))
-    rows = fit_rows(load_rows(), corpus_stats(args.corpora))
+    rows = fit_rows(load_rows(), corpus_stats(list(cfg.corpora)))
     fitted = law.fit(rows)
     law.save(fitted, len(rows))
-    plot(rows, fitted, PLOT)
+    fileio.atomic_write_bytes(PLOT, law_plot(rows, fitted))
     for r in rows:
         pred = fitted.predict(r["params"], r["tokens"], r["unique"], r["hardness"])
         print(f"{r['corpus']:12} {r['shape']:8} {r['tokens']:>9,} d={r['dropout']} "
@@ -271,4 +273,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Config, config=(tyro.conf.DisallowNone,)))
