@@ -86,7 +86,7 @@ def known_flags() -> set[str]:
 
     configs = [cls for cls, _ in [*cli.COMMANDS.values(), *BENCHMARKS.values()]]
     flags = set().union(*(cli.flag_names(cls) for cls in configs))
-    flags |= cli.flag_names(script("recommend_grid").Config)
+    flags |= set(cli.flag_names(script("recommend_grid").Config))
     return flags | set(cli.ALIASES)  # older spellings that keep working (--model-type)
 
 
