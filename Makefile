@@ -69,7 +69,7 @@ bench: $(STAMP)
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml; not part of CI).
 # `make mutate MODULE=core.optim` runs one module, named by its path under yocto_fn (about
-# 10-30 min on 2 cores); plain `make mutate` runs all seven (hours).
+# 10-30 min on 2 cores); plain `make mutate` runs all ten (hours).
 # `.venv/bin/mutmut results` lists the survivors.
 # One torch thread per worker: mutmut runs a worker per core, and more threads than cores
 # makes OpenMP spin (several times slower).

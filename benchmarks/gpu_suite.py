@@ -369,11 +369,11 @@ def cudagraph_skips():
 
 def section_cli(s: Suite) -> None:
     import cli
-    from yocto_fn.config import InferenceOptions
     from yocto_fn.generate.batcher import Batcher
     from yocto_fn.generate.jobs import Job, Sampling
     from yocto_fn.generate.loading import encode_prompt, load_model
     from yocto_fn.generate.steps import compile_backend
+    from yocto_fn.options import InferenceOptions
 
     root = Path(tempfile.mkdtemp(prefix="gpu-suite-"))
     dev = ["--device", s.device.type]

@@ -1,8 +1,11 @@
-"""Shared helpers: the variant names, a tiny model shape that keeps the suite fast, a
-prepared char-level data directory, and the scripts under scripts/ as modules."""
+"""Shared helpers: the variant names, a tiny model shape (as a config and as `train` flags)
+that keeps the suite fast, a `train` run over it, a prepared char-level data directory, the
+scripts under scripts/ as modules, and ways to read or damage what a run writes."""
 
+import csv
 import importlib.util
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -38,6 +41,43 @@ def private_probe_cache(tmp_path_factory):
 def tiny_config(**overrides) -> ModelConfig:
     base = dict(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     return ModelConfig(**(base | overrides))
+
+
+# A tiny model and a quick run as `train` flags; flags given later on a command line win.
+TINY = ("--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
+QUICK = ("--batch-size", "4", "--eval-iters", "1", "--amp", "off", "--device", "cpu")
+
+
+def train_argv(data_dir: Path, ckpt_dir: Path, *flags: str) -> list[str]:
+    """A `train` command line of TINY and QUICK; `flags` add to or override them."""
+    return ["train", "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir), *TINY, *QUICK,
+            *flags]  # fmt: skip
+
+
+def train(data_dir: Path, ckpt_dir: Path, *flags: str) -> int:
+    """Run `train_argv` in this process; the CLI's exit status."""
+    return cli.main(train_argv(data_dir, ckpt_dir, *flags))
+
+
+def metrics_rows(ckpt_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv of a run, one dict per evaluation."""
+    with (ckpt_dir / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def flip_a_tensor_byte(path: Path) -> None:
+    """Flip one byte inside the first tensor record of a torch zip, keeping the zip whole: a
+    checkpoint that still opens but whose payload digest no longer matches."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(f.read(2), "little") for _ in range(2))
+        at = info.header_offset + 30 + name_len + extra_len + 17
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x10]))
 
 
 def script(name: str) -> ModuleType:

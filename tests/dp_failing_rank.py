@@ -2,13 +2,10 @@
 
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cli  # noqa: E402
-from yocto_fn.errors import UserError  # noqa: E402
-from yocto_fn.run import runstate  # noqa: E402
+from yocto_fn import cli
+from yocto_fn.errors import UserError
+from yocto_fn.run import runstate
 
 if os.environ.get("RANK") == "1":
     real_batch = runstate.RunState.batch

@@ -5,12 +5,9 @@ every rank reports on stderr the step its run stopped at."""
 import os
 import signal
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cli  # noqa: E402
-from yocto_fn.run.trainer import Trainer  # noqa: E402
+from yocto_fn import cli
+from yocto_fn.run.trainer import Trainer
 
 RANK, SIGNALLED = os.environ["RANK"], os.environ["YOCTO_FN_TEST_SIGNAL_RANK"]
 real_step, real_run = Trainer.train_step, Trainer.run

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import real_text
-from test_reliability import _flip_a_tensor_byte
+from conftest import QUICK, TINY, flip_a_tensor_byte, real_text
 
 from yocto_fn import cli
 
-TINY = ("--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 2 --eval-iters 1 "
-        "--amp off --device cpu --max-iters 1")  # fmt: skip
+RUN = " ".join([*TINY, *QUICK, "--max-iters", "1"])
 
 
 def run(argv: str, w: Path) -> int:
@@ -34,8 +32,8 @@ def world(tmp_path_factory) -> Path:
     for argv in (
         "prepare-char --text-path W/text.txt --out-dir W/char",
         "prepare-tokenizer --text-path W/text.txt --out-dir W/tok --vocab-size 300",
-        f"train --data-dir W/char --ckpt-dir W/run {TINY}",
-        f"train --mode token --data-dir W/tok --ckpt-dir W/tokrun {TINY}",
+        f"train --data-dir W/char --ckpt-dir W/run {RUN}",
+        f"train --mode token --data-dir W/tok --ckpt-dir W/tokrun {RUN}",
     ):
         assert run(argv, w) == 0
     for name in ("bad_meta", "no_vocab", "bad_vocab", "other", "nobin", "shortbin"):
@@ -54,7 +52,7 @@ def world(tmp_path_factory) -> Path:
     whole = (w / "run/latest.pt").read_bytes()
     (w / "ckpts/trunc.pt").write_bytes(whole[: len(whole) // 2])
     shutil.copy(w / "run/latest.pt", w / "ckpts/flip.pt")
-    _flip_a_tensor_byte(w / "ckpts/flip.pt")
+    flip_a_tensor_byte(w / "ckpts/flip.pt")
     torch.save({"a": torch.zeros(2)}, w / "ckpts/foreign.pt")
     torch.save({"model": torch.nn.Linear(2, 2)}, w / "ckpts/pickled.pt")
     return w

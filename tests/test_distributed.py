@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ckpt, tiny_config
+from conftest import ckpt, tiny_config, train_argv
+from conftest import metrics_rows as rows
 
 from yocto_fn import cli
 from yocto_fn.core.params import max_abs_diff
@@ -20,8 +21,6 @@ from yocto_fn.run.distributed import World
 from yocto_fn.run.runstate import RunState
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
-        "--eval-iters", "2", "--amp", "off", "--device", "cpu"]  # fmt: skip
 
 
 def torchrun(
@@ -34,12 +33,8 @@ def torchrun(
 
 
 def train_args(data: Path, out: Path, *flags: str) -> list[str]:
-    return ["train", "--data-dir", str(data), "--ckpt-dir", str(out), *TINY, *flags]
-
-
-def rows(out: Path) -> list[dict]:
-    lines = (out / "metrics.csv").read_text().splitlines()
-    return [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
+    """conftest's tiny run at block 32, two batches per evaluation."""
+    return train_argv(data, out, "--block-size", "32", "--eval-iters", "2", *flags)
 
 
 @pytest.mark.parametrize(("accum", "optimizer"), [(1, "adamw"), (2, "adamw"), (2, "muon")])

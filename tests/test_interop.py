@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import real_text
+from conftest import real_text, tiny_config
 from safetensors.torch import load_file, save_file
 
 from yocto_fn import cli, models
@@ -21,7 +21,7 @@ from yocto_fn.formats import tokenizer as tokenizers
 from yocto_fn.generate.sample import generate
 
 CHARS = [chr(c) for c in range(32, 96)]  # 64 characters
-TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32)
+SHAPE = dict(vocab_size=64, block_size=32)  # conftest.tiny_config otherwise
 
 
 def random_params(arch: str, cfg: ModelConfig, seed: int = 0):
@@ -74,7 +74,7 @@ def test_hf_export_loads_in_transformers_with_equal_logits_and_greedy_text(
     tmp_path, arch, overrides
 ):
     transformers = pytest.importorskip("transformers")
-    cfg = ModelConfig(**TINY, **overrides)
+    cfg = tiny_config(**SHAPE | overrides)
     params = random_params(arch, cfg)
     ckpt = save_ckpt(tmp_path / "m.pt", arch, cfg, params, tokenizers.CharTokenizer(CHARS))
     out = tmp_path / "hf"
@@ -103,7 +103,7 @@ def test_token_mode_export_writes_a_tokenizer_autotokenizer_loads(tmp_path, back
     tok = (
         tokenizers.train_bpe(texts, 300) if backend == "bpe" else tokenizers.train_word(texts, 300)
     )
-    cfg = ModelConfig(**TINY | {"vocab_size": tok.vocab_size})
+    cfg = tiny_config(**SHAPE | {"vocab_size": tok.vocab_size})
     ckpt = save_ckpt(tmp_path / "m.pt", "gpt-plus", cfg, random_params("gpt-plus", cfg), tok)
     out = tmp_path / "hf"
     assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(out), "--format", "hf"]) == 0
@@ -116,7 +116,7 @@ def test_token_mode_export_writes_a_tokenizer_autotokenizer_loads(tmp_path, back
 
 
 def test_char_mode_hf_export_says_autotokenizer_does_not_apply(tmp_path, capsys):
-    cfg = ModelConfig(**TINY)
+    cfg = tiny_config(**SHAPE)
     ckpt = save_ckpt(tmp_path / "m.pt", "gpt", cfg, random_params("gpt", cfg),
                      tokenizers.CharTokenizer(CHARS))  # fmt: skip
     assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "hf"),
@@ -251,7 +251,7 @@ def test_safetensors_round_trip_is_bit_exact_samples_and_warm_starts(char_dir, t
 def test_checkpoint_reads_an_exported_directory_without_importing_interop(tmp_path):
     """The two modules import in one direction (interop -> checkpoint): `checkpoint.load` of
     an exported directory, in a fresh interpreter, leaves interop unimported."""
-    cfg = ModelConfig(**TINY)
+    cfg = tiny_config(**SHAPE)
     ckpt = save_ckpt(tmp_path / "m.pt", "gpt", cfg, random_params("gpt", cfg),
                      tokenizers.CharTokenizer(CHARS))  # fmt: skip
     out = tmp_path / "st"
@@ -270,7 +270,7 @@ def test_checkpoint_reads_an_exported_directory_without_importing_interop(tmp_pa
 def test_imported_gpt2_warm_starts_a_run(char_dir, tmp_path, capsys):
     """An import is a checkpoint like a trained one: --init-from across vocabularies loads
     every block and leaves out the embedding and head (--no-strict-init)."""
-    cfg = ModelConfig(**TINY | {"n_layer": 1, "tie_weights": True})
+    cfg = tiny_config(**SHAPE | {"n_layer": 1, "tie_weights": True})
     ckpt = save_ckpt(tmp_path / "m.pt", "gpt", cfg, random_params("gpt", cfg),
                      tokenizers.CharTokenizer(CHARS))  # fmt: skip
     assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "hf"),
@@ -302,7 +302,7 @@ def test_imported_gpt2_warm_starts_a_run(char_dir, tmp_path, capsys):
 
 def _hf_llama(tmp_path: Path, **overrides) -> Path:
     """A Llama directory written by hand: config.json, weights and a char vocabulary."""
-    cfg = ModelConfig(**TINY)
+    cfg = tiny_config(**SHAPE)
     params = random_params("gpt-plus", cfg)
     ckpt = save_ckpt(tmp_path / "m.pt", "gpt-plus", cfg, params, tokenizers.CharTokenizer(CHARS))
     assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "hf"),

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_config
 
 from yocto_fn import models, optim, params, schedules
+from yocto_fn.core import adam_kernels
 
 
 def _decay_groups(tree):
@@ -198,10 +199,10 @@ def test_fused_direction_runs_in_plain_eager_code_only():
     why it cannot."""
     p = models.get("gpt").init(tiny_config(), 0)
     leaves = params.tree_leaves(p)
-    assert optim.fused_refusal(leaves) is None
+    assert adam_kernels.fused_refusal(leaves) is None
     half = [leaves[0].half(), *leaves[1:]]
-    assert "one device and dtype" in optim.fused_refusal(half)
-    assert "int64" in optim.fused_refusal([torch.zeros(2, dtype=torch.long)])
+    assert "one device and dtype" in adam_kernels.fused_refusal(half)
+    assert "int64" in adam_kernels.fused_refusal([torch.zeros(2, dtype=torch.long)])
     grads = params.tree_map(torch.randn_like, p)
     state = optim.scale_by_adam().init(p)
     fused, _ = optim.scale_by_adam(fused=True).update(grads, state)

@@ -53,8 +53,8 @@ changed = sorted(k for k in before if before[k] != after[k])
 for k in ("inductor", "dynamo"):
     changed += [f"{k}.{n}" for n in before[k] if before[k][n] != after[k][n]]
 print(json.dumps({
-    "loaded": sorted(m for m in ("tyro", "yocto_fn.config", "yocto_fn.jit", "yocto_fn.fileio")
-                     if m in sys.modules),
+    "loaded": sorted(m for m in ("tyro", "yocto_fn.config", "yocto_fn.options", "yocto_fn.jit",
+                                 "yocto_fn.fileio") if m in sys.modules),
     "changed": changed,
     "finite": bool(torch.isfinite(metrics["loss"]) and torch.isfinite(logits).all()),
     "pos": int(cache.pos),

@@ -8,24 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ckpt
+from conftest import QUICK, TINY, ckpt, flip_a_tensor_byte, train_argv
 
 from yocto_fn import cli, fileio
 from yocto_fn.errors import UserError
 from yocto_fn.formats import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
-        "--batch-size", "4", "--eval-iters", "1", "--amp", "off", "--device", "cpu"]  # fmt: skip
-
-
-def train_argv(data: Path, out: Path, *flags: str) -> list[str]:
-    return ["train", "--data-dir", str(data), "--ckpt-dir", str(out), *TINY, *flags]
 
 
 def test_sigterm_finishes_the_step_saves_and_prints_the_resume_command(char_dir, tmp_path):
@@ -109,25 +102,11 @@ def test_a_damaged_meta_json_is_one_line(char_dir, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def _flip_a_tensor_byte(path: Path) -> None:
-    """Flip one byte inside the first tensor record of a torch zip, keeping the zip whole."""
-    with zipfile.ZipFile(path) as z:
-        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64)
-    with open(path, "r+b") as f:
-        f.seek(info.header_offset + 26)
-        name_len, extra_len = (int.from_bytes(f.read(2), "little") for _ in range(2))
-        at = info.header_offset + 30 + name_len + extra_len + 17
-        f.seek(at)
-        byte = f.read(1)
-        f.seek(at)
-        f.write(bytes([byte[0] ^ 0x10]))
-
-
 def test_a_bit_flipped_checkpoint_is_refused_and_a_sibling_named(char_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(train_argv(char_dir, out, "--max-iters", "2", "--eval-interval", "1")) == 0
     assert checkpoint.load(out / "latest.pt")["iter"] == 2
-    _flip_a_tensor_byte(out / "latest.pt")
+    flip_a_tensor_byte(out / "latest.pt")
     torch.load(out / "latest.pt", weights_only=True)  # the zip itself still opens
     capsys.readouterr()
     assert cli.main(["sample", "--ckpt", str(out / "latest.pt"), "--max-new-tokens", "4"]) == 2
@@ -165,7 +144,7 @@ def test_resume_or_init_from_across_tokenizers(char_dir, tmp_path, capsys):
 def test_a_sweep_directory_is_locked_too(char_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["sweep", "--data-dir", str(char_dir), "--out-dir", str(out), "--lrs", "1e-3",
-            "--max-iters", "1", *TINY[:-4], "--device", "cpu"]  # fmt: skip
+            "--max-iters", "1", *TINY, *QUICK]  # fmt: skip
     with fileio.exclusive(out, "sweep"):
         assert cli.main(argv) == 2
     assert f"in use by another sweep (pid {os.getpid()})" in capsys.readouterr().err

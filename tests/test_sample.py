@@ -503,9 +503,9 @@ def test_compile_builds_the_devices_backend_beside_the_checkpoint(
     kept in `compiled/` beside the checkpoint (inside it when it is a directory, as export
     writes); without the flag the step is None, `generate`'s eager one. The builder is a
     recorder here: the compiled tests build real steps."""
-    from yocto_fn.config import InferenceOptions
     from yocto_fn.generate import loading
     from yocto_fn.generate.loading import compiled_step
+    from yocto_fn.options import InferenceOptions
 
     calls = []
     monkeypatch.setattr(
@@ -529,8 +529,8 @@ def test_compile_builds_the_devices_backend_beside_the_checkpoint(
 
 
 def test_sampling_flags_accept_their_bounds_and_refuse_past_them():
-    from yocto_fn.config import InferenceOptions
     from yocto_fn.errors import UserError
+    from yocto_fn.options import InferenceOptions
 
     opts = InferenceOptions(ckpt=Path("x"), max_new_tokens=1, temperature=0, top_k=0, top_p=1)
     assert (opts.max_new_tokens, opts.top_p) == (1, 1)
@@ -546,10 +546,10 @@ def test_overrides_and_mode_are_checked_against_the_model(checkpoints, tmp_path)
     """A checkpoint without a stored mode takes it from its tokenizer; --mode must agree;
     --vocab-path overrides a char model's vocabulary and --tokenizer-path a token model's,
     each only its own kind, and must have the model's size."""
-    from yocto_fn.config import InferenceOptions
     from yocto_fn.errors import UserError
     from yocto_fn.formats import checkpoint
     from yocto_fn.formats import tokenizer as tokenizers
+    from yocto_fn.options import InferenceOptions
 
     root = checkpoints["char"].parents[1]
     vocab, bpe = root / "char" / "vocab.json", root / "tok" / "tokenizer.json"

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ckpt
+from conftest import TINY, ckpt
 
 from yocto_fn import cli
 from yocto_fn.core.params import max_abs_diff
 from yocto_fn.plan import recommend
 
-TINY = ("--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
 # Dropout, accumulation and a warmup/cosine schedule: every per-member part of a step is used.
 SHARED = (
     *TINY, "--batch-size", "2", "--grad-accum-steps", "2", "--eval-iters", "2",

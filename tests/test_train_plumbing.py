@@ -5,9 +5,10 @@ import math
 import re
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
-from conftest import ckpt
+from conftest import TINY, ckpt, metrics_rows
 
 from yocto_fn import cli, models, optim
 from yocto_fn.core.config import ModelConfig
@@ -19,13 +20,10 @@ from yocto_fn.formats import tokenizer as tokenizers
 from yocto_fn.run import runstate, trainer
 from yocto_fn.run.trainer import Trainer
 
-TINY = ("--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
-FAST = ("--batch-size", "4", "--eval-iters", "1", "--eval-interval", "100", "--device", "cpu")
-
 
 def train(data_dir: Path, ckpt_dir: Path, *flags: str) -> int:
-    argv = ["train", "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir), *TINY, *FAST]
-    return cli.main([*argv, *flags])
+    """conftest's tiny run, evaluating at its end only (unless flags say otherwise)."""
+    return conftest.train(data_dir, ckpt_dir, "--eval-interval", "100", *flags)
 
 
 def record_steps(monkeypatch) -> list[dict]:
@@ -69,6 +67,16 @@ def test_ema_is_the_moving_average_of_the_step_params(char_dir, tmp_path, monkey
     assert len(calls) == 4 and max_abs_diff(c["params"], calls[-1]["params"]) == 0.0
     assert leaves_diff(expected, c["ema"]) < 1e-6
     assert max_abs_diff(c["ema"], c["params"]) > 1e-3
+    last = metrics_rows(tmp_path)[-1]  # val_loss is the EMA model's, the raw one beside it
+    assert last["val_loss"] == last["val_loss_ema"] != last["val_loss_raw"]
+    assert last["best_val_loss_ema"]
+
+
+def test_ema_off_leaves_ema_columns_empty(char_dir, tmp_path):
+    assert train(char_dir, tmp_path, "--max-iters", "4") == 0
+    last = metrics_rows(tmp_path)[-1]
+    assert last["val_loss_ema"] == "" and last["val_loss"] == last["val_loss_raw"]
+    assert ckpt(tmp_path / "latest.pt")["ema"] is None
 
 
 def test_best_checkpoint_is_written_only_on_improvement(char_dir, tmp_path, monkeypatch):

@@ -1,33 +1,28 @@
 """The training CLI: exact resume, accumulation, checkpointing, features and bad input."""
 
-import csv
 import datetime
 import json
 import shutil
 import signal
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 from conftest import VARIANTS, ckpt, tiny_config
+from conftest import metrics_rows as rows
 
 from yocto_fn import cli, layers, models, optim, rng
 from yocto_fn.core.params import max_abs_diff, named_leaves, tree_leaves
 from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
 from yocto_fn.run.trainer import Trainer
 
-TINY = ("--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16")
-FAST = ("--batch-size", "4", "--eval-iters", "2", "--eval-interval", "4", "--device", "cpu")
+RUN = ("--eval-iters", "2", "--eval-interval", "4")
 
 
 def train(data_dir: Path, ckpt_dir: Path, *flags: str) -> int:
-    argv = ["train", "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir), *TINY, *FAST]
-    return cli.main([*argv, *flags])
-
-
-def rows(ckpt_dir: Path) -> list[dict[str, str]]:
-    with (ckpt_dir / "metrics.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
+    """conftest's tiny run, evaluating every 4 steps."""
+    return conftest.train(data_dir, ckpt_dir, *RUN, *flags)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -212,22 +207,6 @@ def test_activation_checkpointing_gives_same_gradients(variant, monkeypatch):
 # ----------------------------------------------------------------------------- features
 
 
-def test_ema_tracks_an_average_of_the_params(char_dir, tmp_path):
-    assert train(char_dir, tmp_path, "--max-iters", "8", "--ema-decay", "0.9") == 0
-    c = ckpt(tmp_path / "latest.pt")
-    assert c["ema"] is not None and max_abs_diff(c["ema"], c["params"]) > 1e-4
-    last = rows(tmp_path)[-1]
-    assert last["val_loss"] == last["val_loss_ema"] != last["val_loss_raw"]
-    assert last["best_val_loss_ema"]
-
-
-def test_ema_off_leaves_ema_columns_empty(char_dir, tmp_path):
-    assert train(char_dir, tmp_path, "--max-iters", "4") == 0
-    last = rows(tmp_path)[-1]
-    assert last["val_loss_ema"] == "" and last["val_loss"] == last["val_loss_raw"]
-    assert ckpt(tmp_path / "latest.pt")["ema"] is None
-
-
 def test_early_stopping_stops_before_max_iters(char_dir, tmp_path, capsys):
     flags = ("--max-iters", "40", "--early-stopping-patience", "2")
     capsys.readouterr()
@@ -248,20 +227,6 @@ def test_save_strategy_writes_only_what_it_says(char_dir, tmp_path, strategy, fi
     assert train(char_dir, tmp_path, "--max-iters", "4", "--save-strategy", strategy) == 0
     assert {p.name for p in tmp_path.glob("*.pt")} == files
     assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "run_meta.json").is_file()
-
-
-def test_best_checkpoint_holds_the_best_evaluation(char_dir, tmp_path):
-    assert train(char_dir, tmp_path, "--max-iters", "12", "--lr", "3e-3") == 0
-    best = min(rows(tmp_path), key=lambda r: float(r["val_loss"]))
-    assert ckpt(tmp_path / "best.pt")["iter"] == int(best["iter"])
-
-
-def test_auto_tie_weights_ties_on_a_small_corpus(char_dir, tmp_path):
-    assert train(char_dir, tmp_path / "untied", "--max-iters", "1") == 0
-    assert train(char_dir, tmp_path / "tied", "--max-iters", "1", "--auto-tie-weights") == 0
-    untied, tied = ckpt(tmp_path / "untied" / "latest.pt"), ckpt(tmp_path / "tied" / "latest.pt")
-    assert "lm_head" in untied["params"] and not untied["model_config"]["tie_weights"]
-    assert "lm_head" not in tied["params"] and tied["model_config"]["tie_weights"]
 
 
 def test_init_from_no_strict_loads_the_matching_tensors(char_dir, tmp_path, capsys):

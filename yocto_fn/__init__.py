@@ -10,14 +10,15 @@ step = make_ensemble_step(model, cfg, tx)           # E stacked models, one step
 
 The package is in layers, each a folder that imports only the ones below it (a test holds
 the rule, tests/test_layers.py):
-    bench/     the benchmark harness: the suite behind `cli.py bench`, contenders, reports
+    bench/     the benchmark harness: the suite behind `yocto bench`, contenders, reports
     run/       one training job's host side: run state, train and sweep loops, metrics
     plan/      what to train for a budget: step cost, loss law, recommend
     generate/  text out of a params tree: sample, chat, packaged step, quantize, serve
     data/      corpus preparation and memory-mapped batches
     formats/   checkpoints, safetensors, transformers layouts, tokenizers
     core/      pure functions of tensors: params, models, cache, optimizers, train step
-    config, device, errors, fileio, jit: the ground every layer stands on
+    cli: the command, on top; options, config, device, errors, fileio, jit: the ground
+    every layer stands on
 The core's public modules keep their short paths (`yocto_fn.optim`, `yocto_fn.models`, ...).
 Importing the package loads the core only: no CLI library, no file written, no global
 torch or compiler setting changed (tests/test_purity.py).
@@ -50,19 +51,8 @@ from .core.train import grad_and_value, loss_fn, make_train_step
 from .errors import UserError
 
 # `import yocto_fn.optim` and `from yocto_fn.ensemble import ...` name the core's modules.
-for _module in (
-    analysis,
-    cache,
-    ensemble,
-    layers,
-    models,
-    muon,
-    optim,
-    params,
-    rng,
-    schedules,
-    train,
-):
+_PUBLIC = (analysis, cache, ensemble, layers, models, muon, optim, params, rng, schedules, train)
+for _module in _PUBLIC:
     sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
 del _module
 

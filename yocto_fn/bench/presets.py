@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from yocto_fn.config import unset_means
 from yocto_fn.core.config import ModelConfig
+from yocto_fn.options import unset_means
 
 PROMPT = 16  # decode prompt tokens
 LR, WEIGHT_DECAY, CLIP, VOCAB = 3e-4, 0.1, 1.0, 96

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..device import floats_on
+from .adam_kernels import foreach_direction, fused_direction, fused_refusal
 from .params import Params, named_leaves, tree_leaves, tree_map, tree_unflatten_like
 from .params import under_transform as _per_leaf
 
@@ -317,66 +318,13 @@ def scale_by_adam(
         if fused and why_not:
             raise ValueError(f"scale_by_adam(fused=True) cannot run this update: {why_not}")
         if fused is not False and why_not is None:
-            out, m, v = _fused_direction(g, m, v, count, b1, b2, eps)
+            out, m, v = fused_direction(g, m, v, count, b1, b2, eps)
         else:
-            out, m, v = _adam_direction(g, m, v, count, b1, b2, eps)
+            out, m, v = foreach_direction(g, m, v, count, b1, b2, eps)
         new = AdamState(count, tree_unflatten_like(state.mu, m), tree_unflatten_like(state.nu, v))
         return tree_unflatten_like(updates, out), new
 
     return GradientTransformation(init, update)
-
-
-def _adam_direction(g, m, v, count, b1, b2, eps):
-    """Moments and direction in `_foreach_*` kernels (leaf by leaf under a transform)."""
-    bias1 = 1.0 - torch.pow(b1, count)
-    bias2_sqrt = torch.sqrt(1.0 - torch.pow(b2, count))
-    if _per_leaf():
-        m = [torch.lerp(mi, gi, 1.0 - b1) for mi, gi in zip(m, g, strict=True)]
-        v = [vi * b2 + (1.0 - b2) * gi * gi for vi, gi in zip(v, g, strict=True)]
-        out = [(vi.sqrt() / bias2_sqrt + eps).reciprocal() * mi / bias1  # the foreach order
-               for mi, vi in zip(m, v, strict=True)]  # fmt: skip
-        return out, m, v
-    m = torch._foreach_lerp(m, g, 1.0 - b1)
-    v = torch._foreach_mul(v, b2)
-    torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
-    out = torch._foreach_sqrt(v)  # m / bias1 / (sqrt(v) / bias2_sqrt + eps), in one list
-    torch._foreach_div_(out, bias2_sqrt)
-    torch._foreach_add_(out, eps)
-    torch._foreach_reciprocal_(out)
-    torch._foreach_mul_(out, m)
-    torch._foreach_div_(out, bias1)
-    return out, m, v
-
-
-def _fused_direction(g, m, v, count, b1, b2, eps):
-    """The same through `torch._fused_adamw_` (what torch.optim.AdamW(fused=True) calls):
-    one pass over each leaf instead of a dozen, on copies of the moments, stepping a zero
-    "parameter" at rate -1 so that it ends holding the direction."""
-    copy = (lambda xs: torch._foreach_mul(xs, 1.0)) if g[0].is_cuda else (
-        lambda xs: [t.clone() for t in xs])  # fmt: skip
-    m, v, out = copy(m), copy(v), [torch.zeros_like(t) for t in g]
-    torch._fused_adamw_(
-        out, g, m, v, [], [count] * len(g), lr=-1.0, beta1=b1, beta2=b2, weight_decay=0.0,
-        eps=eps, amsgrad=False, maximize=False,
-    )  # fmt: skip
-    return out, m, v
-
-
-FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def fused_refusal(leaves: list[Tensor]) -> str | None:
-    """Why the fused kernel cannot run over these gradient leaves, or None when it can."""
-    if _per_leaf() or torch.compiler.is_compiling():
-        return "it runs in eager code only (not under vmap/grad or torch.compile)"
-    if not leaves:
-        return "there are no leaves"
-    first = leaves[0]
-    if first.device.type not in ("cpu", "cuda") or first.dtype not in FUSED_DTYPES:
-        return f"no fused kernel for {first.dtype} on {first.device.type}"
-    if any(t.device != first.device or t.dtype != first.dtype for t in leaves):
-        return "the leaves must share one device and dtype"
-    return None
 
 
 def adamw(

@@ -16,8 +16,8 @@ from typing import Annotated, Literal
 import tyro
 
 from .. import fileio
-from ..config import Options, unset_means
 from ..errors import UserError
+from ..options import Options, unset_means
 
 DEFAULT_CORPUS = Path("data/default.txt")
 CHUNK_BYTES = 1 << 23  # the corpus is decoded, cleaned and encoded this much at a time

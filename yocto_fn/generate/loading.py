@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..config import InferenceOptions
 from ..core import models
 from ..core.config import ModelConfig
 from ..core.models import Model
@@ -21,6 +20,7 @@ from ..device import resolve
 from ..errors import UserError
 from ..formats import checkpoint
 from ..formats import tokenizer as tokenizers
+from ..options import InferenceOptions
 from .quantize import quantize
 from .steps import DecodeStep, build_decode_step, compile_backend
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, TrainingOptions
+from ..config import TrainConfig
 from ..core import optim, schedules
 from ..core.muon import NS_STEPS, muon, ns_dtype_for
 from ..errors import UserError
 from ..formats import checkpoint
+from ..options import TrainingOptions
 
 
 def optimizer_choice(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> str:

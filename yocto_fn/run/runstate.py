@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .. import fileio
-from ..config import ShapeOptions, TrainConfig, TrainingOptions
+from ..config import TrainConfig
 from ..core import models, rng
 from ..core.config import ModelConfig
 from ..core.params import Params, count, to
@@ -29,6 +29,7 @@ from ..device import bf16_is_native
 from ..errors import UserError
 from ..formats import checkpoint
 from ..formats import tokenizer as tokenizers
+from ..options import ShapeOptions, TrainingOptions
 from ..plan import probe
 from . import distributed, metrics, recipe
 

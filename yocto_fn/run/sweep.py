@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .. import fileio, jit
-from ..config import SweepConfig, TrainConfig, TrainingOptions
+from ..config import SweepConfig, TrainConfig
 from ..core import rng
 from ..core.config import ModelConfig
 from ..core.ensemble import make_ensemble_step
@@ -38,6 +38,7 @@ from ..device import amp_dtype as amp_dtype_of
 from ..device import resolve
 from ..errors import UserError
 from ..formats import checkpoint
+from ..options import TrainingOptions
 from ..plan import probe, recommend
 from . import distributed
 from .runstate import Interrupt, RunState, choose_amp, load_tokenizer, model_setup
@@ -114,7 +115,7 @@ def resumed_config(cfg: SweepConfig, saved: dict[str, Any]) -> SweepConfig:
         was, now = saved["config"].get(f.name), _plain(given[f.name])
         if now not in (_plain(f.default), was):
             clash.append(f"--{f.name.replace('_', '-')} {now} vs {was}")
-        if was is not None or f.default is None:  # a sweep saved before a default existed
+        if was is not None or f.default is None:  # a saved None stands for the default
             values[f.name] = _typed(f, was)
     if cfg.out_dir not in (SweepConfig.out_dir, cfg.resume):
         clash.append(f"--out-dir {cfg.out_dir} vs {cfg.resume}")
