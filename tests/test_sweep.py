@@ -152,7 +152,7 @@ def test_bad_grid_is_one_line_and_writes_nothing(char_dir, tmp_path, capsys, gri
 
 
 def test_grid_too_large_for_memory_is_refused(char_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(recommend, "device_memory_gb", lambda device: 0.001)
+    monkeypatch.setattr(recommend, "device_memory_gb", lambda device: 1e-5)  # 10 KiB
     out = tmp_path / "s"
     capsys.readouterr()
     argv = ["sweep", "--data-dir", str(char_dir), "--out-dir", str(out), *SHARED, *GRID]

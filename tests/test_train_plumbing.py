@@ -327,7 +327,12 @@ def test_amp_auto_takes_the_faster_dtype_as_timed_and_records_both_rates(
     monkeypatch.setattr(trainer, "make_train_step",
                         lambda *a, **k: built.append(k["amp_dtype"]) or real(*a, **k))  # fmt: skip
     for run in ("first", "second"):
-        assert train(char_dir, tmp_path / run, "--max-iters", "1", "--batch-size", "3") == 0
+        assert (
+            train(
+                char_dir, tmp_path / run, "--max-iters", "1", "--batch-size", "3", "--amp", "auto"
+            )
+            == 0
+        )
     spec = timed[0]
     assert len(timed) == 1 and (spec.model, spec.batch, spec.accum) == ("gpt", 3, 1)
     assert spec.cfg.n_layer == int(TINY[TINY.index("--n-layer") + 1]) and not spec.compile

@@ -230,7 +230,9 @@ def test_save_strategy_writes_only_what_it_says(char_dir, tmp_path, strategy, fi
 
 
 def test_init_from_no_strict_loads_the_matching_tensors(char_dir, tmp_path, capsys):
-    assert train(char_dir, tmp_path / "a", "--model", "gpt", "--max-iters", "4") == 0
+    assert (
+        train(char_dir, tmp_path / "a", "--model", "gpt", "--n-layer", "2", "--max-iters", "4") == 0
+    )
     src = tmp_path / "a" / "latest.pt"
     deeper = ("--model", "gpt", "--n-layer", "3", "--max-iters", "0", "--init-from", str(src))
     before = snapshot(tmp_path / "b")

@@ -52,6 +52,7 @@ from .config import (
     TrainConfig,
 )
 from .errors import UserError
+from .options import flag
 
 
 def _prepare_char(cfg: data.PrepareCharConfig) -> None:
@@ -208,8 +209,8 @@ def flag_names(cls: type) -> list[str]:
     hints = typing.get_type_hints(cls)
     names = ["--help"]
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
-        names += [flag, "--no-" + flag[2:]] if hints[field.name] is bool else [flag]
+        name = flag(field.name)
+        names += [name, "--no-" + name[2:]] if hints[field.name] is bool else [name]
     return names
 
 

@@ -9,6 +9,7 @@ values when it is built.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -135,9 +136,7 @@ class SweepConfig(TrainingOptions):
             raise UserError(f"--weight-decays must all be >= 0 (got {bad_wd[0]})")
         if not muon:
             del lists["muon_lrs"]
-        n = 1
-        for values in lists.values():
-            n *= len(values)
+        n = math.prod(len(values) for values in lists.values())
         if n > MAX_MEMBERS:
             axes = " x ".join(flag(k) for k, v in lists.items() if len(v) > 1)
             raise UserError(f"the grid has {n} members ({axes}); one sweep trains at most "
