@@ -29,6 +29,7 @@ from benchmarks import (
     decode_throughput,
     gpu_suite,
     hvp_cost,
+    masked_loss,
     optimizers,
     quality,
     recommend_goal,
@@ -60,6 +61,7 @@ BENCHMARKS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
     "hvp-cost": (hvp_cost.Config, hvp_cost.run),
     "adamw-update": (adamw_update.Config, adamw_update.run),
     "against": (against.Config, against.run),
+    "masked-loss": (masked_loss.Config, masked_loss.run),
     "gpu-suite": (gpu_suite.Config, gpu_suite.run),
 }
 

@@ -47,6 +47,23 @@ def world(tmp_path_factory) -> Path:
     (w / "shortbin/train.bin").write_bytes(b"\x01\x02")
     shutil.copytree(w / "tok", w / "bad_tok")
     (w / "bad_tok/tokenizer.json").write_text("{not json")
+    chat_lines = {
+        "badjson": '{"messages": [{"role": "user", "content": "hi"}, \n',
+        "nomessages": '{"text": "hi"}\n',
+        "role": '{"messages": [{"role": "bot", "content": "hi"}]}\n',
+        "noreply": '{"messages": [{"role": "user", "content": "hi"}]}\n',
+        "empty": '{"messages": [{"role": "user", "content": "hi"}, '
+                 '{"role": "assistant", "content": " "}]}\n',
+        "snow": '{"messages": [{"role": "user", "content": "snow \\u2603?"}, '
+                '{"role": "assistant", "content": "ok."}]}\n',
+        "long": '{"messages": [{"role": "user", "content": "hi"}, '
+                f'{{"role": "assistant", "content": "{"x" * 200}"}}]}}\n',
+    }  # fmt: skip
+    good = ('{"messages": [{"role": "user", "content": "a?"}, '
+            '{"role": "assistant", "content": "b."}]}\n')  # fmt: skip
+    (w / "good.jsonl").write_text(good * 3, encoding="utf-8")
+    for name, line in chat_lines.items():
+        (w / f"{name}.jsonl").write_text(good * 3 + line, encoding="utf-8")
     (w / "ckpts").mkdir()
     shutil.copy(w / "char/train.bin", w / "ckpts/notckpt.pt")
     whole = (w / "run/latest.pt").read_bytes()
@@ -85,6 +102,26 @@ CASES = [
      "--vocab-size 1 is below the byte alphabet"),
     ("prepare-tokenizer --text-path W/text.txt --out-dir W/out --vocab-size abc",
      "bad value for --vocab-size"),
+    # prepare-chat
+    ("prepare-chat --jsonl-path W/missing.jsonl --out-dir W/out",
+     "--jsonl-path W/missing.jsonl not found"),
+    ("prepare-chat --jsonl-path W/badjson.jsonl --out-dir W/out",
+     "badjson.jsonl:4: not valid JSON"),
+    ("prepare-chat --jsonl-path W/nomessages.jsonl --out-dir W/out",
+     'nomessages.jsonl:4: expected an object with "messages"'),
+    ("prepare-chat --jsonl-path W/role.jsonl --out-dir W/out",
+     "role.jsonl:4: message 0 has unknown role 'bot'"),
+    ("prepare-chat --jsonl-path W/noreply.jsonl --out-dir W/out",
+     "noreply.jsonl:4: no assistant turn to train on"),
+    ("prepare-chat --jsonl-path W/empty.jsonl --out-dir W/out",
+     "empty.jsonl:4: message 1 (assistant) has empty content"),
+    ("prepare-chat --jsonl-path W/snow.jsonl --out-dir W/out --vocab-from W/run/latest.pt",
+     "snow.jsonl:4: 1 character(s) not in the vocabulary"),
+    ("prepare-chat --jsonl-path W/long.jsonl --out-dir W/out --block-size 8",
+     "every conversation is longer than --block-size 8"),
+    ("prepare-chat --jsonl-path W/good.jsonl --out-dir W/out --vocab-from W/emptydir",
+     "--vocab-from W/emptydir has no meta.json"),
+    ("prepare-chat --out-dir W/out --too-long trim", "invalid choice 'trim' for --too-long"),
     # train: data
     ("train --data-dir W/missing --ckpt-dir W/out", "no prepared data in"),
     ("train --data-dir W/emptydir --ckpt-dir W/out", "meta.json missing"),

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from yocto_fn import models
 from yocto_fn.config import ChatConfig
+from yocto_fn.formats import chat_template
 from yocto_fn.formats.tokenizer import CharTokenizer, train_bpe
 from yocto_fn.generate import chat
 from yocto_fn.generate.loading import Loaded, load_model
@@ -173,14 +174,6 @@ def test_a_turn_marker_ends_the_reply_and_is_never_shown(monkeypatch):
     assert kept == [("hi", "ok\nno")]
 
 
-def test_the_layout_keeps_the_system_line_and_the_latest_turns():
-    tok = CharTokenizer(CHARS)
-    turns = [(f"q{i}", f"a{i}") for i in range(5)]
-    ids = chat.prompt_ids(tok, "be brief", turns, "last?", budget=70)
-    assert len(ids) <= 70
-    assert tok.decode(ids) == "System: be brief\nUser: q4\nAssistant: a4\nUser: last?\nAssistant:"
-
-
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_a_demo_model_answers_two_questions_and_keeps_both(demo_ckpt, temperature, monkeypatch):
     """No system line and short replies, so that the first turn fits in the second prompt of
@@ -209,6 +202,12 @@ def test_a_demo_model_answers_two_questions_and_keeps_both(demo_ckpt, temperatur
     ends = [*starts[1:], len(writes)]
     shown = ["".join(writes[a + 1 : b - 1]) for a, b in zip(starts, ends, strict=True)]
     assert all(reply.strip() for reply in shown), shown
-    assert convos[0].turns == list(zip(questions, shown, strict=True))
-    second = load_model(opts).tok.decode(prompts[1])
-    assert second == f"{chat.turn_text(questions[0], shown[0])}User: {questions[1]}\nAssistant:"
+    messages = [{"role": "user", "content": questions[0]},
+                {"role": "assistant", "content": shown[0]},
+                {"role": "user", "content": questions[1]}]  # fmt: skip
+    assert convos[0].messages == messages + [{"role": "assistant", "content": shown[1]}]
+    tok = load_model(opts).tok
+    assert prompts[1] == chat_template.render(tok, messages, ask=True).ids
+    assert tok.decode(prompts[1]) == (
+        f"User: {questions[0]}\nAssistant: {shown[0]}\n\nUser: {questions[1]}\nAssistant:"
+    )

@@ -100,6 +100,48 @@ def test_ensemble_step_equals_separate_train_steps(name):
     assert params.max_abs_diff(frozen, m.init(cfg, SEEDS[2])) == 0
 
 
+def _mask(shape, seed):
+    """A random 0/1 float32 loss mask, about 40% ones."""
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.4).float()
+
+
+def test_masked_ensemble_step_equals_separate_masked_train_steps():
+    """(x, y, w) of [E, A, B, T]: the member axis and the micro-batch axis on w too; member
+    i steps as `make_train_step` on its own masked rows, a member masked all 0 included."""
+    cfg = tiny_config(dropout=0.1)
+    m = models.get("gpt-plus")
+    tx = _adamw(clip=0.5, fused=False)
+    step = ensemble.make_ensemble_step(m, cfg, tx, label_smoothing=0.1)
+    stacked = ensemble.ensemble_init(m, cfg, SEEDS)
+    state = torch.func.vmap(tx.init)(stacked)
+    keys = torch.stack([rng.key(s) for s in SEEDS])
+    x, y = _tokens(cfg, (3, 2, 4), 0)
+    w = _mask(y.shape, 1)
+    w[1] = 0.0
+    stacked, state, metrics = step(stacked, state, (x, y, w), keys, lr=1e-2)
+    one = make_train_step(m, cfg, tx, label_smoothing=0.1)
+    for e, seed in enumerate(SEEDS):
+        p = m.init(cfg, seed)
+        p, _, want = one(p, tx.init(p), (x[e], y[e], w[e]), keys[e], lr=1e-2)
+        assert params.max_abs_diff(ensemble.unstack(stacked)[e], p) < 1e-5
+        torch.testing.assert_close(metrics["loss"][e], want["loss"], atol=1e-5, rtol=0)
+    assert metrics["loss"][1].item() == 0.0 and metrics["grad_norm"][1].item() == 0.0
+
+
+def test_masked_per_example_grads_are_each_rows_own_weighted_gradient():
+    cfg = tiny_config()
+    m = models.get("gpt")
+    p = m.init(cfg, 0)
+    x, y = _tokens(cfg, (4,), 1)
+    w = _mask(y.shape, 2)
+    w[2] = 0.0
+    grads = ensemble.per_example_grads(m, cfg)(p, (x, y, w))
+    for b in (0, 2):
+        row = _autograd_grads(m, cfg, p, (x[b : b + 1], y[b : b + 1], w[b : b + 1]))
+        assert params.max_abs_diff(ensemble.unstack(grads)[b], row) < 1e-5
+    assert all(torch.equal(g[2], torch.zeros_like(g[2])) for g in params.tree_leaves(grads))
+
+
 def test_scalar_hyper_parameters_and_no_key_broadcast_to_every_member():
     cfg = tiny_config()
     m = models.get("gpt-fast")

@@ -1,4 +1,5 @@
-"""The pure train step: gradients, compiled == eager without recompiles, overfitting, bf16."""
+"""The pure train step: gradients, compiled == eager without recompiles, overfitting, bf16,
+per-token loss weights (the chat mask)."""
 
 import math
 from functools import partial
@@ -6,10 +7,11 @@ from functools import partial
 import pytest
 import torch
 import torch._dynamo
+import torch.nn.functional as F
 from conftest import tiny_config
 
 from yocto_fn import layers, models, optim, params, rng
-from yocto_fn.core.train import grad_and_value, loss_fn, make_train_step
+from yocto_fn.core.train import accumulate_grads, grad_and_value, loss_fn, make_train_step
 
 
 def _adamw(clip: float = 1.0, **values) -> optim.GradientTransformation:
@@ -32,6 +34,13 @@ def _batch(cfg, b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     data = torch.randint(0, cfg.vocab_size, (b, cfg.block_size + 1), generator=g)
     return data[:, :-1], data[:, 1:]
+
+
+def _mask(shape, seed=1, ones=0.4):
+    """A random 0/1 float32 loss mask with about `ones` of its entries 1, some of each."""
+    w = (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < ones).float()
+    assert 0 < w.sum() < w.numel()
+    return w
 
 
 def _autograd_grads(loss, p, *args):
@@ -83,12 +92,16 @@ def test_train_step_is_pure_and_reports_metrics():
     assert metrics["loss"].ndim == 0 and metrics["grad_norm"].item() > 0
 
 
-def test_the_stop_flag_rides_the_one_grad_sync_call_and_leaves_the_step_alone():
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_stop_flag_rides_the_one_grad_sync_call_and_leaves_the_step_alone(masked):
     """With `stop`, grad_sync still runs once per step, on [loss, flag]: the flag costs no
-    collective of its own, and metrics["stop"] is its reduced value."""
+    collective of its own, and metrics["stop"] is its reduced value (also for a batch with
+    loss weights, whose loss is what grad_sync averages)."""
     cfg = tiny_config()
     m = models.get("gpt")
     p, batch = m.init(cfg, 0), _batch(cfg)
+    if masked:
+        batch = (*batch, _mask(batch[1].shape))
     calls = []
 
     def other_rank_at_zero(grads, value):  # another rank's loss and flag, both 0, averaged in
@@ -102,6 +115,8 @@ def test_the_stop_flag_rides_the_one_grad_sync_call_and_leaves_the_step_alone():
     assert float(flagged[2]["stop"]) == 0.5 and "stop" not in plain[2]
     assert torch.equal(flagged[2]["loss"], plain[2]["loss"])
     assert params.max_abs_diff(flagged[0], plain[0]) == 0.0
+    alone = make_train_step(m, cfg, ADAMW)(p, ADAMW.init(p), batch)[2]["loss"]
+    torch.testing.assert_close(plain[2]["loss"], alone / 2, atol=0, rtol=0)
 
 
 def test_tiny_model_overfits_one_batch():
@@ -211,17 +226,21 @@ def test_vmapped_train_step_equals_a_loop_over_the_ensemble(name):
         assert abs(metrics["loss"][i].item() - want_metrics["loss"].item()) < 1e-5
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("accum", [False, True])
-def test_loss_scaling_unscales_exactly(accum):
+def test_loss_scaling_unscales_exactly(accum, masked):
     """fp32 with a loss scale of 1024 takes the same step as no scaling (power of two):
     the same params, loss and gradient norm (AdamW alone would hide a wrong unscaling),
     with dropout drawing from the same key and the same (not default) AdamW settings, with
-    and without gradient accumulation."""
+    and without gradient accumulation and loss weights."""
     cfg = tiny_config(dropout=0.2)
     m = models.get("gpt-plus")
     p = m.init(cfg, 0)
-    x, y = _batch(cfg)
-    batch = (x.reshape(2, 2, -1), y.reshape(2, 2, -1)) if accum else (x, y)
+    batch = _batch(cfg)
+    if masked:
+        batch = (*batch, _mask(batch[1].shape))
+    if accum:
+        batch = tuple(t.reshape(2, 2, -1) for t in batch)
     tx = _adamw(lr=1e-2, b1=0.5, weight_decay=0.5)
     scaled_tx = optim.dynamic_loss_scale(tx, init_scale=1024.0)
     plain = make_train_step(m, cfg, tx)(p, tx.init(p), batch, rng.key(5))
@@ -337,3 +356,151 @@ def test_grad_and_value_matches_torch_func_with_aux_kwargs_and_an_unused_leaf():
     xs = torch.stack([x, 2 * x])
     vg, (vv, _) = torch.vmap(grad_and_value(fn, has_aux=True), in_dims=(None, 0))(p, xs, scale=3.0)
     assert torch.equal(vg["w"], 3.0 * xs) and vv.tolist() == [18.0, 36.0]
+
+
+# Per-token loss weights: batch = (x, y, w), the loss the mean over the weighted tokens.
+
+
+def _token_losses(m, cfg, p, x, y, label_smoothing=0.0):
+    """Each token's cross-entropy by F.cross_entropy of the model's logits, [B, T]."""
+    logits = m.forward(p, x, cfg, train=False)[0]
+    ce = F.cross_entropy(
+        logits.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=label_smoothing
+    )
+    return ce.view(y.shape)
+
+
+def test_masked_loss_is_the_mean_cross_entropy_over_the_selected_tokens():
+    cfg = tiny_config()
+    m = models.get("gpt")
+    p = m.init(cfg, 0)
+    x, y = _batch(cfg)
+    w = _mask(y.shape)
+    want = _token_losses(m, cfg, p, x, y)[w == 1].mean()
+    got = loss_fn(p, (x, y, w), None, model=m, cfg=cfg, train=False)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert abs(got.item() - loss_fn(p, (x, y), None, model=m, cfg=cfg).item()) > 1e-4
+
+
+def test_masked_label_smoothing_is_the_hand_computed_smoothed_mean():
+    """Smoothing eps: per token (1 - eps) * -log p[y] + eps * mean over v of -log p[v]."""
+    eps = 0.1
+    cfg = tiny_config()
+    m = models.get("gpt-plus")
+    p = m.init(cfg, 0)
+    x, y = _batch(cfg)
+    w = _mask(y.shape, seed=2)
+    logp = m.forward(p, x, cfg, train=False)[0].log_softmax(-1)
+    per_token = (1 - eps) * -logp.gather(-1, y[..., None])[..., 0] - eps * logp.mean(-1)
+    want = (per_token * w).sum() / w.sum()
+    got = loss_fn(p, (x, y, w), None, model=m, cfg=cfg, label_smoothing=eps)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_a_masked_out_target_moves_neither_the_loss_nor_the_gradients():
+    cfg = tiny_config()
+    m = models.get("gpt-fast")
+    p = m.init(cfg, 0)
+    x, y = _batch(cfg)
+    w = _mask(y.shape)
+    grads_of = grad_and_value(partial(loss_fn, model=m, cfg=cfg))
+    base_grads, base = grads_of(p, (x, y, w), None)
+
+    def with_target_changed_at(b, t):
+        changed = y.clone()
+        changed[b, t] = (y[b, t] + 1) % cfg.vocab_size
+        return grads_of(p, (x, changed, w), None)
+
+    grads, value = with_target_changed_at(*(w == 0).nonzero()[0])
+    assert torch.equal(value, base) and params.max_abs_diff(grads, base_grads) == 0
+    grads, value = with_target_changed_at(*(w == 1).nonzero()[0])
+    assert abs(value.item() - base.item()) > 1e-4 and params.max_abs_diff(grads, base_grads) > 1e-4
+
+
+def test_an_all_zero_mask_gives_loss_zero_and_exactly_zero_finite_gradients():
+    """Nothing to learn from, and no 0/0: the step's loss and gradient norm are 0 too."""
+    cfg = tiny_config()
+    m = models.get("gpt")
+    p = m.init(cfg, 0)
+    x, y = _batch(cfg)
+    batch = (x, y, torch.zeros(y.shape))
+    grads, value = grad_and_value(partial(loss_fn, model=m, cfg=cfg))(p, batch, None)
+    assert value.item() == 0.0
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in params.tree_leaves(grads))
+    _, _, metrics = make_train_step(m, cfg, ADAMW)(p, ADAMW.init(p), batch)
+    assert metrics["loss"].item() == 0.0 and metrics["grad_norm"].item() == 0.0
+
+
+def test_a_mask_of_all_ones_is_the_unweighted_loss():
+    cfg = tiny_config()
+    m = models.get("gpt")
+    p = m.init(cfg, 0)
+    x, y = _batch(cfg)
+    grads_of = grad_and_value(partial(loss_fn, model=m, cfg=cfg, label_smoothing=0.1))
+    plain_grads, plain = grads_of(p, (x, y), None)
+    grads, value = grads_of(p, (x, y, torch.ones(y.shape)), None)
+    torch.testing.assert_close(value, plain, atol=1e-6, rtol=0)
+    assert params.max_abs_diff(grads, plain_grads) < 1e-6
+
+
+def test_accumulating_a_masked_batch_averages_the_micro_batch_losses_and_gradients():
+    """Each micro-batch's loss is its own weighted mean, and the step averages those (here
+    micro-batches of different total weight, one all 0): a manual loop over them."""
+    cfg = tiny_config()
+    m = models.get("gpt-plus")
+    p = m.init(cfg, 0)
+    x, y = _batch(cfg, b=6)
+    w = _mask(y.shape)
+    w[4:] = 0.0
+    A = 3
+    batch = tuple(t.reshape(A, 2, -1) for t in (x, y, w))
+    grads_of = grad_and_value(partial(loss_fn, model=m, cfg=cfg))
+    micro = [grads_of(p, tuple(t[i] for t in batch), None) for i in range(A)]
+    want_loss = sum(v for _, v in micro) / A
+    want = params.tree_map(lambda *g: sum(g) / A, *[g for g, _ in micro])
+    descend = optim.scale(-1.0)  # the new params are p - grads
+    new, _, metrics = make_train_step(m, cfg, descend)(p, descend.init(p), batch)
+    torch.testing.assert_close(metrics["loss"], want_loss, atol=1e-6, rtol=0)
+    assert params.max_abs_diff(params.tree_map(torch.sub, p, new), want) < 1e-6
+    grads, value = accumulate_grads(lambda b, k: grads_of(p, b, k), batch, None)
+    assert params.max_abs_diff(grads, want) < 1e-6 and abs(value - want_loss) < 1e-6
+
+
+def test_masked_member_losses_equal_each_members_own_loss():
+    """members=True with w [E, B, T]: each member's weighted mean, one member all masked."""
+    cfg = tiny_config()
+    m = models.get("gpt")
+    members = [m.init(cfg, seed) for seed in range(3)]
+    batches = [(*_batch(cfg, seed=e), _mask((4, cfg.block_size), seed=e)) for e in range(3)]
+    batches[2][2].zero_()
+    stacked = tuple(torch.stack(t) for t in zip(*batches, strict=True))
+    got = loss_fn(params.stack(members), stacked, None, model=m, cfg=cfg, members=True)
+    want = torch.stack(
+        [loss_fn(p, b, None, model=m, cfg=cfg) for p, b in zip(members, batches, strict=True)]
+    )
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert got[2].item() == 0.0
+
+
+def test_compiled_masked_step_equals_eager_and_a_new_mask_does_not_recompile():
+    torch._dynamo.reset()
+    cfg = tiny_config(dropout=0.1)
+    m = models.get("gpt-fast")
+    p0 = m.init(cfg, 0)
+    eager = make_train_step(m, cfg, ADAMW, label_smoothing=0.1)
+    compiled = make_train_step(m, cfg, ADAMW, label_smoothing=0.1, compile=True)
+    runs = {}
+    for name, step in (("eager", eager), ("compiled", compiled)):
+        p, state, losses = p0, ADAMW.init(p0), []
+        for i in range(3):
+            x, y = _batch(cfg, seed=i)
+            batch = (x, y, _mask(y.shape, seed=i))
+            torch._dynamo.config.error_on_recompile = name == "compiled" and i > 0
+            try:
+                p, state, metrics = step(p, state, batch, rng.fold_in(rng.key(0), i), lr=1e-3)
+            finally:
+                torch._dynamo.config.error_on_recompile = False
+            losses.append(metrics["loss"].item())
+        runs[name] = (p, losses)
+    torch.testing.assert_close(runs["compiled"][1], runs["eager"][1], atol=1e-4, rtol=0)
+    assert params.max_abs_diff(runs["compiled"][0], runs["eager"][0]) < 1e-4

@@ -3,6 +3,7 @@
 
     yocto prepare-char [--text-path FILE] [--out-dir data/char] ...
     yocto prepare-tokenizer [--text-path FILE] [--vocab-size 8000] ...
+    yocto prepare-chat [--jsonl-path FILE ...] [--vocab-from base.pt] [--out-dir data/chat]
     yocto train --model gpt-fast [--data-dir data/char] [--max-iters 1000] ...
     yocto sweep --lrs 1e-3 3e-4 [--seeds 0 1] [--out-dir sweeps/run] ...
     yocto compare sweeps/adamw sweeps/muon [--metric best_val_loss|final_val_loss]
@@ -63,6 +64,13 @@ def _prepare_char(cfg: data.PrepareCharConfig) -> None:
 def _prepare_tokenizer(cfg: data.PrepareTokenizerConfig) -> None:
     meta = data.prepare_tokenizer(cfg)
     _report_prepared(cfg.out_dir, meta, "tokenizer.json")
+
+
+def _prepare_chat(cfg: data.PrepareChatConfig) -> None:
+    meta = data.prepare_chat(cfg)
+    print(f"wrote {cfg.out_dir}/{{train,val}}{{.bin,.mask.bin,.starts.bin}}, "
+          f"{meta['tokenizer_file']}, meta.json")  # fmt: skip
+    print(data.chat_summary(meta))
 
 
 def _report_prepared(out_dir, meta: dict, vocab_file: str) -> None:
@@ -167,6 +175,7 @@ def _bench(cfg: BenchConfig) -> None:
 COMMANDS: dict[str, tuple[type, Callable[[Any], int | None]]] = {
     "prepare-char": (data.PrepareCharConfig, _prepare_char),
     "prepare-tokenizer": (data.PrepareTokenizerConfig, _prepare_tokenizer),
+    "prepare-chat": (data.PrepareChatConfig, _prepare_chat),
     "train": (TrainConfig, _train),
     "sweep": (SweepConfig, _sweep),
     "compare": (CompareConfig, _compare),

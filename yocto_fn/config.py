@@ -33,7 +33,6 @@ from .options import (
     within,
 )
 
-SYSTEM_PROMPT = "You are yocto_fn, a concise and helpful assistant."
 MAX_MEMBERS = 64  # members of one sweep: more stacks past what a step handles well
 
 
@@ -167,11 +166,12 @@ class ChatConfig(InferenceOptions):
 
     Its sampling defaults are a chat's: shorter replies, a little cooler, top-k and top-p."""
 
-    system_prompt: str = SYSTEM_PROMPT
-    """First line of every context (kept when old turns are trimmed)."""
+    system_prompt: Annotated[str | None, unset_means("the checkpoint's", "TEXT")] = None
+    """The system message that opens every context (kept when old turns are trimmed); by
+    default the one the checkpoint's conversations were trained with, or none; "" for none."""
     max_new_tokens: int = 128
-    """Longest reply in tokens (a reply also ends at a blank line, at a `User:`, `System:` or
-    `Assistant:` line the model starts, or at <eos>)."""
+    """Longest reply in tokens (a reply also ends at its end of turn, <eos> or a blank line,
+    or at a `User:`, `System:` or `Assistant:` line the model starts)."""
     temperature: float = 0.9
     """Softmax temperature; 0 is greedy."""
     top_k: int = 40
@@ -187,8 +187,9 @@ class ServeConfig(InferenceOptions):
     The sampling flags are the defaults of requests that leave a field out (as in the
     OpenAI API: temperature 1, no top-k or top-p filter)."""
 
-    system_prompt: str = SYSTEM_PROMPT
-    """A chat's first line when its messages have no system message."""
+    system_prompt: Annotated[str | None, unset_means("the checkpoint's", "TEXT")] = None
+    """A chat's system message when its messages have none; by default the one the
+    checkpoint's conversations were trained with, or none; "" for none."""
     host: str = "127.0.0.1"
     """Address to bind (the default takes connections from this machine only)."""
     port: int = 8000

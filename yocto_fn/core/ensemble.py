@@ -73,11 +73,12 @@ def make_ensemble_step(
     metrics)` for a stacked ensemble of E members.
 
     params: a stacked tree (`ensemble_init`); opt_state: `vmap(tx.init)(params)` or the
-    members' states stacked. batch: (x, y) of [E, B, T], or [E, A, B, T] to accumulate A
-    micro-batches. hparams: the injected hyper-parameters (`lr=`, `weight_decay=`, ...), each
-    a float or an [E] tensor. key: [E] dropout keys or None. metrics = {"loss",
-    "grad_norm"}, each [E]. Member i's result equals `make_train_step(model, cfg, tx)` on
-    member i with hparams[i], key[i] and its own batch rows.
+    members' states stacked. batch: (x, y) or (x, y, w) (per-token loss weights, see
+    `loss_fn`), each [E, B, T], or [E, A, B, T] to accumulate A micro-batches. hparams: the
+    injected hyper-parameters (`lr=`, `weight_decay=`, ...), each a float or an [E] tensor.
+    key: [E] dropout keys or None. metrics = {"loss", "grad_norm"}, each [E]. Member i's
+    result equals `make_train_step(model, cfg, tx)` on member i with hparams[i], key[i] and
+    its own batch rows.
     """
     losses = partial(
         loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
@@ -139,6 +140,9 @@ def per_example_grads(
     `vmap(grad(loss of one row))` (the tests compare them), which costs more on CPU.
     Without a key the forward runs without dropout; with one, row b draws its dropout from
     `split(key, B)[b]` (so the mean is then not the gradient of one batch-level mask).
+    With weights, `batch = (x, y, w)`, row b's loss is its own weighted mean (a row whose
+    mask is all 0 has a zero gradient), so the mean over B is the batch gradient only when
+    every row holds the same total weight.
     """
     losses = partial(
         loss_fn, model=model, cfg=cfg, label_smoothing=label_smoothing, amp_dtype=amp_dtype,
@@ -149,11 +153,10 @@ def per_example_grads(
     )
 
     def fn(params: Params, batch: Batch, key: torch.Tensor | None = None) -> Params:
-        x, y = batch
-        n = x.shape[0]
+        n = batch[0].shape[0]
         rows = tree_map(lambda t: t.expand(n, *t.shape), params)
         keys = None if key is None else rng.split(key, n)
-        grads, _ = row_grads(rows, (x[:, None], y[:, None]), keys)
+        grads, _ = row_grads(rows, tuple(t[:, None] for t in batch), keys)
         return grads
 
     return fn

@@ -182,12 +182,36 @@ def swiglu(x: Tensor, p: dict[str, Tensor], ops: Ops = PLAIN) -> Tensor:
 
 
 def cross_entropy(
-    logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
+    logits: Tensor,
+    targets: Tensor,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Token cross-entropy in at least fp32 (also under autocast: bf16 logits are upcast;
     float64 ones stay float64), with optional label smoothing; `reduction="none"` gives
-    each token's, flat."""
-    return F.cross_entropy(
+    each token's, flat.
+
+    `weights` (shaped like `targets`, e.g. a chat mask of 1.0 on the assistant's tokens)
+    makes the mean `weighted_mean` over the tokens instead; `reduction` is then ignored.
+    Without weights the call is exactly the plain `F.cross_entropy` one, so an unweighted
+    step's graph holds no extra op."""
+    per_token = "none" if weights is not None else reduction
+    losses = F.cross_entropy(
         logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32)),
-        targets.flatten(), label_smoothing=label_smoothing, reduction=reduction,
+        targets.flatten(), label_smoothing=label_smoothing, reduction=per_token,
     )  # fmt: skip
+    return losses if weights is None else weighted_mean(losses, weights.flatten())
+
+
+def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """sum(w * v) / sum(w) over the last axis ([N] -> [], [E, N] -> [E]).
+
+    Where the weights sum to 0 (a batch whose mask is all 0) the result is 0 and so is its
+    gradient: the denominator becomes 1 there and the numerator is already 0, so nothing is
+    divided by zero and no NaN reaches the gradients. Any other total, fractional ones
+    included, divides exactly. The weights take the values' dtype (a no-op for fp32 ones).
+    """
+    weights = weights.to(values.dtype)
+    total = weights.sum(-1)
+    return (values * weights).sum(-1) / total.where(total > 0, 1.0)

@@ -60,10 +60,17 @@ def rms_norm(x: Tensor, p: dict[str, Tensor], eps: float = RMS_NORM_EPS) -> Tens
     return F.rms_norm(x, (x.shape[-1],), None, eps) * _per_member(p["w"], x)
 
 
-def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Each member's mean token cross-entropy, [E], of logits [E, ..., V]."""
+def cross_entropy(
+    logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, weights: Tensor | None = None
+) -> Tensor:
+    """Each member's mean token cross-entropy, [E], of logits [E, ..., V]; with `weights`
+    (targets' shape, member axis first) each member's `layers.weighted_mean`, so a member
+    whose mask is all 0 gets loss 0 and no gradient while the others train."""
     losses = layers.cross_entropy(logits, targets, label_smoothing, reduction="none")
-    return losses.view(logits.shape[0], -1).mean(1)
+    losses = losses.view(logits.shape[0], -1)
+    if weights is None:
+        return losses.mean(1)
+    return layers.weighted_mean(losses, weights.reshape(logits.shape[0], -1))
 
 
 OPS = Ops(embedding, project, layer_norm, rms_norm)

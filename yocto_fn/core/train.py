@@ -27,7 +27,10 @@ from .members import cross_entropy as member_cross_entropy
 from .models import Model
 from .params import Params, tree_leaves, tree_map, tree_unflatten_like, under_transform
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+# (x, y) token ids [B, T], or (x, y, w) with w float32 per-token loss weights shaped like y
+# (the chat mask: 1.0 on the assistant's tokens). Any leading axes (members, micro-batches)
+# ride every element alike.
+Batch = tuple[torch.Tensor, ...]
 Metrics = dict[str, torch.Tensor]
 TrainStep = Callable[..., tuple[Params, Any, Metrics]]
 
@@ -71,6 +74,16 @@ def grad_and_value(
     return eager
 
 
+def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x, y, w) of a batch, w None for a plain (x, y) one: the one place that reads the
+    batch's form, so every caller takes either."""
+    if len(batch) == 2:
+        x, y = batch
+        return x, y, None
+    x, y, w = batch
+    return x, y, w
+
+
 def loss_fn(
     params: Params,
     batch: Batch,
@@ -86,17 +99,21 @@ def loss_fn(
 ) -> torch.Tensor:
     """Mean next-token cross-entropy of `batch = (x, y)`; `key` drives dropout.
 
-    members=True: an ensemble (params, x, y and key with a leading member axis E, see
+    `batch = (x, y, w)`: the mean over the weighted tokens, sum(w * ce) / sum(w)
+    (`layers.weighted_mean`); a batch whose mask is all 0 has loss 0 and zero gradients, so
+    it adds nothing and does not divide by zero. Label smoothing applies per token first.
+
+    members=True: an ensemble (params, x, y, w and key with a leading member axis E, see
     `layers`); returns each member's mean loss, [E].
     """
-    x, y = batch
+    x, y, w = split_batch(batch)
     with autocast(x.device.type, amp_dtype):
         logits, _ = model.forward(
             params, x, cfg, train=train, dropout_key=key,
             activation_checkpointing=activation_checkpointing,
         )  # fmt: skip
     loss = member_cross_entropy if members else layers.cross_entropy
-    return loss(logits, y, label_smoothing)
+    return loss(logits, y, label_smoothing, weights=w)
 
 
 def accumulate_grads(
@@ -105,16 +122,19 @@ def accumulate_grads(
     key: torch.Tensor | None,
     axis: int = 0,
 ) -> tuple[Params, torch.Tensor]:
-    """Mean gradients and loss over the micro-batches along `axis` of `batch = (x, y)`.
+    """Mean gradients and loss over the micro-batches along `axis` of every tensor of
+    `batch` ((x, y) or (x, y, w)).
 
     Micro-batch i is drawn with key fold_in(key, i); the sum runs in place over the leaves
-    (`_foreach_add_`), so only one extra gradient tree is alive at a time.
+    (`_foreach_add_`), so only one extra gradient tree is alive at a time. With weights each
+    micro-batch's loss is its own weighted mean and the step averages those equally: that is
+    the weighted mean of the whole batch only when every micro-batch holds the same total
+    weight (a micro-batch with a mask of all 0 still counts, as a 0).
     """
-    x, y = batch
-    n = x.shape[axis]
+    n = batch[0].shape[axis]
     grads, total = None, 0.0
     for i in range(n):
-        micro = (x.select(axis, i), y.select(axis, i))
+        micro = tuple(t.select(axis, i) for t in batch)
         g, value = grads_of(micro, None if key is None else rng.fold_in(key, i))
         if grads is None:
             grads = g
@@ -146,9 +166,13 @@ def make_train_step(
     drives dropout. metrics = {"loss", "grad_norm"} as 0-d tensors (no host sync inside the
     step); grad_norm is the gradients' global norm before any clipping.
 
-    Gradient accumulation: give `batch` a leading micro-batch axis, (x, y) of [A, B, T]; the
-    step averages the A micro-batch gradients (micro-batch i uses key fold_in(key, i)), which
-    equals one batch of A*B rows. `eager_autograd` is passed to `grad_and_value`.
+    batch: (x, y) of [B, T], or (x, y, w) with per-token loss weights w (see `loss_fn`).
+
+    Gradient accumulation: give every tensor of `batch` a leading micro-batch axis, [A, B,
+    T]; the step averages the A micro-batch gradients (micro-batch i uses key fold_in(key,
+    i)), which equals one batch of A*B rows (with weights: when the micro-batches' total
+    weights are equal, see `accumulate_grads`). `eager_autograd` is passed to
+    `grad_and_value`.
 
     Data parallelism: `grad_sync(grads, value) -> (grads, value)` runs once per step on the
     accumulated gradients, before the optimizer (e.g. `distributed.average`, one

@@ -8,12 +8,15 @@ is written, and outputs replace earlier ones only once all of them are complete.
 One module per concern:
 - `text`: the input files or the default corpus, cleaning, chunked streaming (`Corpus`);
 - `split`: paragraphs (`Pieces`) and the train/validation split, shared by both preparations;
-- `char`, `tokens`: the two preparations;
+- `char`, `tokens`: the two preparations of text;
+- `chat`: conversations (JSONL) rendered by the chat template, with their loss mask;
 - `output`: the all-or-nothing write and `meta.json`'s corpus fields;
 - `dataset`: the `Dataset` that serves batches from a prepared directory.
 """
 
 from .char import PrepareCharConfig, prepare_char
+from .chat import PrepareChatConfig, prepare_chat
+from .chat import summary as chat_summary
 from .dataset import Dataset
 from .text import (
     CorpusOptions,
@@ -28,13 +31,16 @@ from .tokens import PrepareTokenizerConfig, prepare_tokenizer
 __all__ = [
     "CorpusOptions",
     "Dataset",
+    "chat_summary",
     "PrepareCharConfig",
+    "PrepareChatConfig",
     "PrepareTokenizerConfig",
     "clean",
     "collapse_whitespace",
     "default_corpus_text",
     "ensure_default_corpus",
     "prepare_char",
+    "prepare_chat",
     "prepare_tokenizer",
     "sanitize_basic",
 ]

@@ -43,8 +43,40 @@ class Dataset:
                     "prepare command"
                 )
             self.splits[split] = np.memmap(path, dtype=dtype, mode="r")
+        self.chat: dict | None = self.meta.get("chat")
+        self.masks: dict[str, np.memmap] = {}
+        self.starts: dict[str, np.ndarray] = {}
+        if self.chat is not None:
+            for split in ("train", "val"):
+                self.masks[split], self.starts[split] = self._chat_files(split)
+
+    def _chat_files(self, split: str) -> tuple[np.memmap, np.ndarray]:
+        """The loss mask (one byte per token) and the conversation starts of a chat split."""
+        mask_path, starts_path = (self.dir / f"{split}.{k}.bin" for k in ("mask", "starts"))
+        for path in (mask_path, starts_path):
+            if not path.is_file():
+                raise UserError(f"{path} is missing; re-run `prepare-chat`")
+        mask = np.memmap(mask_path, dtype=np.uint8, mode="r")
+        starts = np.fromfile(starts_path, dtype=np.int64)
+        n = len(self.splits[split])
+        if len(mask) != n or not len(starts) or starts[0] != 0 or starts[-1] >= n:
+            raise UserError(
+                f"{mask_path.parent} holds {split} files of different preparations (ids, "
+                "mask and starts disagree); re-run `prepare-chat`"
+            )
+        return mask, starts
 
     def check_block_size(self, block_size: int) -> None:
+        if self.chat is not None:
+            longest = max(self.chat["splits"][s]["longest"] for s in ("train", "val"))
+            if longest > block_size + 1:
+                raise UserError(
+                    f"--block-size {block_size} is shorter than the longest conversation in "
+                    f"{self.dir} ({longest} tokens, prepared for --block-size "
+                    f"{self.chat['block_size']}); train with --block-size "
+                    f"{self.chat['block_size']} or re-run prepare-chat with this one"
+                )
+            return
         for split, data in self.splits.items():
             if len(data) <= block_size:
                 raise UserError(
@@ -60,14 +92,17 @@ class Dataset:
         generator: torch.Generator,
         device: torch.device | str = "cpu",
         rows: slice | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) int64 [B, T] windows at random offsets, y shifted by one.
+    ) -> tuple[torch.Tensor, ...]:
+        """(x, y) int64 [B, T] windows at random offsets, y shifted by one; for chat data
+        (x, y, w), a conversation per row (`chat_batch`).
 
         Offsets come from `generator` alone (a CPU generator), so a run resumed with the
         saved generator state sees exactly the batches an uninterrupted run would. Only the
         B windows are read from the memmap; with `rows` only those of the B drawn (a data-
         parallel rank's share of the global batch).
         """
+        if self.chat is not None:
+            return self.chat_batch(split, batch_size, block_size, generator, device, rows)
         data = self.splits[split]
         if len(data) <= block_size:
             self.check_block_size(block_size)
@@ -75,10 +110,43 @@ class Dataset:
         if rows is not None:
             starts = starts[rows]
         rows = starts.numpy()[:, None] + np.arange(block_size + 1)
-        window = torch.from_numpy(data[rows].astype(np.int64))
-        device = torch.device(device)
-        if device.type == "cuda":
-            window = window.pin_memory().to(device, non_blocking=True)
-        elif device.type != "cpu":
-            window = window.to(device)
+        window = _to(torch.from_numpy(data[rows].astype(np.int64)), device)
         return window[:, :-1], window[:, 1:]
+
+    def chat_batch(
+        self,
+        split: str,
+        batch_size: int,
+        block_size: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        rows: slice | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, y, w): each row one conversation drawn at random, from its first token; w
+        [B, T] float is its loss mask on the targets, 0 past the conversation's end.
+
+        The tokens past the end (the next conversations, or a repeat of the last token at
+        the end of the split) only fill the row: causal attention keeps every counted
+        position from seeing them, so no reply is trained in another conversation's
+        context.
+        """
+        data, mask, starts = self.splits[split], self.masks[split], self.starts[split]
+        picks = torch.randint(len(starts), (batch_size,), generator=generator).numpy()
+        if rows is not None:
+            picks = picks[rows]
+        ends = np.append(starts[1:], len(data))
+        idx = starts[picks, None] + np.arange(block_size + 1)
+        inside = idx < ends[picks, None]
+        idx = np.minimum(idx, len(data) - 1)
+        window = _to(torch.from_numpy(data[idx].astype(np.int64)), device)
+        weights = _to(torch.from_numpy((mask[idx[:, 1:]] & inside[:, 1:]).astype(np.float32)),
+                      device)  # fmt: skip
+        return window[:, :-1], window[:, 1:], weights
+
+
+def _to(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device` (pinned and asynchronous to CUDA)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t if device.type == "cpu" else t.to(device)

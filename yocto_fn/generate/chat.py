@@ -1,17 +1,18 @@
 """A chat REPL over `sample.generate`.
 
-The model is a plain language model, so a conversation is text laid out as lines
-`System: ...`, `User: ...`, `Assistant: ...`, and the prompt ends with `Assistant:` for the
-model to continue. A reply may run over several lines: it ends at the first blank line, at a
-line the model starts with a turn marker (`User:`, `System:` or `Assistant:`), at <eos> or
-after --max-new-tokens; the marker is neither shown nor kept. Until the reply shows a visible
-character, the tokens that would end it or leave it blank are masked, so no reply is empty
-(a small char model would otherwise end the line at once). The context is rebuilt each turn
-and the oldest turns are dropped until the system prompt, the history and room for the reply
-fit in `block_size`.
+A conversation becomes tokens through the chat template (`formats.chat_template`), the same
+render a fine-tune on conversations trained with: `User: ...` and `Assistant: ...` turns
+after an optional system message, each reply closed by an end of turn. The prompt ends with
+`Assistant:` for the model to continue. A reply ends at its end of turn (<eos>, or a blank
+line in a char vocabulary), at a line the model starts with a turn label (`User:`,
+`System:` or `Assistant:`: a base model that never saw the template runs on that way), or
+after --max-new-tokens; the end is neither shown nor kept. Until the reply shows a visible
+character, the tokens that would end it or leave it blank are masked, so no reply is empty.
+The context is rebuilt each turn and the oldest turns are dropped until the system message,
+the history and room for the reply fit in `block_size`.
 
-The layout (`prompt_ids`) and the reading of generated text (`reply_end`, `reply_text`,
-`banned`) are pure functions, for any front end that holds a conversation.
+The reading of generated text (`reply_end`, `reply_text`, `banned`) is pure functions, for
+any front end that holds a conversation.
 """
 
 from __future__ import annotations
@@ -23,47 +24,11 @@ from typing import NamedTuple, TextIO
 import torch
 
 from ..config import ChatConfig
+from ..formats import chat_template
 from ..formats import tokenizer as tokenizers
-from .loading import drop_unknown_chars, load_model, sampling_kwargs, unescape
+from ..formats.chat_template import REPLY_ENDS
+from .loading import drop_unknown_chars, load_model, sampling_kwargs, system_prompt
 from .sample import generate
-
-ROLES = ("System", "User", "Assistant")
-REPLY_ENDS = ("\n\n", *(f"\n{role}:" for role in ROLES))
-
-
-def encode(tok: tokenizers.TextTokenizer, text: str) -> list[int]:
-    """Ids of `text`; a char vocabulary skips the characters it lacks (the layout's own
-    letters may be missing from a small corpus)."""
-    if isinstance(tok, tokenizers.CharTokenizer):
-        text = tok.known_only(text)
-    return tok.encode(text)
-
-
-def turn_text(user: str, reply: str) -> str:
-    """One answered turn as the model reads it in the history."""
-    return f"User: {user}\nAssistant: {reply}\n"
-
-
-def prompt_ids(
-    tok: tokenizers.TextTokenizer,
-    system: str,
-    turns: Sequence[tuple[str, str]],
-    user: str,
-    budget: int,
-) -> list[int]:
-    """Ids of <bos>, `System: {system}`, the most recent (user, reply) turns that fit in
-    `budget` tokens, then `User: {user}` and `Assistant:`: the oldest turns go first, the
-    system line stays."""
-    head = [tok.bos_id] if tok.bos_id is not None else []
-    head += encode(tok, f"System: {system}\n" if system else "")
-    tail = encode(tok, f"User: {user}\nAssistant:")
-    history: list[int] = []
-    for asked, answered in reversed(turns):
-        ids = encode(tok, turn_text(asked, answered))
-        if len(head) + len(ids) + len(history) + len(tail) > budget:
-            break
-        history = ids + history
-    return (head + history + tail)[-budget:]
 
 
 def reply_end(text: str, ends: Sequence[str] = REPLY_ENDS) -> int | None:
@@ -136,20 +101,25 @@ class ReplyStream:
 
 
 class Conversation:
-    """System prompt plus (user, reply) turns, rendered to ids that fit the context."""
+    """The messages so far (a system message first, if any), rendered by the chat template
+    into ids that fit the context."""
 
-    def __init__(self, tok: tokenizers.TextTokenizer, system: str, budget: int) -> None:
-        self.tok, self.system, self.budget = tok, system, budget
-        self.turns: list[tuple[str, str]] = []
+    def __init__(self, tok: tokenizers.TextTokenizer, system: str | None, budget: int) -> None:
+        self.tok, self.budget = tok, budget
+        self.system = [{"role": "system", "content": system}] if system else []
+        self.messages: list[dict[str, str]] = []
 
     def prompt_ids(self, user: str) -> list[int]:
-        return prompt_ids(self.tok, self.system, self.turns, user, self.budget)
+        asked = [*self.system, *self.messages, {"role": "user", "content": user}]
+        return chat_template.prompt(self.tok, asked, self.budget)
 
     def add(self, user: str, reply: str) -> None:
-        self.turns.append((user, reply))
+        self.messages += [{"role": "user", "content": user}]
+        if reply.strip():
+            self.messages += [{"role": "assistant", "content": reply}]
 
     def reset(self) -> None:
-        self.turns.clear()
+        self.messages.clear()
 
 
 def lines(stream: TextIO, interactive: bool) -> Iterator[str]:
@@ -179,7 +149,10 @@ def run(
     loaded = load_model(opts)
     tok, device = loaded.tok, loaded.params["wte"].device
     reply_room = min(opts.max_new_tokens, loaded.cfg.block_size // 2)
-    convo = Conversation(tok, unescape(opts.system_prompt), loaded.cfg.block_size - reply_room)
+    system = system_prompt(opts.system_prompt, loaded)
+    if system and isinstance(tok, tokenizers.CharTokenizer):
+        system = drop_unknown_chars(tok, system)
+    convo = Conversation(tok, system, loaded.cfg.block_size - reply_room)
     kwargs = sampling_kwargs(opts, loaded)
     tables = reply_masks(tok, device)
 

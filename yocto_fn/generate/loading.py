@@ -18,7 +18,7 @@ from ..core.models import Model
 from ..core.params import Params, to
 from ..device import resolve
 from ..errors import UserError
-from ..formats import checkpoint
+from ..formats import chat_template, checkpoint
 from ..formats import tokenizer as tokenizers
 from ..options import InferenceOptions
 from .quantize import quantize
@@ -26,12 +26,14 @@ from .steps import DecodeStep, build_decode_step, compile_backend
 
 
 class Loaded(NamedTuple):
-    """A checkpoint ready to generate: variant, weights, shape and tokenizer."""
+    """A checkpoint ready to generate: variant, weights, shape, tokenizer, and the chat
+    template record of a model fine-tuned on conversations (None: a plain language model)."""
 
     model: Model
     params: Params
     cfg: ModelConfig
     tok: tokenizers.TextTokenizer
+    chat: dict[str, Any] | None = None
 
 
 def load_model(opts: InferenceOptions) -> Loaded:
@@ -56,7 +58,17 @@ def load_model(opts: InferenceOptions) -> Loaded:
             raise UserError(f"{opts.ckpt} has no EMA weights (train with --ema-decay); drop --ema")
         weights = ckpt["ema"]
     weights = quantize(to(weights, device), opts.quantize)
-    return Loaded(models.get(ckpt["arch"]), weights, cfg, tok)
+    chat_template.check_record(ckpt.get("chat"), opts.ckpt)
+    return Loaded(models.get(ckpt["arch"]), weights, cfg, tok, ckpt.get("chat"))
+
+
+def system_prompt(flag: str | None, loaded: Loaded) -> str | None:
+    """The system prompt of a chat: --system-prompt when given (empty: none), else the one
+    the checkpoint's conversations were trained with, else none: a line the model never saw
+    in training only moves its answers away from what it learned."""
+    if flag is not None:
+        return unescape(flag) or None
+    return (loaded.chat or {}).get("system_prompt")
 
 
 def sampling_kwargs(opts: InferenceOptions, loaded: Loaded) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..formats import chat_template
+
 MAX_SEED = 2**63 - 1
 MAX_STOPS = 4
 
@@ -153,31 +155,19 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
 
 
-def conversation(messages, default_system: str) -> tuple[str, list[tuple[str, str]], str]:
-    """(system, [(user, reply)], user) from OpenAI messages. Each message's text becomes one
-    line (runs of whitespace, newlines among them, become one space), as the layout reads
-    one line per turn; a user message with no reply after it is a turn with an empty one."""
-
-    def line(text: str) -> str:
-        return " ".join(text.split())
-
-    systems = [line(m.content) for m in messages if m.role in ("system", "developer")]
+def conversation(messages, default_system: str | None) -> list[dict[str, str]]:
+    """OpenAI messages as the chat template's: system and developer messages become one
+    system message first (or `default_system` when there is none), user and assistant
+    messages keep their order, and a message with no text is left out. The last message
+    must be the user's."""
+    systems = [m.content for m in messages if m.role in ("system", "developer")]
+    system = "\n".join(c for c in systems if chat_template.clean(c)) if systems else default_system
     rest = [m for m in messages if m.role in ("user", "assistant")]
-    if not rest or rest[-1].role != "user":
-        raise ApiError(400, "the last message must be the user's", param="messages")
-    turns: list[tuple[str, str]] = []
-    asked: str | None = None
-    for m in rest[:-1]:
-        if m.role == "user":
-            if asked is not None:
-                turns.append((asked, ""))
-            asked = line(m.content)
-        else:
-            turns.append((asked or "", line(m.content)))
-            asked = None
-    if asked is not None:
-        turns.append((asked, ""))
-    return (" ".join(systems) if systems else default_system), turns, line(rest[-1].content)
+    if not rest or rest[-1].role != "user" or not chat_template.clean(rest[-1].content):
+        raise ApiError(400, "the last message must be the user's, with text", param="messages")
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [{"role": m.role, "content": m.content} for m in rest
+                   if chat_template.clean(m.content)]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- middleware

@@ -1,8 +1,9 @@
 """What a request asks of the batcher: the server's limits checked, the prompt as ids, and
 one job per choice with its sampling settings.
 
-A completion's prompt is encoded as `cli.py sample` encodes it, and a chat as `cli.py chat`
-lays it out (`chat.prompt_ids`): the oldest turns are dropped to leave room for the reply.
+A completion's prompt is encoded as `cli.py sample` encodes it, and a chat by the chat
+template, as `cli.py chat` and training render it (`chat_template.prompt`): the oldest turns
+are dropped to leave room for the reply.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import torch
 
 from ..config import ServeConfig
 from ..core.params import tree_leaves
+from ..formats import chat_template
 from ..formats import tokenizer as tokenizers
 from . import chat
 from .batcher import Batcher, QueueFull
 from .jobs import Event, Job, Sampling
-from .loading import Loaded, encode_prompt
+from .loading import Loaded, encode_prompt, system_prompt
 from .serve_api import ApiError, ChatRequest, CompletionRequest, Sampled, conversation
 from .serve_bridge import Mailbox
 
@@ -30,6 +32,7 @@ class Service:
     def __init__(self, opts: ServeConfig, loaded: Loaded, batcher: Batcher) -> None:
         self.opts, self.loaded, self.batcher = opts, loaded, batcher
         self.masks = chat.reply_masks(loaded.tok, loaded.params["wte"].device)
+        self.system = system_prompt(opts.system_prompt, loaded)
         self.started = int(time.time())
         self.mailbox: Mailbox | None = None  # made when serving starts, on its event loop
         dtypes = {leaf.dtype for leaf in tree_leaves(loaded.params)}
@@ -83,12 +86,12 @@ class Service:
 
     def chat_prompt(self, req: ChatRequest, max_tokens: int) -> list[int]:
         """The conversation as `cli.py chat` lays it out; the last message is the user's."""
-        system, turns, user = conversation(req.messages, self.opts.system_prompt)
+        messages = conversation(req.messages, self.system)
         for i, m in enumerate(req.messages):
-            self.known_chars(" ".join(m.content.split()), f"messages.{i}.content")
+            self.known_chars(chat_template.clean(m.content), f"messages.{i}.content")
         block = self.loaded.cfg.block_size
         budget = block - min(max_tokens, block // 2)
-        return chat.prompt_ids(self.loaded.tok, system, turns, user, budget)
+        return chat_template.prompt(self.loaded.tok, messages, budget)
 
     def submit(self, jobs: list[Job]) -> None:
         """Queue the request's jobs, all or none; a full queue is a 429 to retry."""
@@ -105,7 +108,7 @@ class Service:
         if total > self.batcher.max_batch:
             raise ApiError(400, f"{total} choices asked (prompts x n); at most "
                            f"{self.batcher.max_batch} (--max-batch)", param="n")  # fmt: skip
-        ends = tuple(req.stop) + (chat.REPLY_ENDS if chat_reply else ())
+        ends = tuple(req.stop) + (chat_template.REPLY_ENDS if chat_reply else ())
         out = []
         for p, ids in enumerate(prompts):
             for j in range(req.n):

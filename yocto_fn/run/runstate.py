@@ -23,7 +23,7 @@ from ..config import TrainConfig
 from ..core import models, rng
 from ..core.config import ModelConfig
 from ..core.params import Params, count, to
-from ..core.train import loss_fn
+from ..core.train import Batch, loss_fn
 from ..data import Dataset
 from ..device import bf16_is_native
 from ..errors import UserError
@@ -50,6 +50,14 @@ def load_tokenizer(cfg: TrainingOptions, ds: Dataset) -> tokenizers.TextTokenize
             f"{ds.meta['vocab_size']}; use the tokenizer the data was prepared with"
         )
     return tok
+
+
+def chat_record(ds: Dataset) -> dict[str, Any] | None:
+    """The chat template and system prompt of chat data, as the checkpoint keeps them
+    (`chat` and `serve` render with them); None for plain text."""
+    if ds.chat is None:
+        return None
+    return {k: ds.chat[k] for k in ("template", "version", "system_prompt")}
 
 
 def model_setup(
@@ -229,6 +237,7 @@ class RunState:
             "best_val_loss": prog.best_val_loss,
             "rng": {"data": self.gen.get_state(), "seed": self.cfg.seed},
             "tokenizer": self.tok.to_dict(),
+            "chat": chat_record(self.ds),
             "progress": {k: v for k, v in vars(prog).items() if k != "rows"},
         }
 
@@ -248,17 +257,19 @@ class RunState:
         """The optimizer's settings at step `it`: rates, decay, momentum (`recipe.hparams_at`)."""
         return recipe.hparams_at(self.cfg, self.opt_name, it, end)
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step's rows; with accumulation shaped [A, B, T]."""
+    def batch(self) -> Batch:
+        """One optimizer step's rows, (x, y) or (x, y, w) as the dataset gives them; with
+        accumulation every element shaped [A, B, T]."""
         parts = [self._rows("train", self.gen) for _ in range(self.accum)]
         if self.accum == 1:
             return parts[0]
-        return torch.stack([x for x, _ in parts]), torch.stack([y for _, y in parts])
+        return tuple(torch.stack(t) for t in zip(*parts, strict=True))
 
     @torch.no_grad()
     def estimate(self, params: Params, split: str) -> float:
         """Mean loss over eval_iters batches drawn by a fixed generator: every evaluation
-        sees the same batches, so successive losses compare like with like."""
+        sees the same batches, so successive losses compare like with like. A weighted
+        batch's loss is its own weighted mean (`loss_fn`); the batches count equally."""
         gen = torch.Generator().manual_seed(self.cfg.seed + (1 if split == "train" else 2))
         total = 0.0
         for _ in range(self.cfg.eval_iters):
@@ -268,7 +279,7 @@ class RunState:
             ).item()  # fmt: skip
         return distributed.mean(total / self.cfg.eval_iters, self.world, self.device)
 
-    def _rows(self, split: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows(self, split: str, gen: torch.Generator) -> Batch:
         """This rank's micro-batch of a global one drawn from `gen` (the whole of it alone)."""
         world, B = self.world, self.micro_batch
         rows = world.rows(B) if world.size > 1 else None
@@ -319,7 +330,8 @@ class RunState:
             "parameters": count(self.params),
             "tokens_per_step": self.tokens_per_step,
             "torch": torch.__version__, "git_commit": git_commit(),
-            "data": {k: self.ds.meta.get(k) for k in ("corpus", "train_tokens", "val_tokens")},
+            "data": {k: self.ds.meta.get(k) for k in ("corpus", "train_tokens", "val_tokens")}
+            | {"loss_over": "all tokens" if self.ds.chat is None else "assistant tokens"},
             "resumed_from": str(self.cfg.resume) if self.cfg.resume else None,
             "world_size": self.world.size,
             "global_batch": self.cfg.batch_size * self.cfg.grad_accum_steps * self.world.size,

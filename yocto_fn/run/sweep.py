@@ -217,10 +217,11 @@ class Sweep:
         """One ensemble step: each member's batch, dropout key and learning rate as `train`
         would draw them at step `it`."""
         batches = [m.batch() for m in self.members]
-        x, y = (torch.stack([b[k] for b in batches]) for k in (0, 1))
+        # (x, y) or (x, y, w), each element stacked over the members: [E, ...]
+        batch = tuple(torch.stack(parts) for parts in zip(*batches, strict=True))
         keys = torch.stack([rng.fold_in(m.base_key, it) for m in self.members])
         self.params, self.opt_state, out = self.step(
-            self.params, self.opt_state, (x, y), keys, **self.hparams(it, end)
+            self.params, self.opt_state, batch, keys, **self.hparams(it, end)
         )
         losses, norms = out["loss"].tolist(), out["grad_norm"].tolist()
         for i, loss in enumerate(losses):

@@ -23,7 +23,7 @@ from .. import fileio, jit
 from ..config import TrainConfig
 from ..core import rng, schedules
 from ..core.params import clone, count, tree_leaves
-from ..core.train import make_train_step
+from ..core.train import Batch, make_train_step
 from ..data import Dataset
 from ..device import amp_dtype as amp_dtype_of
 from ..device import resolve
@@ -142,7 +142,7 @@ class Trainer(RunState):
         agreed = {"stop": m["stop"].item()} if "stop" in m else {}
         return {"loss": loss, "grad_norm": norm} | agreed
 
-    def _shrink_micro_batch(self, batch: tuple[torch.Tensor, torch.Tensor]):
+    def _shrink_micro_batch(self, batch: Batch) -> Batch:
         """CUDA OOM with --auto-microbatch: the same rows as twice as many, half as large,
         micro-batches; the pure step left params and optimizer state untouched."""
         if not self.cfg.auto_microbatch or self.micro_batch < 2:
