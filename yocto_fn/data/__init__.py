@@ -10,6 +10,7 @@ One module per concern:
 - `split`: paragraphs (`Pieces`) and the train/validation split, shared by both preparations;
 - `char`, `tokens`: the two preparations of text;
 - `chat`: conversations (JSONL) rendered by the chat template, with their loss mask;
+- `conversations`: the embedded default chat set (Python's docstrings as questions/answers);
 - `output`: the all-or-nothing write and `meta.json`'s corpus fields;
 - `dataset`: the `Dataset` that serves batches from a prepared directory.
 """
@@ -17,6 +18,13 @@ One module per concern:
 from .char import PrepareCharConfig, prepare_char
 from .chat import PrepareChatConfig, prepare_chat
 from .chat import summary as chat_summary
+from .conversations import (
+    DEFAULT_CONVERSATIONS,
+    VAL_TOPICS,
+    conversations_jsonl,
+    default_conversations,
+    ensure_default_conversations,
+)
 from .dataset import Dataset
 from .text import (
     CorpusOptions,
@@ -29,6 +37,11 @@ from .text import (
 from .tokens import PrepareTokenizerConfig, prepare_tokenizer
 
 __all__ = [
+    "DEFAULT_CONVERSATIONS",
+    "VAL_TOPICS",
+    "conversations_jsonl",
+    "default_conversations",
+    "ensure_default_conversations",
     "CorpusOptions",
     "Dataset",
     "chat_summary",

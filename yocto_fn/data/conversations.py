@@ -2,9 +2,10 @@
 library, answered from their docstrings, so chat fine-tuning has data on any machine.
 
 Like the default text corpus, it is built from what every CPython ships, and it is the same
-for a given Python version: names are walked in sorted order and every choice (the
-question's phrasing, which answers pair into a two-turn conversation) is a stable function
-of the names, never of hash seeds or of an unsorted container's order.
+for a given Python version and platform (`os.path` is `posixpath` or `ntpath`, and `sys` and
+`time` offer some functions on some systems only): names are walked in sorted order and
+every choice (the question's phrasing, which answers pair into a two-turn conversation) is
+a stable function of the names, never of hash seeds or of an unsorted container's order.
 
 Each conversation is `{"messages": [...], "topic": ...}` with alternating user/assistant
 messages and no system message (the set is trained without a system prompt). Its topic is
@@ -76,7 +77,9 @@ def _topic_objects(topic: str) -> list[tuple[str, object]]:
 
     Exceptions are left out (they are not something one asks "what does it do" about), and
     so are aliases whose own name differs (`bisect.bisect` is `bisect_right`): their
-    docstrings describe the other name.
+    docstrings describe the other name. A hook a program may replace (`sys.excepthook`,
+    which pytest and IPython do replace) is read from the original kept beside it
+    (`sys.__excepthook__`), so the set does not depend on who imported it.
     """
     if topic == "builtins":
         source: object = builtins
@@ -88,6 +91,8 @@ def _topic_objects(topic: str) -> list[tuple[str, object]]:
     out = []
     for attr in sorted(names if names is not None else dir(source)):
         obj = getattr(source, attr, None)
+        if inspect.ismodule(source) and attr.endswith("hook"):
+            obj = getattr(source, f"__{attr}__", obj)
         if attr.startswith("_") or not (inspect.isroutine(obj) or inspect.isclass(obj)):
             continue
         if inspect.isclass(obj) and issubclass(obj, BaseException):
