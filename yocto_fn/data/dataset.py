@@ -94,7 +94,7 @@ class Dataset:
         rows: slice | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """(x, y) int64 [B, T] windows at random offsets, y shifted by one; for chat data
-        (x, y, w), a conversation per row (`chat_batch`).
+        (x, y, w), a conversation per row (`_chat_rows`).
 
         Offsets come from `generator` alone (a CPU generator), so a run resumed with the
         saved generator state sees exactly the batches an uninterrupted run would. Only the
@@ -102,7 +102,7 @@ class Dataset:
         parallel rank's share of the global batch).
         """
         if self.chat is not None:
-            return self.chat_batch(split, batch_size, block_size, generator, device, rows)
+            return self._chat_rows(split, batch_size, block_size, generator, device, rows)
         data = self.splits[split]
         if len(data) <= block_size:
             self.check_block_size(block_size)
@@ -113,15 +113,9 @@ class Dataset:
         window = _to(torch.from_numpy(data[rows].astype(np.int64)), device)
         return window[:, :-1], window[:, 1:]
 
-    def chat_batch(
-        self,
-        split: str,
-        batch_size: int,
-        block_size: int,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        rows: slice | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _chat_rows(self, split: str, batch_size: int, block_size: int,
+                   generator: torch.Generator, device: torch.device | str,
+                   rows: slice | None) -> tuple[torch.Tensor, ...]:  # fmt: skip
         """(x, y, w): each row one conversation drawn at random, from its first token; w
         [B, T] float is its loss mask on the targets, 0 past the conversation's end.
 

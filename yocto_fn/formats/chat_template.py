@@ -136,15 +136,13 @@ def prompt(tok: TextTokenizer, messages: Sequence[Message], budget: int) -> list
     one, and `Assistant:`. Older turns go first; the system messages and the last turn stay
     (a last turn longer than the budget keeps its end)."""
     system, groups = turns(messages)
-    last = render(tok, [*system, *groups[-1]], ask=True).ids
     kept: list[Message] = []
     for group in reversed(groups[:-1]):
         trial = render(tok, [*system, *group, *kept, *groups[-1]], ask=True).ids
         if len(trial) > budget:
             break
         kept = [*group, *kept]
-    ids = render(tok, [*system, *kept, *groups[-1]], ask=True).ids if kept else last
-    return ids[-budget:]
+    return render(tok, [*system, *kept, *groups[-1]], ask=True).ids[-budget:]
 
 
 def fit(tok: TextTokenizer, messages: Sequence[Message], limit: int) -> list[Message] | None:
