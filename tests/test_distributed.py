@@ -37,7 +37,11 @@ def train_args(data: Path, out: Path, *flags: str) -> list[str]:
     return train_argv(data, out, "--block-size", "32", "--eval-iters", "2", *flags)
 
 
-@pytest.mark.parametrize(("accum", "optimizer"), [(1, "adamw"), (2, "adamw"), (2, "muon")])
+# accumulation with AdamW as well is a long test: the all-reduce does not see the optimizer
+@pytest.mark.parametrize(
+    ("accum", "optimizer"),
+    [(1, "adamw"), pytest.param(2, "adamw", marks=pytest.mark.slow), (2, "muon")],
+)
 def test_two_ranks_equal_one_process_with_the_global_batch(char_dir, tmp_path, accum, optimizer):
     flags = ("--max-iters", "3", "--eval-interval", "1", "--grad-accum-steps", str(accum),
              "--optimizer", optimizer)  # fmt: skip
@@ -81,7 +85,7 @@ def test_a_failing_rank_ends_the_job_with_its_message(char_dir, tmp_path):
     assert not (tmp_path / "dp" / "latest.pt").exists()
 
 
-@pytest.mark.parametrize("signalled", [1, 0])
+@pytest.mark.parametrize("signalled", [1, pytest.param(0, marks=pytest.mark.slow)])  # 0: long
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(char_dir, tmp_path, signalled):
     """SIGTERM reaches one rank alone between steps 2 and 3: its flag rides step 3's
     all-reduce, so both ranks stop after step 3 (none waits in a fourth all-reduce), rank 0

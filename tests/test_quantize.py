@@ -67,6 +67,7 @@ def test_int8_tree_and_forward_match_the_dequantised_weights(name):
     assert 0 < (got - fp32).abs().max() < 0.05  # quantised, but close
 
 
+@pytest.mark.slow  # three compiles; the compiled decodes below run the same product
 def test_one_row_under_the_compiler_equals_the_library_matmul():
     gen = torch.Generator().manual_seed(2)
     x, w, b = torch.randn(1, 1, 24, generator=gen), torch.randn(40, 24, generator=gen), None
@@ -79,7 +80,9 @@ def test_one_row_under_the_compiler_equals_the_library_matmul():
     torch.testing.assert_close(compiled(wide, w), F.linear(wide, w), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["int8", "bf16"])
+@pytest.mark.parametrize(
+    "mode", ["int8", pytest.param("bf16", marks=pytest.mark.slow)]
+)  # bf16: long
 def test_quantised_compiled_decode_equals_its_eager_decode(mode):
     cfg, model = tiny_config(), models.get("gpt-fast")
     q = quantize(model.init(cfg, 0), mode)

@@ -445,7 +445,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
 
 
 def test_a_schema_fuzz_run_finds_no_server_error(demo_ckpt, tmp_path, request):
-    """A few hundred generated requests, valid and not, against the server's own OpenAPI
+    """Over a hundred generated requests, valid and not, against the server's own OpenAPI
     document (short replies keep it quick: the point is every status, not the text)."""
     st = Path(sys.executable).with_name("st")
     if not st.exists():
@@ -453,13 +453,13 @@ def test_a_schema_fuzz_run_finds_no_server_error(demo_ckpt, tmp_path, request):
     server = Server(demo_ckpt, "--max-batch", "4", "--max-tokens-limit", "4")
     request.addfinalizer(server.close)
     argv = [str(st), "run", server.url + "/openapi.json", "--checks", "not_a_server_error",
-            "--max-examples", "60", "--seed", "1", "--generation-database", "none",
+            "--max-examples", "30", "--seed", "1", "--generation-database", "none",
             "--no-color", "--request-timeout", "30", "-H", f"Authorization: Bearer {KEY}",
             "--report-dir", str(tmp_path)]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:]
     cases = int(re.search(r"(\d+) generated", done.stdout)[1])
-    assert cases >= 200, done.stdout[-1000:]
+    assert cases >= 100, done.stdout[-1000:]
     assert server.health()["status"] == "ok"
 
 
