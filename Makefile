@@ -11,7 +11,7 @@ TORCH := 2.13.0
 # What the tests, docs and lint need beyond the package itself (`make demo` needs none).
 EXTRAS := dev,interop,serve,research,docs
 
-.PHONY: venv venv-extras test lint format docs demo bench mutate lock clean
+.PHONY: venv venv-extras test lint format docs demo chat-demo bench mutate lock clean
 
 venv: $(STAMP)
 venv-extras: $(TEST_STAMP)
@@ -63,6 +63,18 @@ demo: $(STAMP)
 	@echo "  $(PY) cli.py sample --ckpt checkpoints/demo/best.pt --prompt 'A list is' --temperature 0"
 	@echo "  $(PY) cli.py bench --quick"
 	@echo "  $(PY) cli.py --help"
+
+# Fine-tune the demo model (trained first if checkpoints/demo has none) on the embedded
+# conversations, with the loss on the replies (docs/chat.md: the recipe and its sweep), then
+# ask it a question and a follow-up about a topic it never trained on.
+chat-demo: $(STAMP)
+	test -f checkpoints/demo/best.pt || $(MAKE) demo
+	$(PY) cli.py prepare-chat --vocab-from checkpoints/demo/best.pt
+	$(PY) cli.py train --model gpt-fast --data-dir data/chat --init-from checkpoints/demo/best.pt \
+		--ckpt-dir checkpoints/chat --max-iters 60 --warmup-iters 20 --eval-interval 20 \
+		--eval-iters 10
+	printf 'What does itertools.chain do?\nAnd itertools.islice?\n' | \
+		$(PY) cli.py chat --ckpt checkpoints/chat/best.pt --temperature 0
 
 bench: $(STAMP)
 	$(PY) cli.py bench

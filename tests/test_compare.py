@@ -21,14 +21,15 @@ SHAPE = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "tie_weights
 
 def fake_run(path: Path, seed: int, best: float, *, optimizer: str = "adamw",
              lr: float = 3e-3, steps: tuple[int, ...] = (10, 20),
-             corpus: str = "philosophy.txt") -> Path:  # fmt: skip
+             corpus: str = "philosophy.txt", loss_over: str = "all tokens") -> Path:  # fmt: skip
     """A run directory as train leaves it: run_meta.json and a metrics.csv whose val loss
     falls to `best` at the last evaluation."""
     flags = TrainConfig(seed=seed, lr=lr, optimizer=optimizer, ckpt_dir=path).to_dict()
     meta = {"train_config": flags, "model_config": SHAPE, "arch": "gpt-fast",
             "optimizer": {"name": optimizer, "schedule": "cosine"},
             "amp": {"flag": "off", "autocast": "fp32"},
-            "data": {"corpus": corpus, "train_tokens": 1000, "val_tokens": 100}}  # fmt: skip
+            "data": {"corpus": corpus, "train_tokens": 1000, "val_tokens": 100,
+                     "loss_over": loss_over}}  # fmt: skip
     path.mkdir(parents=True)
     fileio.atomic_write_bytes(path / "run_meta.json", fileio.json_bytes(meta))
     rows = [{"iter": it, "val_loss": best + (len(steps) - 1 - i), "best_val_loss": best
@@ -70,6 +71,24 @@ def test_welch_matches_a_hand_checked_case(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "optimizer adamw" in printed and "optimizer muon" in printed
     assert f"p = {t_p_value(t, df):.2g}" in printed and "A is lower" in printed
+
+
+def test_chat_runs_compare_their_assistant_token_loss_and_never_mix_with_plain(tmp_path, capsys):
+    chat = [
+        fake_run(
+            tmp_path / f"c{s}{o}", s, s + (o == "muon"), optimizer=o, loss_over="assistant tokens"
+        )
+        for s in (1, 2)
+        for o in ("adamw", "muon")
+    ]
+    assert cli.main(["compare", *map(str, chat), "--out", str(tmp_path / "cmp")]) == 0
+    assert "val_loss over assistant tokens mean" in capsys.readouterr().out
+    result = orjson.loads((tmp_path / "cmp" / "compare.json").read_bytes())
+    assert result["data"]["loss_over"] == "assistant tokens"
+    plain = fake_run(tmp_path / "plain", 3, 1.0)
+    assert cli.main(["compare", *map(str, chat), str(plain), "--out", str(tmp_path / "no")]) == 2
+    assert "measure val loss on different data (loss_over" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
 
 
 def test_groups_ignore_seed_and_place_and_label_by_what_differs(tmp_path):

@@ -77,7 +77,8 @@ def test_jsonl_is_one_conversation_per_line(conversations):
 def test_every_conversation_alternates_user_and_assistant(conversations):
     assert 600 <= len(conversations) <= 2000
     for c in conversations:
-        assert set(c) == {"messages", "topic"}
+        assert set(c) == {"messages", "topic", "split"}
+        assert c["split"] == ("val" if c["topic"] in VAL_TOPICS else "train")
         roles = [m["role"] for m in c["messages"]]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
         for m in c["messages"]:

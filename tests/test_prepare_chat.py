@@ -10,7 +10,13 @@ import torch
 from conftest import ckpt, train
 
 from yocto_fn import cli
-from yocto_fn.data import Dataset, PrepareChatConfig, prepare_chat
+from yocto_fn.data import (
+    VAL_TOPICS,
+    Dataset,
+    PrepareChatConfig,
+    default_conversations,
+    prepare_chat,
+)
 from yocto_fn.formats import chat_template
 from yocto_fn.formats.tokenizer import CharTokenizer
 
@@ -158,3 +164,45 @@ def test_a_fine_tune_on_chat_data_records_the_template(base_run, tmp_path):
     assert saved["chat"] == chat_template.record("Be brief.")
     meta = json.loads((run / "run_meta.json").read_text())
     assert meta["data"]["loss_over"] == "assistant tokens"
+
+
+def test_the_embedded_set_holds_out_exactly_its_validation_topics(tmp_path, monkeypatch):
+    """No --jsonl-path: the embedded set, from the default corpus's vocabulary, with the
+    conversations of VAL_TOPICS in validation and no others, whatever the split flags say."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare-char"]) == 0
+    held = sum(c["topic"] in VAL_TOPICS for c in default_conversations())
+    for seed in ("1337", "5"):
+        argv = ["prepare-chat", "--vocab-from", "data/char", "--split-seed", seed,
+                "--val-fraction", "0.3", "--out-dir", f"chat{seed}"]  # fmt: skip
+        assert cli.main(argv) == 0
+        splits = json.loads(Path(f"chat{seed}/meta.json").read_text())["chat"]["splits"]
+        assert splits["val"]["conversations"] == held
+        assert splits["train"]["conversations"] == len(default_conversations()) - held
+    val = Path("chat5/val.bin").read_bytes() == Path("chat1337/val.bin").read_bytes()
+    assert val and Path("data/default_conversations.jsonl").is_file()
+
+
+def test_the_assistant_loss_weighs_every_reply_token_of_the_split_once(tmp_path):
+    """`bench.measure.assistant_loss` in batches of 3 (the last one short) against a loop
+    over the conversations one by one, summing each reply token's cross-entropy by hand."""
+    from yocto_fn.bench.measure import assistant_loss
+    from yocto_fn.core import models
+    from yocto_fn.core.config import ModelConfig
+
+    lines = [talk(f"q{i}?", "a" * (1 + i % 5) + ".", split="val" if i < 7 else "train")
+             for i in range(20)]  # fmt: skip
+    out, meta = prepared(tmp_path, lines, "--block-size", "32")
+    ds = Dataset(out)
+    cfg = ModelConfig(vocab_size=meta["vocab_size"], block_size=32, n_layer=1, n_head=2,
+                      n_embd=16)  # fmt: skip
+    model = models.get("gpt")
+    p = model.init(cfg, 0)
+    total, tokens = 0.0, 0.0
+    for i in range(len(ds.starts["val"])):
+        x, y, w = ds.chat_rows("val", np.array([i]), 32)
+        logp = torch.log_softmax(model.forward(p, x, cfg)[0], -1)
+        total -= (logp.gather(-1, y[..., None])[..., 0] * w).sum().item()
+        tokens += w.sum().item()
+    assert tokens == sum(5 + i % 5 for i in range(7))  # " a..a." and the blank line
+    assert assistant_loss(model, p, cfg, ds, rows=3) == pytest.approx(total / tokens, rel=1e-5)

@@ -174,9 +174,9 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
         assert status == 0, f"{shlex.join(words)} exited {status}: {err[-500:]}"
         ran.add(sub)
     server.close()
-    assert ran >= {"prepare-char", "prepare-tokenizer", "train", "sweep", "sample", "chat", "serve",
-                   "recommend", "smoke-cpu", "smoke-train", "export", "import", "compare",
-                   "analyze", "gpu-suite"}  # fmt: skip
+    assert ran >= {"prepare-char", "prepare-tokenizer", "prepare-chat", "train", "sweep", "sample",
+                   "chat", "serve", "recommend", "smoke-cpu", "smoke-train", "export", "import",
+                   "compare", "analyze", "gpu-suite"}  # fmt: skip
     snippets = [code for code in blocks("python") if uses_transformers(code)]
     assert snippets
     if importlib.util.find_spec("transformers") is not None:  # the `interop` extra

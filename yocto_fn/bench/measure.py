@@ -1,6 +1,6 @@
 """How the suite measures: FLOPs per token, matmul peaks, timing (interleaved rounds), the
-validation loss the quality checks compare, and the validated record each measurement
-becomes.
+validation losses the quality checks compare (a chat set's over every reply), and the
+validated record each measurement becomes.
 
 FLOPs follow the PaLM / nanoGPT convention (biases, norms and softmax are not counted):
     N = weights that multiply activations: every >= 2-D leaf except the `wte`/`wpe` lookup
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from yocto_fn.core import params
@@ -126,6 +127,23 @@ def val_loss(model: Model, p: params.Params, cfg: ModelConfig, ds: Dataset, batc
         x, y = ds.get_batch("val", rows, block_size, gen)
         total += cross_entropy(model.forward(p, x, cfg, ops=ops)[0], y).item()
     return total / batches
+
+
+@torch.no_grad()
+def assistant_loss(model: Model, p: params.Params, cfg: ModelConfig, ds: Dataset,
+                   split: str = "val", rows: int = 64) -> float:  # fmt: skip
+    """Mean loss per assistant token over every conversation of a chat split, in order:
+    exact, where a run's evaluation averages random batches (each reply token counts once,
+    a long reply no more per token than a short one)."""
+    total, tokens = 0.0, 0.0
+    count = len(ds.starts[split])
+    for first in range(0, count, rows):
+        picks = np.arange(first, min(first + rows, count))
+        x, y, w = ds.chat_rows(split, picks, cfg.block_size)
+        per_token = cross_entropy(model.forward(p, x, cfg)[0], y, reduction="none")
+        total += (per_token * w.flatten()).sum().item()
+        tokens += w.sum().item()
+    return total / tokens
 
 
 REQUIRED: dict[str, type | tuple[type, ...]] = {

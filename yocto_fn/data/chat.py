@@ -132,8 +132,12 @@ def base_tokenizer(path: Path) -> tuple[tokenizers.TextTokenizer, str]:
         if not meta_path.is_file():
             raise UserError(f"--vocab-from {path} has no meta.json; give a checkpoint or "
                             "a prepared data directory")  # fmt: skip
-        meta = orjson.loads(meta_path.read_bytes())
-        return tokenizers.load(path / meta["tokenizer_file"]), meta["mode"]
+        try:
+            meta = orjson.loads(meta_path.read_bytes())
+            return tokenizers.load(path / meta["tokenizer_file"]), meta["mode"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{meta_path} is damaged; re-run the prepare command that wrote "
+                            "it") from None  # fmt: skip
     ckpt = checkpoint.load(path)
     tok = tokenizers.from_dict(ckpt["tokenizer"])
     return tok, "char" if isinstance(tok, tokenizers.CharTokenizer) else "token"

@@ -7,11 +7,12 @@ for a given Python version and platform (`os.path` is `posixpath` or `ntpath`, a
 every choice (the question's phrasing, which answers pair into a two-turn conversation) is
 a stable function of the names, never of hash seeds or of an unsorted container's order.
 
-Each conversation is `{"messages": [...], "topic": ...}` with alternating user/assistant
-messages and no system message (the set is trained without a system prompt). Its topic is
-the module or type its names come from (`builtins`, `str`, `math`, `os.path`, ...); the
-preparation sends the conversations of `VAL_TOPICS` to validation, so the model is judged
-on names of a kind it has seen but never these names.
+Each conversation is `{"messages": [...], "topic": ..., "split": ...}` with alternating
+user/assistant messages and no system message (the set is trained without a system prompt).
+Its topic is the module or type its names come from (`builtins`, `str`, `math`, `os.path`,
+...); the conversations of `VAL_TOPICS` are pinned to validation and the rest to training,
+so the model is judged on names of a kind it has seen but never these names, and the split
+is the same whatever `--val-fraction` or `--split-seed` say.
 
 Every conversation fits the char-level demo model's block: rendered as
 `User: {question}\\nAssistant: {answer}\\n\\n` per turn it is at most `MAX_RENDERED` characters,
@@ -48,7 +49,7 @@ MODULE_TOPICS = (
     "threading", "time", "traceback", "typing", "urllib.parse",
 )  # fmt: skip
 VAL_TOPICS: tuple[str, ...] = ("itertools", "statistics", "threading", "traceback")
-"""Topics the preparation should send whole to validation (about 10% of the conversations).
+"""Topics pinned whole to validation (about 10% of the conversations).
 
 Mid-size ones, each with a trained sibling of its kind (functools and operator for
 itertools, math and random for statistics, contextlib for threading, inspect and logging
@@ -201,7 +202,8 @@ def _conversation(topic: str, turns: list[Turn]) -> dict:
             {"role": "user", "content": question},
             {"role": "assistant", "content": answer},
         ]
-    return {"messages": messages, "topic": topic}
+    return {"messages": messages, "topic": topic,
+            "split": "val" if topic in VAL_TOPICS else "train"}  # fmt: skip
 
 
 def _pairs(entries: list[Entry]) -> list[list[Turn]]:

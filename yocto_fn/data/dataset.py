@@ -94,7 +94,7 @@ class Dataset:
         rows: slice | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """(x, y) int64 [B, T] windows at random offsets, y shifted by one; for chat data
-        (x, y, w), a conversation per row (`_chat_rows`).
+        (x, y, w), a conversation per row (`chat_rows`).
 
         Offsets come from `generator` alone (a CPU generator), so a run resumed with the
         saved generator state sees exactly the batches an uninterrupted run would. Only the
@@ -102,7 +102,9 @@ class Dataset:
         parallel rank's share of the global batch).
         """
         if self.chat is not None:
-            return self._chat_rows(split, batch_size, block_size, generator, device, rows)
+            picks = torch.randint(len(self.starts[split]), (batch_size,), generator=generator)
+            picks = picks.numpy() if rows is None else picks.numpy()[rows]
+            return self.chat_rows(split, picks, block_size, device)
         data = self.splits[split]
         if len(data) <= block_size:
             self.check_block_size(block_size)
@@ -113,11 +115,12 @@ class Dataset:
         window = _to(torch.from_numpy(data[rows].astype(np.int64)), device)
         return window[:, :-1], window[:, 1:]
 
-    def _chat_rows(self, split: str, batch_size: int, block_size: int,
-                   generator: torch.Generator, device: torch.device | str,
-                   rows: slice | None) -> tuple[torch.Tensor, ...]:  # fmt: skip
-        """(x, y, w): each row one conversation drawn at random, from its first token; w
-        [B, T] float is its loss mask on the targets, 0 past the conversation's end.
+    def chat_rows(self, split: str, picks: np.ndarray, block_size: int,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """(x, y, w) of the conversations `picks` (their indices in the split), one per row
+        from its first token; w [B, T] float is the loss mask on the targets, 0 past the
+        conversation's end. `get_batch` draws the picks; an evaluation over every
+        conversation passes them in order.
 
         The tokens past the end (the next conversations, or a repeat of the last token at
         the end of the split) only fill the row: causal attention keeps every counted
@@ -125,9 +128,6 @@ class Dataset:
         context.
         """
         data, mask, starts = self.splits[split], self.masks[split], self.starts[split]
-        picks = torch.randint(len(starts), (batch_size,), generator=generator).numpy()
-        if rows is not None:
-            picks = picks[rows]
         ends = np.append(starts[1:], len(data))
         idx = starts[picks, None] + np.arange(block_size + 1)
         inside = idx < ends[picks, None]

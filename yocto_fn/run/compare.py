@@ -239,7 +239,14 @@ def curves(group: Group) -> tuple[list[int], list[float], list[float]]:
     return steps, [statistics.fmean(v) for v in values], [statistics.stdev(v) for v in values]
 
 
-def plot(path: Path, groups: list[Group], metric: str) -> None:
+def over(data: dict[str, Any]) -> str:
+    """What the val loss averages over, as a label: " over assistant tokens" for chat runs
+    (their loss counts the replies only), else nothing."""
+    loss_over = data.get("loss_over", "all tokens")
+    return "" if loss_over == "all tokens" else f" over {loss_over}"
+
+
+def plot(path: Path, groups: list[Group], metric: str, data: dict[str, Any]) -> None:
     """Each group's mean val curve with a ± 1 sd band over its seeds (Agg backend)."""
     import matplotlib
 
@@ -255,7 +262,7 @@ def plot(path: Path, groups: list[Group], metric: str) -> None:
                         [m + s for m, s in zip(mean, sd, strict=True)],
                         color=line.get_color(), alpha=0.2, linewidth=0)  # fmt: skip
     ax.set_xlabel("iteration")
-    ax.set_ylabel("val loss (mean ± sd over seeds)")
+    ax.set_ylabel(f"val loss{over(data)} (mean ± sd over seeds)")
     ax.set_title(f"compared on {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -269,7 +276,8 @@ def plot(path: Path, groups: list[Group], metric: str) -> None:
 def report(result: dict[str, Any]) -> str:
     """The printed table: one line per group, then one per pair."""
     metric = result["metric"]
-    lines = [f"{'group':<6} {'seeds':>5}  {metric + ' mean ± sd':>26}  configuration"]
+    label = f"{metric}{over(result['data'])} mean ± sd"
+    lines = [f"{'group':<6} {'seeds':>5}  {label:>26}  configuration"]
     for g in result["groups"]:
         lines.append(f"{g['name']:<6} {g['n']:>5}  {g['mean']:>15.4f} ± {g['sd']:<8.4f}  "
                      f"{g['label']}")  # fmt: skip
@@ -299,6 +307,6 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     print(report(result))
     cfg.out.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write_bytes(cfg.out / "compare.json", fileio.json_bytes(result))
-    plot(cfg.out / "compare.png", groups, cfg.metric)
+    plot(cfg.out / "compare.png", groups, cfg.metric, result["data"])
     print(f"wrote {cfg.out / 'compare.json'} and {cfg.out / 'compare.png'}")
     return result
