@@ -71,8 +71,8 @@ chat-demo: $(STAMP)
 	test -f checkpoints/demo/best.pt || $(MAKE) demo
 	$(PY) cli.py prepare-chat --vocab-from checkpoints/demo/best.pt
 	$(PY) cli.py train --model gpt-fast --data-dir data/chat --init-from checkpoints/demo/best.pt \
-		--ckpt-dir checkpoints/chat --max-iters 60 --warmup-iters 20 --eval-interval 20 \
-		--eval-iters 10
+		--ckpt-dir checkpoints/chat --lr 9e-5 --muon-lr 1.5e-3 --min-lr 3e-6 --max-iters 120 \
+		--warmup-iters 20 --eval-interval 20 --eval-iters 10
 	printf 'What does itertools.chain do?\nAnd itertools.islice?\n' | \
 		$(PY) cli.py chat --ckpt checkpoints/chat/best.pt --temperature 0
 

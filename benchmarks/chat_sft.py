@@ -145,6 +145,11 @@ def summarize(runs: list[dict]) -> list[dict]:
             for (s, n), v in points.items()]  # fmt: skip
 
 
+def cell(text: str) -> str:
+    """Text as one markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def results_md(cfg: Config, base_loss: float, grid: list[dict], best: dict,
                replies: list[tuple[str, str, str]]) -> str:  # fmt: skip
     d = TrainConfig
@@ -156,10 +161,9 @@ def results_md(cfg: Config, base_loss: float, grid: list[dict], best: dict,
             + (" (best)" if g is best else "")] for g in grid],
         "lrrrrr",
     )  # fmt: skip
-    clip = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
     side = table(["held-out question", "base", f"fine-tuned ({best['scale']}x, "
                   f"{best['iters']} steps)"],
-                 [[clip(q), clip(b), clip(s)] for q, b, s in replies], "lll")  # fmt: skip
+                 [[cell(q), cell(b), cell(s)] for q, b, s in replies], "lll")  # fmt: skip
     intro = (
         f"`{command('chat-sft', cfg)}`. Loss per assistant token over every held-out "
         "conversation (topics never trained on); mean ± sd over seeds."

@@ -59,8 +59,8 @@ def world(tmp_path_factory) -> Path:
         "long": '{"messages": [{"role": "user", "content": "hi"}, '
                 f'{{"role": "assistant", "content": "{"x" * 200}"}}]}}\n',
     }  # fmt: skip
-    good = ('{"messages": [{"role": "user", "content": "a?"}, '
-            '{"role": "assistant", "content": "b."}]}\n')  # fmt: skip
+    good = ('{"messages": [{"role": "user", "content": "a b"}, '
+            '{"role": "assistant", "content": "b a"}]}\n')  # fmt: skip  # any corpus's letters
     (w / "good.jsonl").write_text(good * 3, encoding="utf-8")
     for name, line in chat_lines.items():
         (w / f"{name}.jsonl").write_text(good * 3 + line, encoding="utf-8")
@@ -121,6 +121,8 @@ CASES = [
      "every conversation is longer than --block-size 8"),
     ("prepare-chat --jsonl-path W/good.jsonl --out-dir W/out --vocab-from W/emptydir",
      "--vocab-from W/emptydir has no meta.json"),
+    ("prepare-chat --jsonl-path W/good.jsonl --out-dir W/out --vocab-from W/bad_meta",
+     "bad_meta/meta.json is damaged"),
     ("prepare-chat --out-dir W/out --too-long trim", "invalid choice 'trim' for --too-long"),
     # train: data
     ("train --data-dir W/missing --ckpt-dir W/out", "no prepared data in"),
