@@ -54,7 +54,7 @@ def world(tmp_path_factory) -> Path:
         "noreply": '{"messages": [{"role": "user", "content": "hi"}]}\n',
         "empty": '{"messages": [{"role": "user", "content": "hi"}, '
                  '{"role": "assistant", "content": " "}]}\n',
-        "snow": '{"messages": [{"role": "user", "content": "snow \\u2603?"}, '
+        "snow": '{"messages": [{"role": "user", "content": "snow \\u2603"}, '
                 '{"role": "assistant", "content": "ok."}]}\n',
         "long": '{"messages": [{"role": "user", "content": "hi"}, '
                 f'{{"role": "assistant", "content": "{"x" * 200}"}}]}}\n',

@@ -36,7 +36,9 @@ def write_jsonl(path: Path, lines: list[dict]) -> Path:
 
 
 def convos(n: int = 40, topics: int = 8) -> list[dict]:
-    return [talk(f"What is {i}?", f"It is {i}, said {'ab'[i % 2]}.", topic=f"t{i % topics}")
+    """Conversations in characters every corpus has (no "?": a base of the default text's
+    first 40k characters lacks it)."""
+    return [talk(f"What is {i}.", f"It is {i}, said {'ab'[i % 2]}.", topic=f"t{i % topics}")
             for i in range(n)]  # fmt: skip
 
 
@@ -58,7 +60,7 @@ def test_each_row_is_one_conversation_with_its_mask_on_the_reply_targets(tmp_pat
     for row in range(16):
         text = tok.decode(x[row].tolist())
         assert text.startswith("User: What is "), text
-        question = text.split("\n")[0].removeprefix("User: What is ").removesuffix("?")
+        question = text.split("\n")[0].removeprefix("User: What is ").removesuffix(".")
         counted = tok.decode(y[row][w[row] == 1].tolist())
         reply = chat_template.clean(f" It is {question}, said {'ab'[int(question) % 2]}.")
         assert counted == f" {reply}\n\n", (text, counted)
@@ -82,7 +84,7 @@ def test_topics_stay_in_one_split_and_the_seed_fixes_it(tmp_path):
     out, meta = prepared(tmp_path, lines, "--split-seed", "3")
     tok = CharTokenizer(json.loads((out / "vocab.json").read_text()))
     val = tok.decode(np.fromfile(out / "val.bin", dtype=meta["dtype"]).tolist())
-    val_ids = {int(q.split("?")[0]) for q in val.split("What is ")[1:]}
+    val_ids = {int(q.split(".")[0]) for q in val.split("What is ")[1:]}
     assert val_ids and all({j for j in range(60) if j % 12 == i % 12} <= val_ids for i in val_ids)
     for seed, same in (("3", True), ("4", False)):
         again = tmp_path / f"seed{seed}"
@@ -138,13 +140,13 @@ def test_vocab_from_a_base_keeps_its_ids_and_names_unknown_characters(base_run, 
     out, meta = prepared(tmp_path, convos(), "--vocab-from", str(base_run))
     assert json.loads((out / "vocab.json").read_text()) == base
     assert meta["vocab_from"] == str(base_run)
-    strange = [*convos(), talk("Snow\u2603?", "Man\u2603.")]
+    strange = [*convos(), talk("Snow\u2603.", "Man\u2603.")]
     path = write_jsonl(tmp_path / "s.jsonl", strange)
     with pytest.raises(Exception, match=r"s.jsonl:41: 1 character\(s\) not in the vocabulary"):
         prepare_chat(PrepareChatConfig(jsonl_path=(path,), out_dir=tmp_path / "no",
                                        vocab_from=base_run))  # fmt: skip
     assert not (tmp_path / "no").exists()
-    for how, expect in (("drop", "Snow?"), ("replace", "Snow ?")):
+    for how, expect in (("drop", "Snow."), ("replace", "Snow .")):
         cfg = PrepareChatConfig(jsonl_path=(path,), out_dir=tmp_path / how, vocab_from=base_run,
                                 unknown_chars=how)  # fmt: skip
         meta = prepare_chat(cfg)
@@ -155,7 +157,7 @@ def test_vocab_from_a_base_keeps_its_ids_and_names_unknown_characters(base_run, 
 
 
 def test_a_fine_tune_on_chat_data_records_the_template(base_run, tmp_path):
-    lines = [talk(f"q{i}?", f"a{i}.", system="Be brief.") for i in range(30)]
+    lines = [talk(f"q{i}.", f"a{i}.", system="Be brief.") for i in range(30)]
     out, _ = prepared(tmp_path, lines, "--vocab-from", str(base_run), "--block-size", "64")
     run = tmp_path / "sft"
     flags = ("--init-from", str(base_run), "--max-iters", "2", "--block-size", "64")
