@@ -115,6 +115,7 @@ def test_quick_run_end_to_end(tmp_path):
     assert (out / "table.md").is_file() and (out / "chart.png").is_file()
 
 
+@pytest.mark.slow  # three fresh processes
 def test_peak_memory_per_contender_orders_as_the_activations_do():
     """Each figure comes from a fresh process, so no contender hides in another's freed
     memory: gpt keeps its T x T attention probabilities for the backward pass (gpt-fast's
