@@ -19,7 +19,7 @@ def words(n: int, seed: int) -> list[str]:
     return ["".join(rnd.choice("abcdefgh") for _ in range(rnd.randint(2, 4))) for _ in range(n)]
 
 
-@pytest.mark.slow  # 300 steps from scratch: half a minute on 2 cores
+@pytest.mark.slow  # 300 steps from scratch: 10 s on 2 quiet cores, longer under load
 def test_a_model_trained_on_the_replies_answers_unseen_questions_in_chat(tmp_path):
     """The task: the user's word in capitals. Held-out words are asked through `chat`, one
     per conversation; the replies must be the capitals, each ended at its blank line (8 new
