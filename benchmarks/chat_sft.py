@@ -28,8 +28,8 @@ from yocto_fn.bench.report import jsonl, markdown, print_jsonl, save, table
 from yocto_fn.config import ChatConfig, TrainConfig
 from yocto_fn.core import models
 from yocto_fn.core.config import ModelConfig
-from yocto_fn.data import Dataset
-from yocto_fn.formats import checkpoint, tokenizer
+from yocto_fn.data import Dataset, default_conversations
+from yocto_fn.formats import checkpoint
 from yocto_fn.generate import chat
 
 DEMO = ["--model", "gpt-fast", "--eval-interval", "200", "--eval-iters", "10"]  # make demo's
@@ -69,18 +69,11 @@ def scored(ckpt_path: Path, ds: Dataset) -> float:
     return assistant_loss(models.get(ckpt["arch"]), ckpt["params"], cfg, ds)
 
 
-def held_out_questions(chat_dir: Path, n: int) -> list[str]:
-    """The first user message of n validation conversations, spread over the split."""
-    ds = Dataset(chat_dir)
-    tok = tokenizer.load(chat_dir / ds.meta["tokenizer_file"])
-    starts, data = ds.starts["val"], ds.splits["val"]
-    ends = [*starts[1:], len(data)]
-    step = max(1, len(starts) // n)
-    out = []
-    for i in range(0, len(starts), step)[:n]:
-        text = tok.decode(data[starts[i] : ends[i]].tolist())
-        out.append(text.split("User: ", 1)[1].split("\n", 1)[0])
-    return out
+def held_out_questions(n: int) -> list[str]:
+    """The first user message of n validation conversations of the embedded set, spread
+    over the split."""
+    val = [c for c in default_conversations() if c["split"] == "val"]
+    return [c["messages"][0]["content"] for c in val[:: max(1, len(val) // n)][:n]]
 
 
 def answers(ckpt_path: Path, questions: list[str]) -> list[str]:
@@ -125,7 +118,7 @@ def run(cfg: Config) -> None:
         grid = summarize(rows[1:])
         best = min(grid, key=lambda g: g["mean"])
         chosen = root / f"sft-{best['scale']}-{best['iters']}-{cfg.seeds[0]}" / "latest.pt"
-        questions = held_out_questions(data, cfg.replies)
+        questions = held_out_questions(cfg.replies)
         replies = list(zip(questions, answers(base, questions), answers(chosen, questions),
                            strict=True))  # fmt: skip
     report = results_md(cfg, rows[0]["assistant_loss"], grid, best, replies)

@@ -10,6 +10,9 @@ import torch
 from conftest import ckpt, train
 
 from yocto_fn import cli
+from yocto_fn.bench.measure import assistant_loss
+from yocto_fn.core import models
+from yocto_fn.core.config import ModelConfig
 from yocto_fn.data import (
     VAL_TOPICS,
     Dataset,
@@ -188,10 +191,6 @@ def test_the_embedded_set_holds_out_exactly_its_validation_topics(tmp_path, monk
 def test_the_assistant_loss_weighs_every_reply_token_of_the_split_once(tmp_path):
     """`bench.measure.assistant_loss` in batches of 3 (the last one short) against a loop
     over the conversations one by one, summing each reply token's cross-entropy by hand."""
-    from yocto_fn.bench.measure import assistant_loss
-    from yocto_fn.core import models
-    from yocto_fn.core.config import ModelConfig
-
     lines = [talk(f"q{i}?", "a" * (1 + i % 5) + ".", split="val" if i < 7 else "train")
              for i in range(20)]  # fmt: skip
     out, meta = prepared(tmp_path, lines, "--block-size", "32")
